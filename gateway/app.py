@@ -1,0 +1,68 @@
+"""create_app: the proxy application, its resources and routes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from gateway.admin import Readiness, check_upstream_forever, create_admin_app
+from gateway.config import Config
+from gateway.errors import error_middleware
+from gateway.metrics import Metrics
+from gateway.proxy import Proxy, Streams, build_client
+
+CONFIG = web.AppKey("config", Config)
+METRICS = web.AppKey("metrics", Metrics)
+READINESS = web.AppKey("readiness", Readiness)
+STREAMS = web.AppKey("streams", Streams)
+PROXY = web.AppKey("proxy", Proxy)
+
+
+def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> web.Application:
+    """The proxy app; `registry` is injected so tests read metrics from a fresh one."""
+    handler_args = {
+        "auto_decompress": False,  # request bodies pass through with their Content-Encoding
+        "handler_cancellation": True,  # a client that leaves cancels its handler and so its upstream request
+        "access_log": None,  # the proxy writes its own structured line per request
+        "max_field_size": config.listen.max_field_size,
+        "max_headers": config.listen.max_headers,
+    }
+    app = web.Application(middlewares=[error_middleware], handler_args=handler_args)
+    app[CONFIG] = config
+    app[METRICS] = Metrics(registry)
+    app[READINESS] = Readiness()
+    app[STREAMS] = Streams()
+    app.cleanup_ctx.append(_upstream)
+    app.on_shutdown.append(_close_streams)
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await app[PROXY].handle(request)
+
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+def admin_app_for(app: web.Application) -> web.Application:
+    """The admin app sharing `app`'s metrics and readiness."""
+    return create_admin_app(app[CONFIG], app[METRICS], app[READINESS])
+
+
+async def _upstream(app: web.Application) -> AsyncIterator[None]:
+    """Open the pooled upstream client and the readiness checker; close both on cleanup."""
+    client = build_client(app[CONFIG])
+    app[PROXY] = Proxy(app[CONFIG], client, app[METRICS], app[STREAMS])
+    checker = asyncio.create_task(check_upstream_forever(app[CONFIG], client, app[READINESS]))
+    yield
+    checker.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await checker
+    await client.close()
+
+
+async def _close_streams(app: web.Application) -> None:
+    app[READINESS].shutting_down = True
+    await app[STREAMS].close_all()

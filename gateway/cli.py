@@ -1,0 +1,86 @@
+"""`session-gateway serve|check|demo`: the only place that sets up logging and exits."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+from gateway import __version__
+from gateway.config import Config, effective, load_config
+from gateway.errors import ConfigError
+from gateway.logs import setup_logging
+
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="session-gateway", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"session-gateway {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (
+        ("serve", "run the gateway"),
+        ("check", "validate the configuration and print the effective values"),
+        ("demo", "run a Teneo-style demo bot with the gateway in front of it"),
+    ):
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.add_argument("--config", metavar="FILE", help="TOML configuration file")
+        cmd.add_argument(
+            "--set",
+            metavar="SECTION.KEY=VALUE",
+            action="append",
+            default=[],
+            help="override one key (beats the file and the environment); repeatable",
+        )
+        cmd.add_argument("--log-format", choices=["json", "text"], help="log line format (log.format)")
+        cmd.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log level (log.level)")
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, str]:
+    overrides: dict[str, str] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(item, "expected --set section.key=value", source="--set")
+        overrides[key.strip()] = value
+    if args.log_format:
+        overrides["log.format"] = args.log_format
+    if args.log_level:
+        overrides["log.level"] = args.log_level
+    return overrides
+
+
+def _run(coro: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)
+
+
+def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> None:
+    import os
+
+    args = _parser().parse_args(argv)
+    try:
+        config: Config = load_config(args.config, os.environ if environ is None else environ, _overrides(args))
+    except ConfigError as exc:
+        print(f"{exc.source}: {exc}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    if args.command == "check":
+        print(json.dumps(effective(config), indent=2))
+        return
+    setup_logging(config.log)
+    if args.command == "serve":
+        from gateway.server import serve
+
+        _run(serve(config))
+    else:
+        from gateway.demo import run_demo
+
+        _run(run_demo(config))

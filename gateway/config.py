@@ -1,0 +1,293 @@
+"""Configuration: frozen dataclass sections and `load_config`.
+
+Precedence: defaults < TOML file < environment (`GATEWAY_<SECTION>_<KEY>`) < command-line overrides.
+Unknown sections and keys are errors that name the key, so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+from urllib.parse import urlsplit
+
+from gateway.errors import ConfigError
+
+ENV_PREFIX = "GATEWAY_"
+LogFormat = Literal["json", "text"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+def _positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(key, f"expected a number > 0, got {value!r}")
+
+
+def _port(key: str, value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise ConfigError(key, f"expected a port 0-65535, got {value!r}")
+
+
+def _http_url(key: str, value: str) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(key, f"expected an http:// or https:// URL, got {value!r}")
+    if parts.query or parts.fragment:
+        raise ConfigError(key, f"expected a base URL without query or fragment, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ListenConfig:
+    """Where the proxy listens."""
+
+    host: str = "0.0.0.0"
+    port: int = 8080
+    shutdown_timeout: float = 20.0  # seconds to drain in-flight requests; keep under K8s' 30 s grace
+    trusted_proxies: tuple[str, ...] = ()  # peers (IPs or CIDRs) whose X-Forwarded-* are kept
+    max_field_size: int = 16384  # bytes per request header line; chat widgets send big cookies and JWTs
+    max_headers: int = 128
+
+    def __post_init__(self) -> None:
+        _port("listen.port", self.port)
+        _positive("listen.shutdown_timeout", self.shutdown_timeout)
+        _positive("listen.max_field_size", self.max_field_size)
+        _positive("listen.max_headers", self.max_headers)
+        for item in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    "listen.trusted_proxies", f"expected IP addresses or CIDR networks, got {item!r}"
+                ) from None
+
+    def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(item, strict=False) for item in self.trusted_proxies)
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """The admin port: /livez, /readyz, /metrics; never exposed through the Service."""
+
+    host: str = "0.0.0.0"
+    port: int = 9090
+    ready_check_interval: float = 5.0  # seconds between upstream reachability checks for /readyz
+
+    def __post_init__(self) -> None:
+        _port("admin.port", self.port)
+        _positive("admin.ready_check_interval", self.ready_check_interval)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    """The bot behind the gateway."""
+
+    url: str = "http://127.0.0.1:8000"
+    connect_timeout: float = 5.0  # seconds to open a TCP connection
+    read_timeout: float = 120.0  # seconds of upstream silence before 504; not a cap on stream length
+    max_body_size: int = 10 * 1024 * 1024  # bytes per request body, enforced while streaming
+    pool_size: int = 256  # pooled keep-alive connections to the upstream
+    keepalive_timeout: float = 4.0  # seconds; below uvicorn's and Node's 5 s so we never reuse a closing socket
+    ready_path: str = ""  # path probed by GET for /readyz (any HTTP answer counts); empty: a TCP connect
+    max_ws_message_size: int = 4 * 1024 * 1024  # bytes per WebSocket message, both ways
+
+    def __post_init__(self) -> None:
+        _http_url("upstream.url", self.url)
+        _positive("upstream.connect_timeout", self.connect_timeout)
+        _positive("upstream.read_timeout", self.read_timeout)
+        _positive("upstream.max_body_size", self.max_body_size)
+        _positive("upstream.pool_size", self.pool_size)
+        _positive("upstream.keepalive_timeout", self.keepalive_timeout)
+        _positive("upstream.max_ws_message_size", self.max_ws_message_size)
+        if self.ready_path and not self.ready_path.startswith("/"):
+            raise ConfigError("upstream.ready_path", f"expected a path starting with '/', got {self.ready_path!r}")
+
+    @property
+    def base(self) -> str:
+        """The upstream URL without a trailing slash, ready to prefix a raw request path."""
+        return self.url.rstrip("/")
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """Logging to stderr."""
+
+    format: LogFormat = "json"
+    level: LogLevel = "info"
+    access: bool = True  # one line per request
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration."""
+
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+SECRET_KEYS: frozenset[str] = frozenset()
+
+
+def _coerce(key: str, hint: Any, value: Any, *, from_text: bool) -> Any:
+    """Check (TOML) or convert (environment, flags) one value to the field's type."""
+    origin = get_origin(hint)
+    if origin is Literal:
+        choices = get_args(hint)
+        if value not in choices:
+            raise ConfigError(key, f"expected one of {', '.join(map(repr, choices))}, got {value!r}")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        options = [a for a in get_args(hint) if a is not type(None)]
+        if from_text and value == "" or value is None:
+            return None
+        return _coerce(key, options[0], value, from_text=from_text)
+    if origin is tuple:
+        (item,) = {a for a in get_args(hint) if a is not Ellipsis}
+        if from_text:
+            text = value.strip()
+            if text.startswith("["):
+                value = _parse_toml_value(key, text)
+            else:
+                value = [part.strip() for part in text.split(",") if part.strip()]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(key, f"expected a list, got {value!r}")
+        return tuple(_coerce(key, item, v, from_text=False) for v in value)
+    if hint is bool:
+        if from_text:
+            lowered = value.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"expected true or false, got {value!r}")
+        return value
+    if hint in (int, float):
+        if from_text:
+            try:
+                value = hint(value.strip())
+            except ValueError:
+                raise ConfigError(key, f"expected {'an integer' if hint is int else 'a number'}, got {value!r}") from None
+        valid = isinstance(value, int) if hint is int else isinstance(value, int | float)
+        if isinstance(value, bool) or not valid:
+            raise ConfigError(key, f"expected {'an integer' if hint is int else 'a number'}, got {value!r}")
+        return hint(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {hint!r} for {key}")  # pragma: no cover - a bug in this module
+
+
+def _parse_toml_value(key: str, text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(key, f"expected a TOML array, got {text!r} ({exc})") from None
+
+
+def _section_types() -> dict[str, type[Any]]:
+    hints = typing.get_type_hints(Config)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
+
+
+def _field_hints(section_cls: type[Any]) -> dict[str, Any]:
+    hints = typing.get_type_hints(section_cls, include_extras=False)
+    return {f.name: hints[f.name] for f in dataclasses.fields(section_cls)}
+
+
+def _merge(
+    layers: dict[str, dict[str, Any]], section: str, key: str, value: Any, *, from_text: bool
+) -> None:
+    sections = _section_types()
+    if section not in sections:
+        raise ConfigError(section, f"unknown section (known: {', '.join(sections)})")
+    hints = _field_hints(sections[section])
+    if key not in hints:
+        raise ConfigError(f"{section}.{key}", f"unknown key (known in [{section}]: {', '.join(hints)})")
+    layers.setdefault(section, {})[key] = _coerce(f"{section}.{key}", hints[key], value, from_text=from_text)
+
+
+def env_overrides(environ: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """(section, key, text) for every `GATEWAY_<SECTION>_<KEY>` variable of a known section.
+
+    Variables whose second word is not a section are ignored: Kubernetes injects `<SERVICE>_PORT`-style
+    variables for Services, and one named `gateway` must not break start-up.
+    """
+    sections = _section_types()
+    found = []
+    for name, text in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("_")
+        if section in sections and key:
+            found.append((section, key, text))
+    return found
+
+
+def load_config(
+    path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the effective configuration; raises ConfigError naming the offending key."""
+    source = str(path) if path is not None else "<defaults>"
+    try:
+        return _load(path, environ or {}, overrides or {})
+    except ConfigError as exc:
+        exc.source = exc.source or source
+        raise
+
+
+def _load(path: str | Path | None, environ: Mapping[str, str], overrides: Mapping[str, str]) -> Config:
+    layers: dict[str, dict[str, Any]] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                document = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError("", f"cannot read the file: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("", f"not valid TOML: {exc}") from None
+        for section, table in document.items():
+            if not isinstance(table, dict):
+                raise ConfigError(section, "expected a [section] table")
+            for key, value in table.items():
+                _merge(layers, section, key, value, from_text=False)
+    for section, key, text in env_overrides(environ):
+        try:
+            _merge(layers, section, key, text, from_text=True)
+        except ConfigError as exc:
+            exc.source = f"{ENV_PREFIX}{section.upper()}_{key.upper()}"
+            raise
+    for dotted, text in overrides.items():
+        section, _, key = dotted.partition(".")
+        try:
+            _merge(layers, section, key, text, from_text=True)
+        except ConfigError as exc:
+            exc.source = f"--set {dotted}"
+            raise
+    sections = _section_types()
+    built = {name: sections[name](**layers.get(name, {})) for name in sections}
+    return Config(**built)
+
+
+def effective(config: Config) -> dict[str, dict[str, Any]]:
+    """The configuration as plain data, with secrets masked, for `session-gateway check`."""
+    out: dict[str, dict[str, Any]] = {}
+    for section in dataclasses.fields(config):
+        values = dataclasses.asdict(getattr(config, section.name))
+        for key in values:
+            if f"{section.name}.{key}" in SECRET_KEYS and values[key]:
+                values[key] = "***"
+            elif isinstance(values[key], tuple):
+                values[key] = list(values[key])
+        out[section.name] = values
+    return out

@@ -1,0 +1,109 @@
+"""Pure header functions: hop-by-hop stripping and X-Forwarded-*."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from typing import Final
+
+from aiohttp import hdrs
+from multidict import CIMultiDict, CIMultiDictProxy, istr
+
+# RFC 9110 §7.6.1 names these; RFC 2616 §13.5.1 adds Trailer(s) and the Proxy-Auth pair.
+HOP_BY_HOP: Final = frozenset(
+    istr(name)
+    for name in (
+        "Connection",
+        "Proxy-Connection",
+        "Keep-Alive",
+        "TE",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Trailer",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+    )
+)
+# Answered by this hop (aiohttp sends 100 Continue itself), or rebuilt by the client library.
+REQUEST_ONLY_DROP: Final = frozenset(istr(name) for name in (hdrs.HOST, hdrs.EXPECT))
+WEBSOCKET_HANDSHAKE: Final = frozenset(
+    istr(name)
+    for name in (
+        "Sec-WebSocket-Key",
+        "Sec-WebSocket-Version",
+        "Sec-WebSocket-Extensions",
+        "Sec-WebSocket-Protocol",
+        "Sec-WebSocket-Accept",
+    )
+)
+X_FORWARDED_FOR: Final = istr("X-Forwarded-For")
+X_FORWARDED_PROTO: Final = istr("X-Forwarded-Proto")
+X_FORWARDED_HOST: Final = istr("X-Forwarded-Host")
+
+Headers = CIMultiDict[str] | CIMultiDictProxy[str]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def connection_tokens(headers: Headers) -> frozenset[istr]:
+    """Header names listed in every `Connection` field (RFC 9110 §7.6.1)."""
+    return frozenset(
+        istr(token.strip()) for value in headers.getall(hdrs.CONNECTION, ()) for token in value.split(",") if token.strip()
+    )
+
+
+def strip_hop_by_hop(headers: Headers, extra: Iterable[istr] = ()) -> CIMultiDict[str]:
+    """A copy without hop-by-hop fields, the fields `Connection` names, and `extra`; repeats are kept."""
+    drop = HOP_BY_HOP | connection_tokens(headers) | frozenset(extra)
+    return CIMultiDict((name, value) for name, value in headers.items() if name not in drop)
+
+
+def is_trusted(peer: str | None, trusted: tuple[Network, ...]) -> bool:
+    """Whether the connecting peer may set X-Forwarded-* for us."""
+    if not trusted or not peer:
+        return False
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    return any(address in network for network in trusted)
+
+
+def set_forwarded(
+    headers: CIMultiDict[str], *, peer: str | None, scheme: str, host: str | None, trusted: bool
+) -> None:
+    """Add X-Forwarded-For/-Proto/-Host; a client's own values survive only from a trusted proxy."""
+    if trusted:
+        prior = ", ".join(headers.getall(X_FORWARDED_FOR, ()))
+        headers[X_FORWARDED_FOR] = f"{prior}, {peer}" if prior and peer else (prior or peer or "")
+        headers.setdefault(X_FORWARDED_PROTO, scheme)
+        if host:
+            headers.setdefault(X_FORWARDED_HOST, host)
+        return
+    headers.popall(X_FORWARDED_FOR, None)
+    headers.popall(X_FORWARDED_PROTO, None)
+    headers.popall(X_FORWARDED_HOST, None)
+    if peer:
+        headers[X_FORWARDED_FOR] = peer
+    headers[X_FORWARDED_PROTO] = scheme
+    if host:
+        headers[X_FORWARDED_HOST] = host
+
+
+def is_websocket_upgrade(headers: Headers) -> bool:
+    """An HTTP/1.1 WebSocket handshake (RFC 6455 §4.1)."""
+    return (
+        "upgrade" in {t.lower() for t in connection_tokens(headers)}
+        and headers.get(hdrs.UPGRADE, "").lower() == "websocket"
+    )
+
+
+def redact_path(path: str) -> str:
+    """The path for logs: no query string, and path parameters (`;jsessionid=...`) masked."""
+    path = path.split("?", 1)[0]
+    if ";" not in path:
+        return path
+    segments = []
+    for segment in path.split("/"):
+        head, *params = segment.split(";")
+        segments.append(";".join([head, *(p.split("=", 1)[0] + "=…" for p in params)]))
+    return "/".join(segments)

@@ -1,0 +1,298 @@
+"""Forward one request upstream and stream the answer back, byte for byte."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import hdrs, web
+from multidict import CIMultiDict
+from yarl import URL
+
+from gateway.config import Config
+from gateway.errors import BadRequest, BodyTooLarge, UpstreamTimeout, UpstreamUnavailable
+from gateway.headers import (
+    REQUEST_ONLY_DROP,
+    WEBSOCKET_HANDSHAKE,
+    is_trusted,
+    is_websocket_upgrade,
+    redact_path,
+    set_forwarded,
+    strip_hop_by_hop,
+)
+from gateway.metrics import Metrics, method_label
+
+log = logging.getLogger("gateway")
+access_log = logging.getLogger("gateway.access")
+
+SSE_TYPE = "text/event-stream"
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What one proxied request did, for the access log and metrics."""
+
+    started: float = field(default_factory=time.perf_counter)
+    upstream_status: int | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    body_too_large: bool = False
+    client_gone: bool = False
+    note: str = ""
+
+
+class Streams:
+    """Open SSE responses and WebSockets, so shutdown can close them with "going away"."""
+
+    def __init__(self) -> None:
+        self.responses: set[aiohttp.ClientResponse] = set()
+        self.sockets: set[web.WebSocketResponse] = set()
+        self.closing = False
+
+    async def close_all(self) -> None:
+        self.closing = True
+        for upstream in list(self.responses):
+            upstream.close()  # the read loop sees EOF and ends the client's stream cleanly
+        await asyncio.gather(
+            *(ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"gateway shutting down") for ws in self.sockets),
+            return_exceptions=True,
+        )
+
+
+def build_client(config: Config) -> aiohttp.ClientSession:
+    """The one pooled upstream client of the process."""
+    up = config.upstream
+    connector = aiohttp.TCPConnector(limit=up.pool_size, keepalive_timeout=up.keepalive_timeout)
+    return aiohttp.ClientSession(
+        connector=connector,
+        # The upstream's cookies belong to the client, never to the gateway nor to another user.
+        cookie_jar=aiohttp.DummyCookieJar(),
+        # Compressed bodies pass through byte-exact with their Content-Encoding.
+        auto_decompress=False,
+        # total=None: a chat stream may last minutes; sock_read is the silence allowed between bytes.
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=up.connect_timeout, sock_read=up.read_timeout),
+        skip_auto_headers=(hdrs.USER_AGENT, hdrs.ACCEPT, hdrs.ACCEPT_ENCODING, hdrs.CONTENT_TYPE),
+        raise_for_status=False,
+        trust_env=False,
+    )
+
+
+class Proxy:
+    """The request handler: one instance per app, holding the pooled client and metrics."""
+
+    def __init__(self, config: Config, client: aiohttp.ClientSession, metrics: Metrics, streams: Streams) -> None:
+        self.config = config
+        self.client = client
+        self.metrics = metrics
+        self.streams = streams
+        self._base = config.upstream.base
+        self._trusted = config.listen.trusted_networks()
+        self._max_body = config.upstream.max_body_size
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Proxy one request; gateway errors raise and are rendered by the error middleware."""
+        exchange = Exchange()
+        self.metrics.in_flight.inc()
+        status = 500
+        try:
+            response = await self._proxy(request, exchange)
+            status = response.status
+            return response
+        except asyncio.CancelledError:
+            # handler_cancellation: the client went away while we waited on the upstream.
+            exchange.client_gone = True
+            status = 499
+            raise
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        except Exception as exc:
+            status = getattr(exc, "status", 500)
+            raise
+        finally:
+            self.metrics.in_flight.dec()
+            if exchange.client_gone:
+                self.metrics.client_disconnects.inc()
+            elapsed = time.perf_counter() - exchange.started
+            self.metrics.requests.labels(method=method_label(request.method), code=str(status)).inc()
+            self.metrics.request_duration.observe(elapsed)
+            self._access(request, status, elapsed, exchange)
+
+    def upstream_url(self, request: web.Request) -> URL:
+        """The upstream URL: base plus the raw request target, never re-quoted."""
+        target = request.raw_path
+        if not target.startswith("/"):
+            if target == "*":
+                raise BadRequest("The asterisk request target is not supported.")
+            # Absolute form (`GET http://other.host/x`): forward its path only, never to that host.
+            target = request.rel_url.raw_path_qs
+        return URL(self._base + target, encoded=True)
+
+    def upstream_headers(self, request: web.Request, *, websocket: bool = False) -> CIMultiDict[str]:
+        """Request headers for the upstream: hop-by-hop stripped, X-Forwarded-* set."""
+        extra = REQUEST_ONLY_DROP | WEBSOCKET_HANDSHAKE if websocket else REQUEST_ONLY_DROP
+        headers = strip_hop_by_hop(request.headers, extra)
+        peer = request.remote
+        set_forwarded(
+            headers,
+            peer=peer,
+            scheme=request.scheme,
+            host=request.headers.get(hdrs.HOST),
+            trusted=is_trusted(peer, self._trusted),
+        )
+        return headers
+
+    async def _proxy(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
+        url = self.upstream_url(request)
+        if is_websocket_upgrade(request.headers):
+            from gateway.websocket import proxy_websocket
+
+            return await proxy_websocket(self, request, url, exchange)
+        declared = request.content_length
+        if declared is not None and declared > self._max_body:
+            raise BodyTooLarge(f"The request body of {declared} bytes exceeds the limit of {self._max_body} bytes.")
+        headers = self.upstream_headers(request)
+        data = self._body(request, exchange) if request.body_exists else None
+        sent = time.perf_counter()
+        try:
+            upstream = await self.client.request(
+                request.method, url, headers=headers, data=data, allow_redirects=False
+            )
+        except Exception as exc:
+            raise self._request_failure(exc, exchange) from None
+        received = time.perf_counter()
+        exchange.upstream_status = upstream.status
+        self.metrics.upstream_ttfb.observe(received - sent)
+        try:
+            return await self._respond(request, upstream, exchange, overhead=sent - exchange.started, received=received)
+        finally:
+            upstream.release()
+
+    async def _body(self, request: web.Request, exchange: Exchange) -> AsyncIterator[bytes]:
+        """The request body as it arrives, counted against upstream.max_body_size."""
+        try:
+            async for chunk in request.content.iter_any():
+                exchange.bytes_in += len(chunk)
+                if exchange.bytes_in > self._max_body:
+                    exchange.body_too_large = True
+                    raise BodyTooLarge(f"The request body exceeds the limit of {self._max_body} bytes.")
+                yield chunk
+        except (ConnectionError, aiohttp.ClientConnectionResetError):
+            exchange.client_gone = True
+            raise
+
+    def _request_failure(self, exc: BaseException, exchange: Exchange) -> Exception:
+        """Map a failed upstream request to the gateway error the client gets; count and log it once."""
+        if exchange.body_too_large:
+            return BodyTooLarge(f"The request body exceeds the limit of {self._max_body} bytes.")
+        if exchange.client_gone:
+            return asyncio.CancelledError()
+        reason, error = self._classify(exc)
+        self.metrics.upstream_errors.labels(reason=reason).inc()
+        exchange.note = f"upstream {reason}: {type(exc).__name__}"
+        return error
+
+    def _classify(self, exc: BaseException) -> tuple[str, Exception]:
+        if isinstance(exc, asyncio.TimeoutError):
+            return "timeout", UpstreamTimeout(
+                f"The upstream did not answer within {self.config.upstream.read_timeout:g} seconds."
+            )
+        if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+            return "connect", UpstreamUnavailable("The upstream could not be reached.")
+        if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | ConnectionError):
+            return "reset", UpstreamUnavailable("The upstream closed the connection before answering.")
+        return "protocol", UpstreamUnavailable("The upstream sent an invalid HTTP response.")
+
+    async def _respond(
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        exchange: Exchange,
+        *,
+        overhead: float,
+        received: float,
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            status=upstream.status, reason=upstream.reason, headers=strip_hop_by_hop(upstream.headers)
+        )
+        is_sse = upstream.headers.get(hdrs.CONTENT_TYPE, "").startswith(SSE_TYPE)
+        try:
+            await response.prepare(request)
+        except (ConnectionError, aiohttp.ClientConnectionResetError):
+            exchange.client_gone = True
+            return response
+        self.metrics.overhead.observe(overhead + time.perf_counter() - received)
+        if is_sse:
+            self.metrics.streams_open.labels(kind="sse").inc()
+            self.streams.responses.add(upstream)
+        try:
+            await self._pump(request, upstream, response, exchange)
+        finally:
+            if is_sse:
+                self.metrics.streams_open.labels(kind="sse").dec()
+                self.streams.responses.discard(upstream)
+        return response
+
+    async def _pump(
+        self, request: web.Request, upstream: aiohttp.ClientResponse, response: web.StreamResponse, exchange: Exchange
+    ) -> None:
+        """Copy the upstream body chunk by chunk as it arrives; write() awaits drain (back-pressure)."""
+        try:
+            async for chunk, _ in upstream.content.iter_chunks():
+                try:
+                    await response.write(chunk)
+                except (ConnectionError, aiohttp.ClientConnectionResetError):
+                    # The browser went away: close the upstream so a bot generating tokens stops.
+                    exchange.client_gone = True
+                    upstream.close()
+                    return
+                exchange.bytes_out += len(chunk)
+        except Exception as exc:
+            if self.streams.closing:
+                pass  # shutdown closed the upstream on purpose: end the client's stream cleanly
+            else:
+                # Headers are gone already: the only honest signal left is to cut the connection,
+                # so the client sees a truncated body rather than a complete one.
+                reason, _ = self._classify(exc)
+                self.metrics.upstream_errors.labels(reason=reason).inc()
+                exchange.note = f"upstream {reason} mid-body: {type(exc).__name__}"
+                upstream.close()
+                if request.transport is not None:
+                    request.transport.close()
+                return
+        try:
+            await response.write_eof()
+        except (ConnectionError, aiohttp.ClientConnectionResetError):
+            exchange.client_gone = True
+
+    def _access(self, request: web.Request, status: int, elapsed: float, exchange: Exchange) -> None:
+        if exchange.note:
+            log.warning("%s %s: %s", request.method, _log_path(request), exchange.note)
+        if not self.config.log.access:
+            return
+        access_log.info(
+            "%s %s %s",
+            request.method,
+            _log_path(request),
+            status,
+            extra={
+                "fields": {
+                    "method": request.method,
+                    "path": _log_path(request),
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 3),
+                    "upstream_status": exchange.upstream_status,
+                    "bytes_in": exchange.bytes_in,
+                    "bytes_out": exchange.bytes_out,
+                    "client": request.remote,
+                }
+            },
+        )
+
+
+def _log_path(request: web.Request) -> str:
+    return redact_path(request.raw_path)

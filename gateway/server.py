@@ -1,0 +1,58 @@
+"""Run the proxy and admin apps until SIGTERM/SIGINT, then drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from gateway.app import READINESS, admin_app_for, create_app
+from gateway.config import Config
+
+log = logging.getLogger("gateway")
+
+
+def bound_addresses(runner: web.AppRunner) -> list[str]:
+    return [f"http://{host}:{port}" for host, port, *_ in runner.addresses]
+
+
+async def serve(
+    config: Config,
+    *,
+    app: web.Application | None = None,
+    on_started: Callable[[web.AppRunner, web.AppRunner], Awaitable[None]] | None = None,
+) -> None:
+    """Serve until a signal; then /readyz turns 503, listening stops, in-flight requests finish."""
+    app = app if app is not None else create_app(config)
+    runner = web.AppRunner(app, shutdown_timeout=config.listen.shutdown_timeout)
+    admin_runner = web.AppRunner(admin_app_for(app), access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    await admin_runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await web.TCPSite(runner, config.listen.host, config.listen.port).start()
+        await web.TCPSite(admin_runner, config.admin.host, config.admin.port).start()
+        log.info(
+            "listening: proxy %s, admin %s, upstream %s",
+            " ".join(bound_addresses(runner)),
+            " ".join(bound_addresses(admin_runner)),
+            config.upstream.base,
+        )
+        if on_started is not None:
+            await on_started(runner, admin_runner)
+        await stop.wait()
+        log.info("shutting down: draining for up to %gs", config.listen.shutdown_timeout)
+        app[READINESS].shutting_down = True
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        # Stops the listener, closes streams with "going away" (on_shutdown), waits for in-flight handlers.
+        await runner.cleanup()
+        await admin_runner.cleanup()
+        log.info("stopped")
