@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -11,19 +12,43 @@ from prometheus_client import CollectorRegistry
 
 from gateway.admin import Readiness, check_upstream_forever, create_admin_app
 from gateway.config import Config
+from gateway.cors import Cors
 from gateway.errors import error_middleware
 from gateway.metrics import Metrics
 from gateway.proxy import Proxy, Streams, build_client
+from gateway.sessions import Clock, SessionManager
+from gateway.store import SessionStore
+from gateway.store.memory import MemoryStore
 
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
 READINESS = web.AppKey("readiness", Readiness)
 STREAMS = web.AppKey("streams", Streams)
 PROXY = web.AppKey("proxy", Proxy)
+SESSIONS = web.AppKey("sessions", SessionManager)
+CORS = web.AppKey("cors", Cors)
 
 
-def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> web.Application:
-    """The proxy app; `registry` is injected so tests read metrics from a fresh one."""
+def create_store(config: Config) -> SessionStore:
+    """The configured SessionStore backend."""
+    s = config.session
+    return MemoryStore(
+        absolute_timeout=s.absolute_timeout,
+        max_sessions=s.max_sessions,
+        on_full=s.on_full,
+        tombstone_ttl=s.tombstone_ttl,
+        max_tombstones=s.max_tombstones,
+    )
+
+
+def create_app(
+    config: Config,
+    *,
+    registry: CollectorRegistry | None = None,
+    store: SessionStore | None = None,
+    clock: Clock = time.time,
+) -> web.Application:
+    """The proxy app; `registry`, `store` and `clock` are injected so tests control them."""
     handler_args = {
         "auto_decompress": False,  # request bodies pass through with their Content-Encoding
         "handler_cancellation": True,  # a client that leaves cancels its handler and so its upstream request
@@ -36,6 +61,10 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     app[METRICS] = Metrics(registry)
     app[READINESS] = Readiness()
     app[STREAMS] = Streams()
+    app[SESSIONS] = SessionManager(config.session, store or create_store(config), app[METRICS], clock)
+    app[CORS] = Cors(config.cors, config.session.header)
+    app.on_response_prepare.append(app[CORS].on_response_prepare)
+    app.cleanup_ctx.append(_sessions)
     app.cleanup_ctx.append(_upstream)
     app.on_shutdown.append(_close_streams)
 
@@ -54,13 +83,19 @@ def admin_app_for(app: web.Application) -> web.Application:
 async def _upstream(app: web.Application) -> AsyncIterator[None]:
     """Open the pooled upstream client and the readiness checker; close both on cleanup."""
     client = build_client(app[CONFIG])
-    app[PROXY] = Proxy(app[CONFIG], client, app[METRICS], app[STREAMS])
+    app[PROXY] = Proxy(app[CONFIG], client, app[METRICS], app[STREAMS], app[SESSIONS], app[CORS])
     checker = asyncio.create_task(check_upstream_forever(app[CONFIG], client, app[READINESS]))
     yield
     checker.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await checker
     await client.close()
+
+
+async def _sessions(app: web.Application) -> AsyncIterator[None]:
+    app[SESSIONS].start()
+    yield
+    await app[SESSIONS].stop()
 
 
 async def _close_streams(app: web.Application) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 import tomllib
 import types
 import typing
@@ -113,6 +114,91 @@ class UpstreamConfig:
         return self.url.rstrip("/")
 
 
+Issuer = Literal["upstream", "gateway"]
+OnFull = Literal["evict", "reject"]
+SameSite = Literal["Lax", "Strict", "None"]
+StoreKind = Literal["memory"]
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _token(key: str, value: str) -> None:
+    if not _TOKEN.fullmatch(value):
+        raise ConfigError(key, f"expected a cookie or header name (an RFC 9110 token), got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    """Session carriage, expiry, signals and limits."""
+
+    issuer: Issuer = "upstream"  # upstream: the bot's cookie is the session; gateway: the gateway mints UUIDs
+    cookie: str = "JSESSIONID"  # the session cookie (the bot's, or the gateway's own when issuer = gateway)
+    header: str = "X-Teneo-Session"  # request header carrying a cookie string, for cookie-blocked clients
+    path_param: str = "jsessionid"  # `;jsessionid=<id>` path parameter (Teneo Web Chat); empty: off
+    query_param: str = ""  # query parameter for EventSource/WebSocket clients; empty: off
+    affinity_cookie: str = "GatewayAffinity"  # the gateway's own cookie, echoed in X-Gateway-Session
+    secret: str = ""  # signs the affinity value; empty: random per process (replicas must share one)
+    idle_timeout: float = 600.0  # seconds without a request before a session expires (Teneo's default)
+    absolute_timeout: float = 86400.0  # seconds a session may live at most (Dialogflow CX's maximum)
+    sweep_interval: float = 1.0  # seconds between expiry sweeps
+    sweep_batch: int = 500  # sessions expired per batch before yielding to the event loop
+    tombstone_ttl: float = 3600.0  # seconds an ended id is remembered, so a late request hears "expired"
+    max_tombstones: int = 200_000
+    max_sessions: int = 1_000_000
+    on_full: OnFull = "evict"  # at max_sessions: end the session nearest expiry, or answer 503
+    max_id_length: int = 128  # bytes
+    end_path: str = "endsession"  # a request whose last path segment is this ends the session
+    cookie_samesite: SameSite = "Lax"  # for the gateway's cookies; "None" for cross-site widgets
+    cookie_secure: bool = False
+    cookie_partitioned: bool = False  # CHIPS: a third-party cookie partitioned by the embedding site
+    rewrite_upstream_cookies: bool = False  # apply the three cookie_* attributes to the bot's Set-Cookie too
+    store: StoreKind = "memory"
+
+    def __post_init__(self) -> None:
+        for key in ("cookie", "header", "affinity_cookie"):
+            _token(f"session.{key}", getattr(self, key))
+        for key in ("path_param", "query_param"):
+            if getattr(self, key):
+                _token(f"session.{key}", getattr(self, key))
+        if self.cookie == self.affinity_cookie:
+            raise ConfigError("session.affinity_cookie", f"must differ from session.cookie ({self.cookie!r})")
+        for key in ("idle_timeout", "absolute_timeout", "sweep_interval", "tombstone_ttl"):
+            _positive(f"session.{key}", getattr(self, key))
+        for key in ("sweep_batch", "max_tombstones", "max_sessions", "max_id_length"):
+            _positive(f"session.{key}", getattr(self, key))
+        if self.absolute_timeout < self.idle_timeout:
+            raise ConfigError(
+                "session.absolute_timeout",
+                f"expected at least session.idle_timeout ({self.idle_timeout:g}), got {self.absolute_timeout:g}",
+            )
+        if not self.end_path or "/" in self.end_path:
+            raise ConfigError("session.end_path", f"expected one path segment, got {self.end_path!r}")
+        if self.cookie_samesite == "None" and not self.cookie_secure:
+            raise ConfigError("session.cookie_samesite", "SameSite=None requires session.cookie_secure = true")
+        if self.cookie_partitioned and not self.cookie_secure:
+            raise ConfigError("session.cookie_partitioned", "Partitioned requires session.cookie_secure = true")
+
+
+@dataclass(frozen=True, slots=True)
+class CorsConfig:
+    """CORS for chat widgets on other sites; empty allow_origins leaves CORS to the bot."""
+
+    allow_origins: tuple[str, ...] = ()  # exact origins such as "https://shop.example", or "*" (no credentials)
+    allow_headers: tuple[str, ...] = ()  # request headers allowed beyond Content-Type and the session header
+    max_age: int = 600  # seconds a browser may cache a preflight
+
+    def __post_init__(self) -> None:
+        if "*" in self.allow_origins and len(self.allow_origins) > 1:
+            raise ConfigError("cors.allow_origins", "'*' cannot be combined with explicit origins")
+        for origin in self.allow_origins:
+            parts = urlsplit(origin)
+            if origin != "*" and (parts.scheme not in ("http", "https") or not parts.netloc or parts.path):
+                raise ConfigError("cors.allow_origins", f"expected origins like 'https://site.example', got {origin!r}")
+        for name in self.allow_headers:
+            _token("cors.allow_headers", name)
+        if self.max_age < 0:
+            raise ConfigError("cors.max_age", f"expected seconds >= 0, got {self.max_age}")
+
+
 @dataclass(frozen=True, slots=True)
 class LogConfig:
     """Logging to stderr."""
@@ -129,10 +215,12 @@ class Config:
     listen: ListenConfig = field(default_factory=ListenConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    session: SessionConfig = field(default_factory=SessionConfig)
+    cors: CorsConfig = field(default_factory=CorsConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 
-SECRET_KEYS: frozenset[str] = frozenset()
+SECRET_KEYS: frozenset[str] = frozenset({"session.secret"})
 
 
 def _coerce(key: str, hint: Any, value: Any, *, from_text: bool) -> Any:

@@ -21,6 +21,14 @@ STREAM_KINDS: Final = ("sse", "websocket")
 # threshold the alert rules use (1 s, 5 s, 30 s).
 DURATION_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 OVERHEAD_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+# Sessions live from seconds to the 24 h absolute maximum; edges at the common idle timeouts (10, 30, 60 min).
+SESSION_DURATION_BUCKETS: Final = (10, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 28800, 43200, 86400)
+SESSION_REQUESTS_BUCKETS: Final = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000)
+IDLE_GAP_BUCKETS: Final = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 900, 1200, 1800, 3600, 7200)
+SWEEP_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
+START_REASONS: Final = ("first", "expired", "lifetime", "ended", "unknown", "upstream", "adopted")
+END_REASONS: Final = ("idle", "lifetime", "client", "bot", "upstream", "evicted", "admin")
+CARRIERS: Final = ("cookie", "header", "path", "query", "none")
 
 
 def method_label(method: str) -> str:
@@ -65,6 +73,48 @@ class Metrics:
         self.streams_open = Gauge(
             f"{PREFIX}_streams_open", "Open long-lived streams by kind.", ["kind"], registry=r
         )
+        self.sessions_active = Gauge(f"{PREFIX}_sessions_active", "Sessions alive now.", registry=r)
+        self.sessions_active_max = Gauge(
+            f"{PREFIX}_sessions_active_max", "Highest number of sessions alive at once since start.", registry=r
+        )
+        self.sessions_limit = Gauge(f"{PREFIX}_sessions_limit", "The configured session.max_sessions.", registry=r)
+        self.idle_timeout = Gauge(
+            f"{PREFIX}_session_idle_timeout_seconds", "The configured default session.idle_timeout.", registry=r
+        )
+        self.sessions_started = Counter(
+            f"{PREFIX}_sessions_started", "Sessions started, by why the conversation (re)started.", ["reason"], registry=r
+        )
+        self.sessions_ended = Counter(f"{PREFIX}_sessions_ended", "Sessions ended, by reason.", ["reason"], registry=r)
+        self.sessions_rejected = Counter(
+            f"{PREFIX}_sessions_rejected", "New sessions refused at session.max_sessions (on_full = reject).", registry=r
+        )
+        self.session_duration = Histogram(
+            f"{PREFIX}_session_duration_seconds",
+            "Session lifetime from start to end, observed when a session ends.",
+            buckets=SESSION_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.session_requests = Histogram(
+            f"{PREFIX}_session_requests",
+            "Requests per session, observed when a session ends.",
+            buckets=SESSION_REQUESTS_BUCKETS,
+            registry=r,
+        )
+        self.idle_gap = Histogram(
+            f"{PREFIX}_session_idle_gap_seconds",
+            "Time between consecutive requests of a session: which idle timeout fits the traffic.",
+            buckets=IDLE_GAP_BUCKETS,
+            registry=r,
+        )
+        self.carrier = Counter(
+            f"{PREFIX}_session_carrier", "Requests by how they carried their session.", ["carrier"], registry=r
+        )
+        self.sweep_duration = Histogram(
+            f"{PREFIX}_expiry_sweep_duration_seconds", "Duration of one expiry sweep.", buckets=SWEEP_BUCKETS, registry=r
+        )
+        self.sweep_last = Gauge(
+            f"{PREFIX}_expiry_sweep_last_timestamp_seconds", "Unix time the last expiry sweep finished.", registry=r
+        )
         self.build_info = Gauge(f"{PREFIX}_build_info", "Build information; always 1.", ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)
         ProcessCollector(registry=r)
@@ -72,3 +122,6 @@ class Metrics:
             self.upstream_errors.labels(reason=reason)
         for kind in STREAM_KINDS:
             self.streams_open.labels(kind=kind)
+        self.started = {reason: self.sessions_started.labels(reason=reason) for reason in START_REASONS}
+        self.ended = {reason: self.sessions_ended.labels(reason=reason) for reason in END_REASONS}
+        self.carriers = {carrier: self.carrier.labels(carrier=carrier) for carrier in CARRIERS}

@@ -14,6 +14,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.config import Config
+from gateway.cors import Cors
 from gateway.errors import BadRequest, BodyTooLarge, UpstreamTimeout, UpstreamUnavailable
 from gateway.headers import (
     REQUEST_ONLY_DROP,
@@ -25,11 +26,14 @@ from gateway.headers import (
     strip_hop_by_hop,
 )
 from gateway.metrics import Metrics, method_label
+from gateway.sessions import LOGOUT, SessionManager, Turn, short_id
+from gateway.websocket import proxy_websocket
 
 log = logging.getLogger("gateway")
 access_log = logging.getLogger("gateway.access")
 
 SSE_TYPE = "text/event-stream"
+_COOKIE = frozenset({hdrs.COOKIE})  # rebuilt by the session layer: merged, session set, gateway's own removed
 
 
 @dataclass(slots=True)
@@ -38,6 +42,7 @@ class Exchange:
 
     started: float = field(default_factory=time.perf_counter)
     upstream_status: int | None = None
+    session: str | None = None
     bytes_in: int = 0
     bytes_out: int = 0
     body_too_large: bool = False
@@ -84,11 +89,21 @@ def build_client(config: Config) -> aiohttp.ClientSession:
 class Proxy:
     """The request handler: one instance per app, holding the pooled client and metrics."""
 
-    def __init__(self, config: Config, client: aiohttp.ClientSession, metrics: Metrics, streams: Streams) -> None:
+    def __init__(
+        self,
+        config: Config,
+        client: aiohttp.ClientSession,
+        metrics: Metrics,
+        streams: Streams,
+        sessions: SessionManager,
+        cors: Cors,
+    ) -> None:
         self.config = config
         self.client = client
         self.metrics = metrics
         self.streams = streams
+        self.sessions = sessions
+        self.cors = cors
         self._base = config.upstream.base
         self._trusted = config.listen.trusted_networks()
         self._max_body = config.upstream.max_body_size
@@ -122,20 +137,22 @@ class Proxy:
             self.metrics.request_duration.observe(elapsed)
             self._access(request, status, elapsed, exchange)
 
-    def upstream_url(self, request: web.Request) -> URL:
-        """The upstream URL: base plus the raw request target, never re-quoted."""
+    @staticmethod
+    def request_target(request: web.Request) -> str:
+        """The raw request target (path and query, never re-quoted)."""
         target = request.raw_path
         if not target.startswith("/"):
             if target == "*":
                 raise BadRequest("The asterisk request target is not supported.")
             # Absolute form (`GET http://other.host/x`): forward its path only, never to that host.
             target = request.rel_url.raw_path_qs
-        return URL(self._base + target, encoded=True)
+        return target
 
-    def upstream_headers(self, request: web.Request, *, websocket: bool = False) -> CIMultiDict[str]:
-        """Request headers for the upstream: hop-by-hop stripped, X-Forwarded-* set."""
-        extra = REQUEST_ONLY_DROP | WEBSOCKET_HANDSHAKE if websocket else REQUEST_ONLY_DROP
-        headers = strip_hop_by_hop(request.headers, extra)
+    def upstream_headers(self, request: web.Request, turn: Turn, *, websocket: bool = False) -> CIMultiDict[str]:
+        """Request headers for the upstream: hop-by-hop and gateway-owned stripped, session and X-Forwarded-* set."""
+        extra = REQUEST_ONLY_DROP | turn.drop | _COOKIE
+        headers = strip_hop_by_hop(request.headers, extra | WEBSOCKET_HANDSHAKE if websocket else extra)
+        headers.extend(turn.headers)
         peer = request.remote
         set_forwarded(
             headers,
@@ -147,28 +164,39 @@ class Proxy:
         return headers
 
     async def _proxy(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
-        url = self.upstream_url(request)
-        if is_websocket_upgrade(request.headers):
-            from gateway.websocket import proxy_websocket
-
-            return await proxy_websocket(self, request, url, exchange)
+        preflight = self.cors.preflight(request)
+        if preflight is not None:
+            return preflight
         declared = request.content_length
         if declared is not None and declared > self._max_body:
             raise BodyTooLarge(f"The request body of {declared} bytes exceeds the limit of {self._max_body} bytes.")
-        headers = self.upstream_headers(request)
-        data = self._body(request, exchange) if request.body_exists else None
-        sent = time.perf_counter()
+        turn = await self.sessions.prepare(self.request_target(request), request.headers)
+        exchange.session = turn.session_id
+        if turn.answer_logout:
+            return web.json_response(LOGOUT)
+        url = URL(self._base + turn.carried.target, encoded=True)
         try:
-            upstream = await self.client.request(
-                request.method, url, headers=headers, data=data, allow_redirects=False
-            )
-        except Exception as exc:
-            raise self._request_failure(exc, exchange) from None
+            if is_websocket_upgrade(request.headers):
+                return await proxy_websocket(self, request, url, turn, exchange)
+            headers = self.upstream_headers(request, turn)
+            data = self._body(request, exchange) if request.body_exists else None
+            sent = time.perf_counter()
+            try:
+                upstream = await self.client.request(
+                    request.method, url, headers=headers, data=data, allow_redirects=False
+                )
+            except Exception as exc:
+                raise self._request_failure(exc, exchange) from None
+        except BaseException:
+            self.sessions.abandon(turn)
+            raise
         received = time.perf_counter()
         exchange.upstream_status = upstream.status
         self.metrics.upstream_ttfb.observe(received - sent)
         try:
-            return await self._respond(request, upstream, exchange, overhead=sent - exchange.started, received=received)
+            return await self._respond(
+                request, upstream, exchange, turn, overhead=sent - exchange.started, received=received
+            )
         finally:
             upstream.release()
 
@@ -212,13 +240,20 @@ class Proxy:
         request: web.Request,
         upstream: aiohttp.ClientResponse,
         exchange: Exchange,
+        turn: Turn,
         *,
         overhead: float,
         received: float,
     ) -> web.StreamResponse:
-        response = web.StreamResponse(
-            status=upstream.status, reason=upstream.reason, headers=strip_hop_by_hop(upstream.headers)
-        )
+        if turn.ended and upstream.status in (404, 405):
+            # A bot without an end-session endpoint: answer the Teneo logout ourselves.
+            logout_headers: CIMultiDict[str] = CIMultiDict()
+            await self.sessions.finish(turn, upstream.status, logout_headers)
+            return web.json_response(LOGOUT, headers=logout_headers)
+        headers = strip_hop_by_hop(upstream.headers)
+        await self.sessions.finish(turn, upstream.status, headers)
+        exchange.session = turn.session_id
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         is_sse = upstream.headers.get(hdrs.CONTENT_TYPE, "").startswith(SSE_TYPE)
         try:
             await response.prepare(request)
@@ -289,6 +324,7 @@ class Proxy:
                     "bytes_in": exchange.bytes_in,
                     "bytes_out": exchange.bytes_out,
                     "client": request.remote,
+                    "session": short_id(exchange.session),
                 }
             },
         )

@@ -9,20 +9,25 @@ import aiohttp
 from aiohttp import WSMsgType, hdrs, web
 from yarl import URL
 
+from multidict import CIMultiDict
+
 if TYPE_CHECKING:
     from gateway.proxy import Exchange, Proxy
+    from gateway.sessions import Turn
 
 CLOSED = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR})
 
 
-async def proxy_websocket(proxy: Proxy, request: web.Request, url: URL, exchange: Exchange) -> web.StreamResponse:
+async def proxy_websocket(
+    proxy: Proxy, request: web.Request, url: URL, turn: Turn, exchange: Exchange
+) -> web.StreamResponse:
     """Open the upstream socket first, so a refused upstream is a 502 JSON and not a dead socket."""
     protocols = [p.strip() for p in request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL, "").split(",") if p.strip()]
     limit = proxy.config.upstream.max_ws_message_size
     try:
         upstream = await proxy.client.ws_connect(
             url,
-            headers=proxy.upstream_headers(request, websocket=True),
+            headers=proxy.upstream_headers(request, turn, websocket=True),
             protocols=protocols,
             autoclose=False,
             autoping=False,
@@ -34,8 +39,11 @@ async def proxy_websocket(proxy: Proxy, request: web.Request, url: URL, exchange
     except Exception as exc:
         raise proxy._request_failure(exc, exchange) from None
     exchange.upstream_status = 101
+    session_headers: CIMultiDict[str] = CIMultiDict()
+    await proxy.sessions.finish(turn, 101, session_headers)
     chosen = [upstream.protocol] if upstream.protocol else []
     client = web.WebSocketResponse(protocols=chosen, autoclose=False, autoping=False, max_msg_size=limit)
+    client.headers.extend(session_headers)
     await client.prepare(request)
     proxy.metrics.streams_open.labels(kind="websocket").inc()
     proxy.streams.sockets.add(client)

@@ -1,0 +1,120 @@
+"""Find the session a request carries (header, cookie, path parameter, query) and rewrite what the bot sees."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Literal
+from urllib.parse import unquote
+
+from aiohttp import hdrs
+from multidict import CIMultiDictProxy
+
+from gateway.config import SessionConfig
+from gateway.cookies import COOKIE_OCTETS, CONTROL, Pairs, parse_cookie_header, parse_cookie_string
+from gateway.errors import BadSessionCarrier
+
+Carrier = Literal["header", "cookie", "path", "query", "none"]
+CARRIERS: Final = ("header", "cookie", "path", "query", "none")
+
+
+@dataclass(slots=True)
+class Carried:
+    """What the request carried, and the target and cookies to forward with the session taken out."""
+
+    session_id: str | None
+    carrier: Carrier
+    affinity: str | None  # the gateway's affinity value, as the client echoed it
+    cookies: Pairs  # client cookies merged with the session header's pairs; session and affinity cookies removed
+    target: str  # raw path and query, session path and query parameters removed
+    is_end: bool  # the last path segment is session.end_path
+
+
+def validate_id(value: str, where: str, max_length: int) -> str:
+    """A session id as presented; 400 bad_session_header when it cannot be one."""
+    if not value:
+        raise BadSessionCarrier(f"The session id in the {where} is empty.")
+    if len(value.encode()) > max_length:
+        raise BadSessionCarrier(f"The session id in the {where} is longer than {max_length} bytes.")
+    if CONTROL.search(value):
+        raise BadSessionCarrier(f"The session id in the {where} contains control characters.")
+    if not COOKIE_OCTETS.fullmatch(value):
+        raise BadSessionCarrier(f"The session id in the {where} has characters a cookie may not carry.")
+    return value
+
+
+def _split_path_param(path: str, name: str) -> tuple[str, str | None]:
+    """Remove `;<name>=<value>` (Tomcat-style, any segment, name case-insensitive) from a raw path."""
+    if ";" not in path or not name:
+        return path, None
+    found = None
+    segments = []
+    for segment in path.split("/"):
+        head, *params = segment.split(";")
+        kept = []
+        for param in params:
+            key, sep, value = param.partition("=")
+            if sep and key.lower() == name:
+                found = value
+            else:
+                kept.append(param)
+        segments.append(";".join([head, *kept]))
+    return "/".join(segments), found
+
+
+def _split_query_param(query: str, name: str) -> tuple[str, str | None]:
+    if not name or not query:
+        return query, None
+    found = None
+    kept = []
+    for piece in query.split("&"):
+        key, _, value = piece.partition("=")
+        if unquote(key.replace("+", " ")) == name:
+            found = unquote(value.replace("+", " "))
+        else:
+            kept.append(piece)
+    return "&".join(kept), found
+
+
+def last_segment(path: str) -> str:
+    """The last path segment without its path parameters."""
+    return path.rstrip("/").rsplit("/", 1)[-1].split(";", 1)[0]
+
+
+def extract(target: str, headers: CIMultiDictProxy[str], config: SessionConfig) -> Carried:
+    """Resolve the session by precedence header > Cookie > path parameter > query parameter."""
+    path, qsep, query = target.partition("?")
+    path, from_path = _split_path_param(path, config.path_param.lower())
+    query, from_query = _split_query_param(query, config.query_param)
+    new_target = path + (qsep + query if query else "")
+
+    own = {config.cookie, config.affinity_cookie}
+    merged: dict[str, str] = {}
+    order: Pairs = []
+    for value in headers.getall(hdrs.COOKIE, ()):
+        order.extend(parse_cookie_header(value))
+    from_cookie = next((v for n, v in reversed(order) if n == config.cookie), None)
+    affinity = next((v for n, v in reversed(order) if n == config.affinity_cookie), None)
+
+    from_header = None
+    raw_header = headers.get(config.header)
+    if raw_header is not None:
+        try:
+            header_pairs = parse_cookie_string(raw_header)
+        except ValueError as exc:
+            raise BadSessionCarrier(f"{config.header} is not a cookie string: {exc}.") from None
+        for name, value in header_pairs:
+            if name == config.cookie:
+                from_header = value
+            elif name == config.affinity_cookie:
+                affinity = value
+            else:
+                merged[name] = value  # the header's pairs win over the Cookie header's
+    cookies: Pairs = [(n, merged.pop(n) if n in merged else v) for n, v in order if n not in own]
+    cookies.extend(merged.items())
+
+    for carrier, value in (("header", from_header), ("cookie", from_cookie), ("path", from_path), ("query", from_query)):
+        if value is not None:
+            where = {"header": config.header, "cookie": "Cookie header", "path": "path parameter", "query": "query"}
+            session_id = validate_id(value, where[carrier], config.max_id_length)
+            return Carried(session_id, carrier, affinity, cookies, new_target, last_segment(path) == config.end_path)  # type: ignore[arg-type]
+    return Carried(None, "none", affinity, cookies, new_target, last_segment(path) == config.end_path)

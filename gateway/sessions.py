@@ -1,0 +1,430 @@
+"""The session lifecycle: resolve, continue, start, expire, end, and signal why a conversation restarted."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+from aiohttp import hdrs
+from multidict import CIMultiDict, CIMultiDictProxy, istr
+
+from gateway.affinity import AffinitySigner
+from gateway.carriage import Carried, extract
+from gateway.config import SessionConfig
+from gateway.cookies import (
+    COOKIE_OCTETS,
+    build_set_cookie,
+    render_cookie_header,
+    rewrite_set_cookie,
+    set_cookie_deletes,
+    set_cookie_name_value,
+)
+from gateway.errors import SessionCapacity
+from gateway.metrics import Metrics
+from gateway.store import CapacityExceeded, EndReason, Outcome, SessionInfo, SessionStore, Touch
+
+log = logging.getLogger("gateway")
+
+StartReason = Literal["first", "expired", "lifetime", "ended", "unknown", "upstream", "adopted"]
+Clock = Callable[[], float]
+
+X_SESSION_NEW: Final = istr("X-Session-New")
+X_SESSION_PREVIOUS: Final = istr("X-Session-Previous")
+X_SESSION_ID: Final = istr("X-Session-Id")
+X_SESSION_CONTROL: Final = istr("X-Session-Control")
+X_GATEWAY_SESSION: Final = istr("X-Gateway-Session")
+DEFAULT_REPLICA: Final = "default"
+LOGOUT: Final = {"status": 1, "message": "logout"}
+
+# Why a dead session's tombstone says it ended, as the reason its successor started.
+_RESTART_REASON: Final[dict[EndReason, StartReason]] = {
+    "idle": "expired",
+    "lifetime": "lifetime",
+    "client": "ended",
+    "bot": "ended",
+    "upstream": "ended",
+    "evicted": "ended",
+    "admin": "ended",
+}
+
+
+def short_id(session_id: str | None) -> str:
+    """A session id for logs: enough to correlate, too little to hijack."""
+    return "-" if not session_id else session_id[:6] + "…"
+
+
+@dataclass(slots=True)
+class Turn:
+    """One request's session decisions, from before forwarding to after the upstream's response head."""
+
+    carried: Carried
+    session_id: str | None = None  # the session the bot is told about (continued, adopted or minted)
+    reason: StartReason | None = None  # a new session whose reason is known before forwarding
+    previous: str | None = None  # the id this new session replaces
+    live: bool = False  # continues a session the gateway knows
+    adopting: bool = False  # an id unknown to the gateway, forwarded for the bot to accept or replace
+    leader: asyncio.Future[str | None] | None = None  # resolves with the id racing requests continue
+    leader_key: str | None = None
+    ended: bool = False  # an end-session request that ended a live session
+    answer_logout: bool = False  # answer the logout JSON without forwarding
+    headers: CIMultiDict[str] = field(default_factory=CIMultiDict)  # to add on the request to the bot
+    drop: frozenset[istr] = frozenset()
+
+
+class SessionManager:
+    """Owns the store, the sweeper and the session metrics; the proxy calls prepare() and finish()."""
+
+    def __init__(self, config: SessionConfig, store: SessionStore, metrics: Metrics, clock: Clock = time.time) -> None:
+        self.config = config
+        self.store = store
+        self.metrics = metrics
+        self.clock = clock
+        self.signer = AffinitySigner(config.secret)
+        self._inflight: dict[str, asyncio.Future[str | None]] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        self._active_max = 0
+        owned = [X_SESSION_NEW, X_SESSION_PREVIOUS, istr(config.header)]
+        if config.issuer == "gateway":
+            owned.append(X_SESSION_ID)
+        self._owned_request_headers = frozenset(owned)
+        metrics.sessions_limit.set(config.max_sessions)
+        metrics.idle_timeout.set(config.idle_timeout)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="session-sweeper")
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        await self.store.close()
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.sweep_interval)
+            try:
+                await self.sweep()
+            except Exception as exc:  # a store outage must not kill the sweeper
+                log.warning("expiry sweep failed: %s: %s", type(exc).__name__, exc)
+
+    async def sweep(self) -> int:
+        """End every session past a timeout, in bounded batches that yield to the event loop."""
+        started = time.perf_counter()
+        now = self.clock()
+        count = 0
+        while True:
+            swept = await self.store.expire_due(now, self.config.sweep_batch)
+            for ended in swept.ended:
+                self._observe_end(ended.session, ended.reason, now)
+            count += len(swept.ended)
+            if not swept.more:
+                break
+            await asyncio.sleep(0)
+        await self._refresh_active()
+        self.metrics.sweep_duration.observe(time.perf_counter() - started)
+        self.metrics.sweep_last.set(time.time())
+        return count
+
+    async def end_by_admin(self, session_id: str) -> bool:
+        info = await self.store.end(session_id, self.clock(), "admin")
+        if info is None:
+            return False
+        self._observe_end(info, "admin", self.clock())
+        await self._refresh_active()
+        return True
+
+    # -- metrics -----------------------------------------------------------------------------------
+
+    def _observe_end(self, info: SessionInfo, reason: EndReason, now: float) -> None:
+        self.metrics.ended[reason].inc()
+        self.metrics.session_duration.observe(max(0.0, now - info.created))
+        self.metrics.session_requests.observe(info.requests)
+
+    async def _refresh_active(self) -> None:
+        active = await self.store.count()
+        self.metrics.sessions_active.set(active)
+        if active > self._active_max:
+            self._active_max = active
+            self.metrics.sessions_active_max.set(active)
+
+    # -- before forwarding -------------------------------------------------------------------------
+
+    async def prepare(self, target: str, headers: CIMultiDictProxy[str]) -> Turn:
+        """Resolve the session a request carries and decide what the bot is told."""
+        carried = extract(target, headers, self.config)
+        self.metrics.carriers[carried.carrier].inc()
+        turn = Turn(carried, drop=self._owned_request_headers)
+        now = self.clock()
+        if carried.is_end:
+            await self._prepare_end(turn, now)
+        elif carried.session_id is None:
+            turn.reason = "first"
+        else:
+            await self._resolve(turn, carried.session_id, now)
+        if turn.reason is not None and self.config.issuer == "gateway":
+            await self._mint(turn, now)
+        elif turn.reason is not None or turn.adopting:
+            await self._check_capacity()
+        self._bot_headers(turn)
+        return turn
+
+    async def _prepare_end(self, turn: Turn, now: float) -> None:
+        presented = turn.carried.session_id
+        touch = await self.store.touch(presented, now) if presented else None
+        if touch is not None and touch.outcome in (Outcome.EXPIRED, Outcome.LIFETIME) and touch.session:
+            self._observe_end(touch.session, "idle" if touch.outcome is Outcome.EXPIRED else "lifetime", now)
+        if touch is None or touch.outcome is not Outcome.LIVE or touch.session is None:
+            turn.answer_logout = True  # no session, or one we do not know: change nothing
+            return
+        info = await self.store.end(touch.session.id, now, "client")
+        if info is not None:
+            self._observe_end(info, "client", now)
+        await self._refresh_active()
+        turn.session_id = touch.session.id
+        turn.ended = True
+
+    async def _resolve(self, turn: Turn, presented: str, now: float) -> None:
+        waiting = self._inflight.get(presented)
+        if waiting is not None:
+            # Another request with this id is already starting its successor: continue that one.
+            successor = await asyncio.shield(waiting)
+            if successor is not None and await self._continue(turn, successor, now):
+                return
+        touch = await self.store.touch(presented, now)
+        if touch.outcome is Outcome.LIVE:
+            self._continued(turn, touch)
+            return
+        if touch.outcome in (Outcome.EXPIRED, Outcome.LIFETIME) and touch.session is not None:
+            self._observe_end(touch.session, "idle" if touch.outcome is Outcome.EXPIRED else "lifetime", now)
+            await self._refresh_active()
+        if touch.successor is not None and await self._continue(turn, touch.successor, now):
+            return
+        waiting = self._inflight.get(presented)
+        if waiting is not None:  # it raced us while we awaited the store
+            successor = await asyncio.shield(waiting)
+            if successor is not None and await self._continue(turn, successor, now):
+                return
+        turn.leader = self._inflight[presented] = asyncio.get_running_loop().create_future()
+        turn.leader_key = presented
+        if touch.outcome is Outcome.MISSING:
+            if self.config.issuer == "gateway":
+                turn.reason, turn.previous = "unknown", presented  # client-chosen ids are never adopted
+            else:
+                turn.adopting, turn.session_id = True, presented
+            return
+        turn.previous = presented
+        if touch.outcome is Outcome.ENDED:
+            assert touch.ended_reason is not None
+            turn.reason = _RESTART_REASON[touch.ended_reason]
+        else:
+            turn.reason = "expired" if touch.outcome is Outcome.EXPIRED else "lifetime"
+
+    async def _continue(self, turn: Turn, session_id: str, now: float) -> bool:
+        touch = await self.store.touch(session_id, now)
+        if touch.outcome is not Outcome.LIVE:
+            return False
+        self._continued(turn, touch)
+        return True
+
+    def _continued(self, turn: Turn, touch: Touch) -> None:
+        assert touch.session is not None
+        turn.live, turn.session_id = True, touch.session.id
+        if touch.idle_gap is not None:
+            self.metrics.idle_gap.observe(touch.idle_gap)
+
+    async def _check_capacity(self) -> None:
+        if self.config.on_full == "reject" and await self.store.count() >= self.config.max_sessions:
+            self.metrics.sessions_rejected.inc()
+            raise SessionCapacity("The gateway holds as many sessions as it may; try again later.")
+
+    async def _mint(self, turn: Turn, now: float) -> None:
+        """Gateway-issued mode: a UUID4 (36 bytes, a valid Dialogflow CX session id), created before forwarding."""
+        assert turn.reason is not None
+        session_id = str(uuid.uuid4())
+        await self._start(session_id, turn.reason, now, previous=turn.previous)
+        turn.session_id = session_id
+        self._resolve_leader(turn, session_id)
+
+    def _bot_headers(self, turn: Turn) -> None:
+        cookies = list(turn.carried.cookies)
+        if self.config.issuer == "upstream" and turn.session_id and (turn.live or turn.adopting or turn.ended):
+            cookies.append((self.config.cookie, turn.session_id))
+        if cookies:
+            turn.headers[hdrs.COOKIE] = render_cookie_header(cookies)
+        if self.config.issuer == "gateway" and turn.session_id:
+            turn.headers[X_SESSION_ID] = turn.session_id
+        if turn.reason is not None:
+            turn.headers[X_SESSION_NEW] = turn.reason
+            if turn.previous:
+                turn.headers[X_SESSION_PREVIOUS] = turn.previous
+
+    async def _start(self, session_id: str, reason: StartReason, now: float, previous: str | None) -> bool:
+        try:
+            created = await self.store.create(
+                session_id, now, idle_timeout=self.config.idle_timeout, replica=DEFAULT_REPLICA, previous=previous
+            )
+        except CapacityExceeded:
+            self.metrics.sessions_rejected.inc()
+            raise SessionCapacity("The gateway holds as many sessions as it may; try again later.") from None
+        if created.evicted is not None:
+            self._observe_end(created.evicted, "evicted", now)
+        if created.created:
+            self.metrics.started[reason].inc()
+        await self._refresh_active()
+        return created.created
+
+    def _resolve_leader(self, turn: Turn, session_id: str | None) -> None:
+        if turn.leader is not None and not turn.leader.done():
+            turn.leader.set_result(session_id)
+        if turn.leader_key is not None and self._inflight.get(turn.leader_key) is turn.leader:
+            del self._inflight[turn.leader_key]
+
+    def abandon(self, turn: Turn) -> None:
+        """The exchange failed before an answer: let racing requests decide for themselves."""
+        self._resolve_leader(turn, turn.session_id if self.config.issuer == "gateway" else None)
+
+    # -- after the upstream answered -----------------------------------------------------------------
+
+    async def finish(self, turn: Turn, status: int, headers: CIMultiDict[str]) -> None:
+        """Record what the bot did, apply its controls, and add the gateway's headers to its response."""
+        now = self.clock()
+        for name in (X_SESSION_NEW, X_SESSION_ID, X_GATEWAY_SESSION):
+            headers.popall(name, None)
+        controls = [v.strip().lower() for raw in headers.popall(X_SESSION_CONTROL, ()) for v in raw.split(",")]
+        signal: StartReason | None = None
+        try:
+            if self.config.issuer == "gateway":
+                session_id = turn.session_id
+                signal = turn.reason
+            else:
+                session_id, signal = await self._follow_bot(turn, status, headers, now)
+        except SessionCapacity:
+            # Full since prepare() checked (on_full = reject): the bot answered, so pass it on untracked.
+            session_id, signal = None, None
+        finally:
+            self._resolve_leader(turn, turn.session_id)
+        if turn.ended:
+            self._end_headers(headers)
+            return
+        if session_id is not None:
+            await self._apply_controls(session_id, controls, now)
+            headers[X_SESSION_ID] = session_id
+        if signal is not None:
+            headers[X_SESSION_NEW] = signal
+        self._affinity_headers(headers, session_id or "")
+
+    async def _follow_bot(
+        self, turn: Turn, status: int, headers: CIMultiDict[str], now: float
+    ) -> tuple[str | None, StartReason | None]:
+        """Upstream-issued mode: read the bot's Set-Cookie to learn which session it continued or started."""
+        bot_id, bot_deleted = None, False
+        rewrite = self.config.rewrite_upstream_cookies
+        cookies = headers.popall(hdrs.SET_COOKIE, ())
+        for value in cookies:
+            name, cookie_value = set_cookie_name_value(value)
+            if name == self.config.cookie:
+                if set_cookie_deletes(value):
+                    bot_deleted = True
+                elif COOKIE_OCTETS.fullmatch(cookie_value) and len(cookie_value) <= self.config.max_id_length:
+                    bot_id = cookie_value
+            c = self.config
+            headers.add(
+                hdrs.SET_COOKIE,
+                rewrite_set_cookie(
+                    value, samesite=c.cookie_samesite, secure=c.cookie_secure, partitioned=c.cookie_partitioned
+                )
+                if rewrite
+                else value,
+            )
+        current = turn.session_id
+        if turn.ended:
+            return current, None
+        if turn.live and current is not None:
+            if bot_deleted:
+                await self._end(current, "bot", now)
+                return None, None
+            if bot_id is not None and bot_id != current:
+                await self._end(current, "upstream", now)
+                await self._start(bot_id, "upstream", now, previous=current)
+                turn.session_id = bot_id
+                return bot_id, "upstream"
+            return current, None
+        if turn.adopting and current is not None:
+            if bot_id is not None and bot_id != current:
+                await self._start(bot_id, "unknown", now, previous=None)
+                turn.session_id = bot_id
+                return bot_id, "unknown"
+            if bot_deleted or status >= 500:
+                turn.session_id = None
+                return None, None
+            await self._start(current, "adopted", now, previous=None)  # a gateway restart must not break chats
+            return current, None
+        if turn.reason is not None and bot_id is not None:
+            await self._start(bot_id, turn.reason, now, previous=turn.previous)
+            turn.session_id = bot_id
+            return bot_id, turn.reason
+        turn.session_id = None  # the bot started no session for this request
+        return None, None
+
+    async def _end(self, session_id: str, reason: EndReason, now: float) -> None:
+        info = await self.store.end(session_id, now, reason)
+        if info is not None:
+            self._observe_end(info, reason, now)
+            await self._refresh_active()
+
+    async def _apply_controls(self, session_id: str, controls: list[str], now: float) -> None:
+        """`X-Session-Control: end` ends the session after this response; `timeout=<s>` sets its idle timeout."""
+        for control in controls:
+            if control == "end":
+                await self._end(session_id, "bot", now)
+            elif control.startswith("timeout="):
+                try:
+                    seconds = float(control.partition("=")[2])
+                except ValueError:
+                    log.warning("ignoring X-Session-Control %r from the upstream", control)
+                    continue
+                if seconds > 0:
+                    await self.store.set_idle_timeout(session_id, min(seconds, self.config.absolute_timeout))
+            elif control:
+                log.warning("ignoring X-Session-Control %r from the upstream", control)
+
+    def _cookie(self, name: str, value: str, max_age: int | None = None) -> str:
+        c = self.config
+        return build_set_cookie(
+            name,
+            value,
+            samesite=c.cookie_samesite,
+            secure=c.cookie_secure,
+            partitioned=c.cookie_partitioned,
+            max_age=max_age,
+        )
+
+    def _affinity_headers(self, headers: CIMultiDict[str], session_id: str) -> None:
+        """X-Gateway-Session and its Set-Cookie; Teneo Web Chat keeps `value.split(';')[0]`, so the pair comes first."""
+        pair = f"{self.config.affinity_cookie}={self.signer.sign(DEFAULT_REPLICA, session_id)}"
+        headers[X_GATEWAY_SESSION] = pair
+        headers.add(hdrs.SET_COOKIE, self._cookie(self.config.affinity_cookie, pair.partition("=")[2]))
+        if self.config.issuer == "gateway" and session_id:
+            headers.add(hdrs.SET_COOKIE, self._cookie(self.config.cookie, session_id))
+
+    def _end_headers(self, headers: CIMultiDict[str]) -> None:
+        headers[X_GATEWAY_SESSION] = ""
+        headers.add(hdrs.SET_COOKIE, self._cookie(self.config.affinity_cookie, "", max_age=0))
+        if self.config.issuer == "gateway":
+            headers.add(hdrs.SET_COOKIE, self._cookie(self.config.cookie, "", max_age=0))
+
+    def logout_headers(self, turn: Turn) -> CIMultiDict[str]:
+        """Headers for the gateway's own logout answer."""
+        headers: CIMultiDict[str] = CIMultiDict()
+        if turn.ended:
+            self._end_headers(headers)
+        return headers

@@ -1,0 +1,95 @@
+"""The SessionStore Protocol: every decision about a session's life is made atomically inside the store.
+
+Shaped so a networked store needs one round trip per proxied request: `touch` reads, decides expiry and
+records the request at once.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+EndReason = Literal["idle", "lifetime", "client", "bot", "upstream", "evicted", "admin"]
+END_REASONS: tuple[EndReason, ...] = ("idle", "lifetime", "client", "bot", "upstream", "evicted", "admin")
+
+
+class Outcome(enum.Enum):
+    LIVE = "live"  # continued; the request is recorded
+    EXPIRED = "expired"  # was past its idle timeout: ended by this call
+    LIFETIME = "lifetime"  # was past its absolute timeout: ended by this call
+    ENDED = "ended"  # already gone: a tombstone remembers why (reason in Touch.ended_reason)
+    MISSING = "missing"  # never seen, or forgotten
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """A snapshot of a session record."""
+
+    id: str
+    created: float  # clock seconds
+    last_seen: float
+    idle_timeout: float  # seconds
+    requests: int
+    replica: str
+
+
+@dataclass(frozen=True, slots=True)
+class Touch:
+    outcome: Outcome
+    session: SessionInfo | None = None  # LIVE: after the touch; EXPIRED/LIFETIME: as it ended
+    idle_gap: float | None = None  # LIVE: seconds since the previous request of this session
+    ended_reason: EndReason | None = None  # ENDED: why the tombstoned session ended
+    successor: str | None = None  # EXPIRED/LIFETIME/ENDED: the session that replaced it, if any
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    session: SessionInfo
+    created: bool  # False: the id already existed and was continued
+    evicted: SessionInfo | None = None  # made room at the cap (on_full = "evict")
+    active: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    session: SessionInfo
+    reason: EndReason
+
+
+@dataclass(frozen=True, slots=True)
+class Swept:
+    ended: list[Ended]
+    more: bool  # due sessions remain: call again (after yielding to the event loop)
+
+
+class CapacityExceeded(Exception):
+    """The store is full and on_full = "reject"."""
+
+
+class SessionStore(Protocol):
+    """Async session storage; memory now, Redis later. `now` always comes from the caller's clock."""
+
+    async def touch(self, session_id: str, now: float) -> Touch:
+        """Continue a live session (recording the request), or end it if it is past a timeout."""
+        ...
+
+    async def create(
+        self, session_id: str, now: float, *, idle_timeout: float, replica: str, previous: str | None = None
+    ) -> Created:
+        """Start a session (or continue it, if it exists); `previous` records this one as its successor."""
+        ...
+
+    async def end(self, session_id: str, now: float, reason: EndReason) -> SessionInfo | None:
+        """End a live session and tombstone it; None when it was not live."""
+        ...
+
+    async def set_idle_timeout(self, session_id: str, seconds: float) -> None: ...
+
+    async def expire_due(self, now: float, limit: int) -> Swept:
+        """End sessions past a timeout (reason idle or lifetime), doing at most `limit` units of work."""
+        ...
+
+    async def count(self) -> int: ...
+
+    async def close(self) -> None: ...
