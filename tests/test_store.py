@@ -1,0 +1,193 @@
+"""The SessionStore contract, run against every backend (the Redis store adds a parameter)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from gateway.store import CapacityExceeded, Outcome, SessionStore
+from gateway.store.memory import MemoryStore
+
+IDLE = 600.0
+ABSOLUTE = 3600.0
+
+StoreFactory = Callable[..., SessionStore]
+
+
+def _memory(**overrides: object) -> SessionStore:
+    options: dict[str, object] = {
+        "absolute_timeout": ABSOLUTE,
+        "max_sessions": 1000,
+        "on_full": "evict",
+        "tombstone_ttl": 7200.0,
+        "max_tombstones": 1000,
+    }
+    options.update(overrides)
+    return MemoryStore(**options)  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=["memory"])
+async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[StoreFactory]:
+    made: list[SessionStore] = []
+
+    def factory(**overrides: object) -> SessionStore:
+        store = {"memory": _memory}[request.param](**overrides)
+        made.append(store)
+        return store
+
+    yield factory
+    for store in made:
+        await store.close()
+
+
+async def test_touch_of_unknown_id_is_missing(make_store: StoreFactory) -> None:
+    store = make_store()
+    assert (await store.touch("nope", 0.0)).outcome is Outcome.MISSING
+
+
+async def test_create_then_touch_continues_and_counts_requests(make_store: StoreFactory) -> None:
+    store = make_store()
+    created = await store.create("a", 100.0, idle_timeout=IDLE, replica="r1")
+    assert created.created and created.session.requests == 1 and created.active == 1
+    touch = await store.touch("a", 130.0)
+    assert touch.outcome is Outcome.LIVE
+    assert touch.session is not None and touch.session.requests == 2 and touch.session.replica == "r1"
+    assert touch.idle_gap == pytest.approx(30.0)
+    assert await store.count() == 1
+
+
+async def test_create_twice_continues_the_first(make_store: StoreFactory) -> None:
+    store = make_store()
+    await store.create("a", 0.0, idle_timeout=IDLE, replica="r")
+    again = await store.create("a", 5.0, idle_timeout=IDLE, replica="r")
+    assert not again.created and again.session.created == 0.0
+    assert await store.count() == 1
+
+
+async def test_idle_expiry_is_decided_by_touch(make_store: StoreFactory) -> None:
+    store = make_store()
+    await store.create("a", 0.0, idle_timeout=IDLE, replica="r")
+    touch = await store.touch("a", IDLE + 1)
+    assert touch.outcome is Outcome.EXPIRED and touch.session is not None and touch.session.requests == 1
+    later = await store.touch("a", IDLE + 2)
+    assert later.outcome is Outcome.ENDED and later.ended_reason == "idle"
+    assert await store.count() == 0
+
+
+async def test_touch_just_before_the_deadline_keeps_it_alive(make_store: StoreFactory) -> None:
+    store = make_store()
+    await store.create("a", 0.0, idle_timeout=IDLE, replica="r")
+    assert (await store.touch("a", IDLE - 1)).outcome is Outcome.LIVE
+    assert (await store.touch("a", 2 * IDLE - 2)).outcome is Outcome.LIVE
+
+
+async def test_absolute_timeout_ends_an_active_session(make_store: StoreFactory) -> None:
+    store = make_store()
+    await store.create("a", 0.0, idle_timeout=IDLE, replica="r")
+    t = 0.0
+    while t + 500 < ABSOLUTE:
+        t += 500
+        assert (await store.touch("a", t)).outcome is Outcome.LIVE
+    assert (await store.touch("a", ABSOLUTE)).outcome is Outcome.LIFETIME
+    assert (await store.touch("a", ABSOLUTE + 1)).ended_reason == "lifetime"
+
+
+async def test_end_tombstones_with_reason_and_records_the_successor(make_store: StoreFactory) -> None:
+    store = make_store()
+    await store.create("a", 0.0, idle_timeout=IDLE, replica="r")
+    info = await store.end("a", 10.0, "client")
+    assert info is not None and info.id == "a"
+    assert await store.end("a", 11.0, "client") is None
+    await store.create("b", 12.0, idle_timeout=IDLE, replica="r", previous="a")
+    touch = await store.touch("a", 13.0)
+    assert touch.outcome is Outcome.ENDED and touch.ended_reason == "client" and touch.successor == "b"
+
+
+async def test_expire_due_ends_only_sessions_past_their_deadline(make_store: StoreFactory) -> None:
+    store = make_store()
+    for i in range(10):
+        await store.create(f"s{i}", float(i), idle_timeout=IDLE, replica="r")
+    await store.touch("s0", 300.0)  # moves s0's deadline to 900
+    swept = await store.expire_due(IDLE + 4.5, limit=100)  # s1..s4 are due (deadlines 601..604)
+    assert sorted(e.session.id for e in swept.ended) == ["s1", "s2", "s3", "s4"]
+    assert {e.reason for e in swept.ended} == {"idle"}
+    assert not swept.more
+    assert await store.count() == 6
+    assert (await store.touch("s0", 605.0)).outcome is Outcome.LIVE
+
+
+async def test_expire_due_works_in_bounded_batches(make_store: StoreFactory) -> None:
+    store = make_store()
+    for i in range(25):
+        await store.create(f"s{i}", 0.0, idle_timeout=IDLE, replica="r")
+    total = 0
+    rounds = 0
+    while True:
+        swept = await store.expire_due(IDLE + 1, limit=10)
+        assert len(swept.ended) <= 10
+        total += len(swept.ended)
+        rounds += 1
+        if not swept.more:
+            break
+    assert total == 25 and rounds == 3
+    assert await store.count() == 0
+
+
+async def test_lifetime_reason_from_the_sweeper(make_store: StoreFactory) -> None:
+    store = make_store()
+    await store.create("a", 0.0, idle_timeout=ABSOLUTE, replica="r")
+    swept = await store.expire_due(ABSOLUTE, limit=10)
+    assert [(e.session.id, e.reason) for e in swept.ended] == [("a", "lifetime")]
+
+
+async def test_set_idle_timeout_shortens_and_lengthens(make_store: StoreFactory) -> None:
+    store = make_store()
+    await store.create("short", 0.0, idle_timeout=IDLE, replica="r")
+    await store.create("long", 0.0, idle_timeout=IDLE, replica="r")
+    await store.set_idle_timeout("short", 5.0)
+    await store.set_idle_timeout("long", 1200.0)
+    swept = await store.expire_due(6.0, limit=10)
+    assert [e.session.id for e in swept.ended] == ["short"]
+    assert (await store.expire_due(IDLE + 1, limit=10)).ended == []
+    assert (await store.touch("long", 1000.0)).outcome is Outcome.LIVE
+
+
+async def test_cap_evicts_the_session_nearest_expiry(make_store: StoreFactory) -> None:
+    store = make_store(max_sessions=2)
+    await store.create("old", 0.0, idle_timeout=IDLE, replica="r")
+    await store.create("busy", 1.0, idle_timeout=IDLE, replica="r")
+    await store.touch("old", 50.0)  # now "busy" is the least recently active
+    created = await store.create("new", 60.0, idle_timeout=IDLE, replica="r")
+    assert created.evicted is not None and created.evicted.id == "busy"
+    assert await store.count() == 2
+    touch = await store.touch("busy", 61.0)
+    assert touch.outcome is Outcome.ENDED and touch.ended_reason == "evicted"
+
+
+async def test_cap_rejects_when_configured(make_store: StoreFactory) -> None:
+    store = make_store(max_sessions=1, on_full="reject")
+    await store.create("a", 0.0, idle_timeout=IDLE, replica="r")
+    with pytest.raises(CapacityExceeded):
+        await store.create("b", 1.0, idle_timeout=IDLE, replica="r")
+    assert (await store.touch("a", 2.0)).outcome is Outcome.LIVE
+
+
+async def test_tombstones_are_forgotten_after_their_ttl_and_bounded(make_store: StoreFactory) -> None:
+    store = make_store(tombstone_ttl=100.0, max_tombstones=3)
+    for i in range(5):
+        await store.create(f"s{i}", 0.0, idle_timeout=IDLE, replica="r")
+        await store.end(f"s{i}", 1.0, "client")
+    # Only the three newest tombstones are kept.
+    outcomes = [(await store.touch(f"s{i}", 2.0)).outcome for i in range(5)]
+    assert outcomes == [Outcome.MISSING, Outcome.MISSING, Outcome.ENDED, Outcome.ENDED, Outcome.ENDED]
+    assert (await store.touch("s4", 102.0)).outcome is Outcome.MISSING
+
+
+async def test_concurrent_touches_lose_no_update(make_store: StoreFactory) -> None:
+    store = make_store()
+    await store.create("a", 0.0, idle_timeout=IDLE, replica="r")
+    await asyncio.gather(*(store.touch("a", 1.0 + i / 1000) for i in range(200)))
+    touch = await store.touch("a", 2.0)
+    assert touch.session is not None and touch.session.requests == 202
