@@ -14,7 +14,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.config import Config
+from gateway.errors import error_middleware, error_response
 from gateway.metrics import Metrics
+from gateway.sessions import SessionManager, short_id
 
 log = logging.getLogger("gateway")
 
@@ -78,8 +80,10 @@ async def check_upstream_forever(config: Config, client: aiohttp.ClientSession, 
         await asyncio.sleep(config.admin.ready_check_interval)
 
 
-def create_admin_app(config: Config, metrics: Metrics, readiness: Readiness) -> web.Application:
-    """Admin endpoints; they share the proxy app's metrics and readiness state."""
+def create_admin_app(
+    config: Config, metrics: Metrics, readiness: Readiness, sessions: SessionManager
+) -> web.Application:
+    """Admin endpoints; they share the proxy app's metrics, readiness and sessions."""
     max_age = 3 * config.admin.ready_check_interval + config.upstream.connect_timeout
 
     async def livez(request: web.Request) -> web.Response:
@@ -94,7 +98,15 @@ def create_admin_app(config: Config, metrics: Metrics, readiness: Readiness) -> 
         body = generate_latest(metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    app = web.Application()
+    async def end_session(request: web.Request) -> web.Response:
+        # An operator ends a conversation (reason "admin"); its next request hears X-Session-New: ended.
+        if await sessions.end_by_admin(request.match_info["session_id"]):
+            log.info("session %s ended by an operator", short_id(request.match_info["session_id"]))
+            return web.Response(status=204)
+        return error_response(404, "session_not_found", "No live session has this id.")
+
+    app = web.Application(middlewares=[error_middleware])
+    app.router.add_delete("/sessions/{session_id}", end_session)
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)

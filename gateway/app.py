@@ -77,7 +77,7 @@ def create_app(
 
 def admin_app_for(app: web.Application) -> web.Application:
     """The admin app sharing `app`'s metrics and readiness."""
-    return create_admin_app(app[CONFIG], app[METRICS], app[READINESS])
+    return create_admin_app(app[CONFIG], app[METRICS], app[READINESS], app[SESSIONS])
 
 
 async def _upstream(app: web.Application) -> AsyncIterator[None]:
