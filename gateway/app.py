@@ -29,6 +29,11 @@ SESSIONS = web.AppKey("sessions", SessionManager)
 CORS = web.AppKey("cors", Cors)
 
 
+def claim_ttl(config: Config) -> float:
+    """How long a request may hold the claim on a dead id: as long as its upstream may take to answer."""
+    return config.upstream.connect_timeout + config.upstream.read_timeout
+
+
 def create_store(config: Config) -> SessionStore:
     """The configured SessionStore backend."""
     s = config.session
@@ -38,6 +43,7 @@ def create_store(config: Config) -> SessionStore:
         on_full=s.on_full,
         tombstone_ttl=s.tombstone_ttl,
         max_tombstones=s.max_tombstones,
+        claim_ttl=claim_ttl(config),
     )
 
 
@@ -61,7 +67,9 @@ def create_app(
     app[METRICS] = Metrics(registry)
     app[READINESS] = Readiness()
     app[STREAMS] = Streams()
-    app[SESSIONS] = SessionManager(config.session, store or create_store(config), app[METRICS], clock)
+    app[SESSIONS] = SessionManager(
+        config.session, store or create_store(config), app[METRICS], clock, claim_wait=claim_ttl(config)
+    )
     app[CORS] = Cors(config.cors, config.session.header)
     app.on_response_prepare.append(app[CORS].on_response_prepare)
     app.cleanup_ctx.append(_sessions)

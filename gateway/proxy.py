@@ -188,7 +188,7 @@ class Proxy:
             except Exception as exc:
                 raise self._request_failure(exc, exchange) from None
         except BaseException:
-            self.sessions.abandon(turn)
+            await asyncio.shield(self.sessions.abandon(turn))
             raise
         received = time.perf_counter()
         exchange.upstream_status = upstream.status

@@ -27,7 +27,7 @@ from gateway.cookies import (
 )
 from gateway.errors import SessionCapacity
 from gateway.metrics import Metrics
-from gateway.store import CapacityExceeded, EndReason, Outcome, SessionInfo, SessionStore, Touch
+from gateway.store import CapacityExceeded, EndReason, Outcome, SessionInfo, SessionStore, TombReason, Touch
 
 log = logging.getLogger("gateway")
 
@@ -40,10 +40,12 @@ X_SESSION_ID: Final = istr("X-Session-Id")
 X_SESSION_CONTROL: Final = istr("X-Session-Control")
 X_GATEWAY_SESSION: Final = istr("X-Gateway-Session")
 DEFAULT_REPLICA: Final = "default"
+_MAX_SUCCESSOR_HOPS: Final = 3
+_CLAIM_POLL: Final = 0.02  # seconds between asks while another request holds a claim
 LOGOUT: Final = {"status": 1, "message": "logout"}
 
 # Why a dead session's tombstone says it ended, as the reason its successor started.
-_RESTART_REASON: Final[dict[EndReason, StartReason]] = {
+_RESTART_REASON: Final[dict[TombReason, StartReason]] = {
     "idle": "expired",
     "lifetime": "lifetime",
     "client": "ended",
@@ -51,6 +53,7 @@ _RESTART_REASON: Final[dict[EndReason, StartReason]] = {
     "upstream": "ended",
     "evicted": "ended",
     "admin": "ended",
+    "unknown": "unknown",
 }
 
 
@@ -69,8 +72,7 @@ class Turn:
     previous: str | None = None  # the id this new session replaces
     live: bool = False  # continues a session the gateway knows
     adopting: bool = False  # an id unknown to the gateway, forwarded for the bot to accept or replace
-    leader: asyncio.Future[str | None] | None = None  # resolves with the id racing requests continue
-    leader_key: str | None = None
+    claimed: str | None = None  # the dead or unknown id whose claim this request holds
     ended: bool = False  # an end-session request that ended a live session
     answer_logout: bool = False  # answer the logout JSON without forwarding
     headers: CIMultiDict[str] = field(default_factory=CIMultiDict)  # to add on the request to the bot
@@ -80,13 +82,21 @@ class Turn:
 class SessionManager:
     """Owns the store, the sweeper and the session metrics; the proxy calls prepare() and finish()."""
 
-    def __init__(self, config: SessionConfig, store: SessionStore, metrics: Metrics, clock: Clock = time.time) -> None:
+    def __init__(
+        self,
+        config: SessionConfig,
+        store: SessionStore,
+        metrics: Metrics,
+        clock: Clock = time.time,
+        *,
+        claim_wait: float = 30.0,
+    ) -> None:
         self.config = config
         self.store = store
         self.metrics = metrics
         self.clock = clock
         self.signer = AffinitySigner(config.secret)
-        self._inflight: dict[str, asyncio.Future[str | None]] = {}
+        self.claim_wait = claim_wait
         self._sweeper: asyncio.Task[None] | None = None
         self._active_max = 0
         owned = [X_SESSION_NEW, X_SESSION_PREVIOUS, istr(config.header)]
@@ -129,7 +139,7 @@ class SessionManager:
             if not swept.more:
                 break
             await asyncio.sleep(0)
-        await self._refresh_active()
+        await self._refresh_active(sweeping=True)
         self.metrics.sweep_duration.observe(time.perf_counter() - started)
         self.metrics.sweep_last.set(time.time())
         return count
@@ -149,7 +159,9 @@ class SessionManager:
         self.metrics.session_duration.observe(max(0.0, now - info.created))
         self.metrics.session_requests.observe(info.requests)
 
-    async def _refresh_active(self) -> None:
+    async def _refresh_active(self, *, sweeping: bool = False) -> None:
+        if self.store.shared and not sweeping:
+            return  # a shared count costs a round trip: the sweeper refreshes it every sweep_interval
         active = await self.store.count()
         self.metrics.sessions_active.set(active)
         if active > self._active_max:
@@ -193,47 +205,44 @@ class SessionManager:
         turn.ended = True
 
     async def _resolve(self, turn: Turn, presented: str, now: float) -> None:
-        waiting = self._inflight.get(presented)
-        if waiting is not None:
-            # Another request with this id is already starting its successor: continue that one.
-            successor = await asyncio.shield(waiting)
-            if successor is not None and await self._continue(turn, successor, now):
+        """Continue the presented session, its successor, or decide why a new one starts (holding the claim)."""
+        current = presented
+        for _ in range(_MAX_SUCCESSOR_HOPS):
+            touch = await self._touch_waiting(current)
+            if touch.outcome is Outcome.LIVE:
+                self._continued(turn, touch)
                 return
-        touch = await self.store.touch(presented, now)
-        if touch.outcome is Outcome.LIVE:
-            self._continued(turn, touch)
-            return
-        if touch.outcome in (Outcome.EXPIRED, Outcome.LIFETIME) and touch.session is not None:
-            self._observe_end(touch.session, "idle" if touch.outcome is Outcome.EXPIRED else "lifetime", now)
-            await self._refresh_active()
-        if touch.successor is not None and await self._continue(turn, touch.successor, now):
-            return
-        waiting = self._inflight.get(presented)
-        if waiting is not None:  # it raced us while we awaited the store
-            successor = await asyncio.shield(waiting)
-            if successor is not None and await self._continue(turn, successor, now):
-                return
-        turn.leader = self._inflight[presented] = asyncio.get_running_loop().create_future()
-        turn.leader_key = presented
-        if touch.outcome is Outcome.MISSING:
+            if touch.outcome in (Outcome.EXPIRED, Outcome.LIFETIME) and touch.session is not None:
+                self._observe_end(touch.session, "idle" if touch.outcome is Outcome.EXPIRED else "lifetime", now)
+                await self._refresh_active()
+            if touch.successor is None:
+                break
+            # Another request (another tab, another replica) already started this id's successor.
+            current = touch.successor
+        else:
+            touch = Touch(Outcome.MISSING)  # a chain of dead successors: start afresh
+        turn.claimed = current
+        if touch.outcome in (Outcome.MISSING, Outcome.PENDING):
             if self.config.issuer == "gateway":
-                turn.reason, turn.previous = "unknown", presented  # client-chosen ids are never adopted
+                turn.reason, turn.previous = "unknown", current  # client-chosen ids are never adopted
             else:
-                turn.adopting, turn.session_id = True, presented
+                turn.adopting, turn.session_id = True, current
             return
-        turn.previous = presented
+        turn.previous = current
         if touch.outcome is Outcome.ENDED:
             assert touch.ended_reason is not None
             turn.reason = _RESTART_REASON[touch.ended_reason]
         else:
             turn.reason = "expired" if touch.outcome is Outcome.EXPIRED else "lifetime"
 
-    async def _continue(self, turn: Turn, session_id: str, now: float) -> bool:
-        touch = await self.store.touch(session_id, now)
-        if touch.outcome is not Outcome.LIVE:
-            return False
-        self._continued(turn, touch)
-        return True
+    async def _touch_waiting(self, session_id: str) -> Touch:
+        """touch(), waiting while another request holds the claim on this id (bounded by the claim's life)."""
+        deadline = time.monotonic() + self.claim_wait
+        while True:
+            touch = await self.store.touch(session_id, self.clock())
+            if touch.outcome is not Outcome.PENDING or time.monotonic() >= deadline:
+                return touch
+            await asyncio.sleep(_CLAIM_POLL)
 
     def _continued(self, turn: Turn, touch: Touch) -> None:
         assert touch.session is not None
@@ -252,7 +261,7 @@ class SessionManager:
         session_id = str(uuid.uuid4())
         await self._start(session_id, turn.reason, now, previous=turn.previous)
         turn.session_id = session_id
-        self._resolve_leader(turn, session_id)
+        turn.claimed = None  # create() released it
 
     def _bot_headers(self, turn: Turn) -> None:
         cookies = list(turn.carried.cookies)
@@ -282,15 +291,12 @@ class SessionManager:
         await self._refresh_active()
         return created.created
 
-    def _resolve_leader(self, turn: Turn, session_id: str | None) -> None:
-        if turn.leader is not None and not turn.leader.done():
-            turn.leader.set_result(session_id)
-        if turn.leader_key is not None and self._inflight.get(turn.leader_key) is turn.leader:
-            del self._inflight[turn.leader_key]
-
-    def abandon(self, turn: Turn) -> None:
-        """The exchange failed before an answer: let racing requests decide for themselves."""
-        self._resolve_leader(turn, turn.session_id if self.config.issuer == "gateway" else None)
+    async def abandon(self, turn: Turn) -> None:
+        """The exchange failed before an answer: give up the claim so racing requests decide for themselves."""
+        if turn.claimed is not None:
+            claimed, turn.claimed = turn.claimed, None
+            with contextlib.suppress(Exception):
+                await self.store.release(claimed)
 
     # -- after the upstream answered -----------------------------------------------------------------
 
@@ -311,7 +317,7 @@ class SessionManager:
             # Full since prepare() checked (on_full = reject): the bot answered, so pass it on untracked.
             session_id, signal = None, None
         finally:
-            self._resolve_leader(turn, turn.session_id)
+            await self.abandon(turn)  # a no-op when create() released the claim
         if turn.ended:
             self._end_headers(headers)
             return
@@ -360,17 +366,18 @@ class SessionManager:
             return current, None
         if turn.adopting and current is not None:
             if bot_id is not None and bot_id != current:
-                await self._start(bot_id, "unknown", now, previous=None)
-                turn.session_id = bot_id
+                await self._start(bot_id, "unknown", now, previous=current)
+                turn.session_id, turn.claimed = bot_id, None
                 return bot_id, "unknown"
             if bot_deleted or status >= 500:
                 turn.session_id = None
                 return None, None
             await self._start(current, "adopted", now, previous=None)  # a gateway restart must not break chats
+            turn.claimed = None
             return current, None
         if turn.reason is not None and bot_id is not None:
             await self._start(bot_id, turn.reason, now, previous=turn.previous)
-            turn.session_id = bot_id
+            turn.session_id, turn.claimed = bot_id, None
             return bot_id, turn.reason
         turn.session_id = None  # the bot started no session for this request
         return None, None

@@ -71,7 +71,9 @@ async def test_idle_expiry_is_decided_by_touch(make_store: StoreFactory) -> None
     await store.create("a", 0.0, idle_timeout=IDLE, replica="r")
     touch = await store.touch("a", IDLE + 1)
     assert touch.outcome is Outcome.EXPIRED and touch.session is not None and touch.session.requests == 1
-    later = await store.touch("a", IDLE + 2)
+    assert (await store.touch("a", IDLE + 2)).outcome is Outcome.PENDING  # the first toucher holds the claim
+    await store.release("a")
+    later = await store.touch("a", IDLE + 3)
     assert later.outcome is Outcome.ENDED and later.ended_reason == "idle"
     assert await store.count() == 0
 
@@ -91,6 +93,7 @@ async def test_absolute_timeout_ends_an_active_session(make_store: StoreFactory)
         t += 500
         assert (await store.touch("a", t)).outcome is Outcome.LIVE
     assert (await store.touch("a", ABSOLUTE)).outcome is Outcome.LIFETIME
+    await store.release("a")
     assert (await store.touch("a", ABSOLUTE + 1)).ended_reason == "lifetime"
 
 
@@ -182,6 +185,7 @@ async def test_tombstones_are_forgotten_after_their_ttl_and_bounded(make_store: 
     # Only the three newest tombstones are kept.
     outcomes = [(await store.touch(f"s{i}", 2.0)).outcome for i in range(5)]
     assert outcomes == [Outcome.MISSING, Outcome.MISSING, Outcome.ENDED, Outcome.ENDED, Outcome.ENDED]
+    await store.release("s4")
     assert (await store.touch("s4", 102.0)).outcome is Outcome.MISSING
 
 
@@ -191,3 +195,36 @@ async def test_concurrent_touches_lose_no_update(make_store: StoreFactory) -> No
     await asyncio.gather(*(store.touch("a", 1.0 + i / 1000) for i in range(200)))
     touch = await store.touch("a", 2.0)
     assert touch.session is not None and touch.session.requests == 202
+
+
+async def test_a_dead_id_is_claimed_by_one_toucher_until_its_successor_exists(make_store: StoreFactory) -> None:
+    store = make_store()
+    await store.create("old", 0.0, idle_timeout=IDLE, replica="r")
+    first, second = await asyncio.gather(store.touch("old", IDLE + 1), store.touch("old", IDLE + 1))
+    assert {first.outcome, second.outcome} == {Outcome.EXPIRED, Outcome.PENDING}
+    await store.create("new", IDLE + 2, idle_timeout=IDLE, replica="r", previous="old")
+    late = await store.touch("old", IDLE + 3)
+    assert late.outcome is Outcome.ENDED and late.ended_reason == "idle" and late.successor == "new"
+
+
+async def test_an_unknown_id_is_claimed_and_its_successor_remembered(make_store: StoreFactory) -> None:
+    store = make_store()
+    assert (await store.touch("stranger", 0.0)).outcome is Outcome.MISSING
+    assert (await store.touch("stranger", 0.1)).outcome is Outcome.PENDING
+    await store.create("minted", 0.2, idle_timeout=IDLE, replica="r", previous="stranger")
+    touch = await store.touch("stranger", 0.3)
+    assert touch.outcome is Outcome.ENDED and touch.ended_reason == "unknown" and touch.successor == "minted"
+
+
+async def test_adoption_releases_the_claim_on_the_adopted_id(make_store: StoreFactory) -> None:
+    store = make_store()
+    assert (await store.touch("kept", 0.0)).outcome is Outcome.MISSING
+    await store.create("kept", 0.1, idle_timeout=IDLE, replica="r")
+    assert (await store.touch("kept", 0.2)).outcome is Outcome.LIVE
+
+
+async def test_a_stale_claim_times_out(make_store: StoreFactory) -> None:
+    store = make_store(claim_ttl=5.0)
+    assert (await store.touch("x", 0.0)).outcome is Outcome.MISSING
+    assert (await store.touch("x", 1.0)).outcome is Outcome.PENDING
+    assert (await store.touch("x", 6.0)).outcome is Outcome.MISSING  # the claimant died: someone else may try

@@ -2,6 +2,11 @@
 
 Shaped so a networked store needs one round trip per proxied request: `touch` reads, decides expiry and
 records the request at once.
+
+Claims make "each new session is signalled exactly once" hold across gateway replicas: a `touch` that
+finds a dead or unknown id claims it, so exactly one request (the claimant) starts its successor; a
+concurrent touch of the same id answers PENDING until the claimant's `create(..., previous=id)` records
+the successor (or `release(id)` gives up, or the claim times out).
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 EndReason = Literal["idle", "lifetime", "client", "bot", "upstream", "evicted", "admin"]
+# A tombstone also remembers ids that were never sessions but got a successor ("unknown").
+TombReason = Literal["idle", "lifetime", "client", "bot", "upstream", "evicted", "admin", "unknown"]
 END_REASONS: tuple[EndReason, ...] = ("idle", "lifetime", "client", "bot", "upstream", "evicted", "admin")
 
 
@@ -20,6 +27,7 @@ class Outcome(enum.Enum):
     LIFETIME = "lifetime"  # was past its absolute timeout: ended by this call
     ENDED = "ended"  # already gone: a tombstone remembers why (reason in Touch.ended_reason)
     MISSING = "missing"  # never seen, or forgotten
+    PENDING = "pending"  # another request holds the claim on this id: ask again shortly
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +47,7 @@ class Touch:
     outcome: Outcome
     session: SessionInfo | None = None  # LIVE: after the touch; EXPIRED/LIFETIME: as it ended
     idle_gap: float | None = None  # LIVE: seconds since the previous request of this session
-    ended_reason: EndReason | None = None  # ENDED: why the tombstoned session ended
+    ended_reason: TombReason | None = None  # ENDED: why the tombstoned session ended
     successor: str | None = None  # EXPIRED/LIFETIME/ENDED: the session that replaced it, if any
 
 
@@ -68,16 +76,23 @@ class CapacityExceeded(Exception):
 
 
 class SessionStore(Protocol):
-    """Async session storage; memory now, Redis later. `now` always comes from the caller's clock."""
+    """Async session storage. `now` always comes from the caller's clock."""
+
+    shared: bool  # several gateway processes see it: counts are refreshed by the sweeper, not per request
 
     async def touch(self, session_id: str, now: float) -> Touch:
-        """Continue a live session (recording the request), or end it if it is past a timeout."""
+        """Continue a live session (recording the request), or end it if past a timeout; claim a dead id."""
         ...
 
     async def create(
         self, session_id: str, now: float, *, idle_timeout: float, replica: str, previous: str | None = None
     ) -> Created:
-        """Start a session (or continue it, if it exists); `previous` records this one as its successor."""
+        """Start a session (or continue it, if it exists), releasing claims on it and on `previous`,
+        whose tombstone then names it as successor."""
+        ...
+
+    async def release(self, session_id: str) -> None:
+        """Give up the claim on a dead or unknown id without starting a successor."""
         ...
 
     async def end(self, session_id: str, now: float, reason: EndReason) -> SessionInfo | None:

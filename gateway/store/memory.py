@@ -13,6 +13,7 @@ from gateway.store import (
     Outcome,
     SessionInfo,
     Swept,
+    TombReason,
     Touch,
 )
 
@@ -38,10 +39,21 @@ class MemoryStore:
     pushed, never a scan of all sessions.
     """
 
+    shared = False
+
     def __init__(
-        self, *, absolute_timeout: float, max_sessions: int, on_full: str, tombstone_ttl: float, max_tombstones: int
+        self,
+        *,
+        absolute_timeout: float,
+        max_sessions: int,
+        on_full: str,
+        tombstone_ttl: float,
+        max_tombstones: int,
+        claim_ttl: float = 30.0,
     ) -> None:
         self._absolute = absolute_timeout
+        self._claim_ttl = claim_ttl
+        self._claims: dict[str, float] = {}  # dead or unknown id -> when a request claimed it
         self._max = max_sessions
         self._evict = on_full == "evict"
         self._tomb_ttl = tombstone_ttl
@@ -49,7 +61,7 @@ class MemoryStore:
         self._sessions: dict[str, _Record] = {}
         self._heap: list[tuple[float, str]] = []
         # id -> (reason, successor); the deque holds (forget_at, id) in insertion order = expiry order.
-        self._tombs: dict[str, tuple[EndReason, str | None]] = {}
+        self._tombs: dict[str, tuple[TombReason, str | None]] = {}
         self._tomb_order: deque[tuple[float, str]] = deque()
 
     def _deadline(self, rec: _Record) -> float:
@@ -59,7 +71,7 @@ class MemoryStore:
     def _info(session_id: str, rec: _Record) -> SessionInfo:
         return SessionInfo(session_id, rec.created, rec.last_seen, rec.idle_timeout, rec.requests, rec.replica)
 
-    def _tombstone(self, session_id: str, reason: EndReason, now: float) -> None:
+    def _tombstone(self, session_id: str, reason: TombReason, now: float) -> None:
         self._forget_tombstones(now)
         self._tombs[session_id] = (reason, None)
         self._tomb_order.append((now + self._tomb_ttl, session_id))
@@ -78,17 +90,31 @@ class MemoryStore:
         self._tombstone(session_id, reason, now)
         return self._info(session_id, rec)
 
+    def _claim(self, session_id: str, now: float) -> bool:
+        """Claim a dead or unknown id; False when another request holds a fresh claim."""
+        claimed = self._claims.get(session_id)
+        if claimed is not None and now - claimed < self._claim_ttl:
+            return False
+        self._claims[session_id] = now
+        return True
+
     async def touch(self, session_id: str, now: float) -> Touch:
         rec = self._sessions.get(session_id)
         if rec is None:
             self._forget_tombstones(now)
             tomb = self._tombs.get(session_id)
+            if tomb is not None and tomb[1] is not None:
+                return Touch(Outcome.ENDED, ended_reason=tomb[0], successor=tomb[1])
+            if not self._claim(session_id, now):
+                return Touch(Outcome.PENDING)
             if tomb is None:
                 return Touch(Outcome.MISSING)
-            return Touch(Outcome.ENDED, ended_reason=tomb[0], successor=tomb[1])
+            return Touch(Outcome.ENDED, ended_reason=tomb[0])
         if now >= rec.created + self._absolute:
+            self._claims[session_id] = now
             return Touch(Outcome.LIFETIME, session=self._remove(session_id, "lifetime", now))
         if now >= rec.last_seen + rec.idle_timeout:
+            self._claims[session_id] = now
             return Touch(Outcome.EXPIRED, session=self._remove(session_id, "idle", now))
         gap = now - rec.last_seen if rec.requests else None
         rec.last_seen = now
@@ -98,6 +124,9 @@ class MemoryStore:
     async def create(
         self, session_id: str, now: float, *, idle_timeout: float, replica: str, previous: str | None = None
     ) -> Created:
+        self._claims.pop(session_id, None)
+        if previous is not None:
+            self._claims.pop(previous, None)
         rec = self._sessions.get(session_id)
         if rec is not None:
             return Created(self._info(session_id, rec), created=False, active=len(self._sessions))
@@ -109,8 +138,12 @@ class MemoryStore:
         rec = self._sessions[session_id] = _Record(now, idle_timeout, replica)
         rec.requests = 1
         self._push(session_id, rec)
-        if previous is not None and previous in self._tombs:
-            self._tombs[previous] = (self._tombs[previous][0], session_id)
+        if previous is not None:
+            if previous in self._tombs:
+                self._tombs[previous] = (self._tombs[previous][0], session_id)
+            else:
+                self._tombstone(previous, "unknown", now)
+                self._tombs[previous] = ("unknown", session_id)
         return Created(self._info(session_id, rec), created=True, evicted=evicted, active=len(self._sessions))
 
     def _push(self, session_id: str, rec: _Record) -> None:
@@ -130,6 +163,9 @@ class MemoryStore:
                 continue
             return self._remove(session_id, "evicted", now)
         return None
+
+    async def release(self, session_id: str) -> None:
+        self._claims.pop(session_id, None)
 
     async def end(self, session_id: str, now: float, reason: EndReason) -> SessionInfo | None:
         if session_id not in self._sessions:
