@@ -25,7 +25,7 @@ from gateway.cookies import (
     set_cookie_deletes,
     set_cookie_name_value,
 )
-from gateway.errors import SessionCapacity
+from gateway.errors import SessionCapacity, StoreUnavailable
 from gateway.metrics import Metrics
 from gateway.store import CapacityExceeded, EndReason, Outcome, SessionInfo, SessionStore, TombReason, Touch
 
@@ -74,6 +74,7 @@ class Turn:
     adopting: bool = False  # an id unknown to the gateway, forwarded for the bot to accept or replace
     claimed: str | None = None  # the dead or unknown id whose claim this request holds
     ended: bool = False  # an end-session request that ended a live session
+    untracked: bool = False  # the store is down (store_failure = "open"): forwarded as presented
     answer_logout: bool = False  # answer the logout JSON without forwarding
     headers: CIMultiDict[str] = field(default_factory=CIMultiDict)  # to add on the request to the bot
     drop: frozenset[istr] = frozenset()
@@ -99,6 +100,7 @@ class SessionManager:
         self.claim_wait = claim_wait
         self._sweeper: asyncio.Task[None] | None = None
         self._active_max = 0
+        self.store_healthy = True
         owned = [X_SESSION_NEW, X_SESSION_PREVIOUS, istr(config.header)]
         if config.issuer == "gateway":
             owned.append(X_SESSION_ID)
@@ -123,8 +125,25 @@ class SessionManager:
             await asyncio.sleep(self.config.sweep_interval)
             try:
                 await self.sweep()
-            except Exception as exc:  # a store outage must not kill the sweeper
-                log.warning("expiry sweep failed: %s: %s", type(exc).__name__, exc)
+            except StoreUnavailable as exc:
+                self._store_down("sweep", exc)
+            except Exception:  # a bug must not kill the sweeper; one line with the traceback
+                log.exception("expiry sweep failed")
+            else:
+                self._store_up()
+
+    def _store_down(self, op: str, exc: StoreUnavailable) -> None:
+        self.metrics.store_errors[op].inc()
+        if self.store_healthy:
+            self.store_healthy = False
+            self.metrics.store_up.set(0)
+            log.warning("session store unavailable (%s; store_failure = %s)", exc.message, self.config.store_failure)
+
+    def _store_up(self) -> None:
+        if not self.store_healthy:
+            self.store_healthy = True
+            self.metrics.store_up.set(1)
+            log.info("session store available again")
 
     async def sweep(self) -> int:
         """End every session past a timeout, in bounded batches that yield to the event loop."""
@@ -175,6 +194,21 @@ class SessionManager:
         carried = extract(target, headers, self.config)
         self.metrics.carriers[carried.carrier].inc()
         turn = Turn(carried, drop=self._owned_request_headers)
+        try:
+            await self._decide(turn)
+        except StoreUnavailable as exc:
+            self._store_down("request", exc)
+            if self.config.store_failure == "closed":
+                raise
+            # Fail open: proxy as if the gateway were not there, and signal nothing we cannot know.
+            turn = Turn(carried, drop=self._owned_request_headers, untracked=True, session_id=carried.session_id)
+        else:
+            self._store_up()
+        self._bot_headers(turn)
+        return turn
+
+    async def _decide(self, turn: Turn) -> None:
+        carried = turn.carried
         now = self.clock()
         if carried.is_end:
             await self._prepare_end(turn, now)
@@ -186,15 +220,16 @@ class SessionManager:
             await self._mint(turn, now)
         elif turn.reason is not None or turn.adopting:
             await self._check_capacity()
-        self._bot_headers(turn)
-        return turn
 
     async def _prepare_end(self, turn: Turn, now: float) -> None:
         presented = turn.carried.session_id
         touch = await self.store.touch(presented, now) if presented else None
         if touch is not None and touch.outcome in (Outcome.EXPIRED, Outcome.LIFETIME) and touch.session:
             self._observe_end(touch.session, "idle" if touch.outcome is Outcome.EXPIRED else "lifetime", now)
+            await self._refresh_active()
         if touch is None or touch.outcome is not Outcome.LIVE or touch.session is None:
+            if presented and touch is not None and touch.outcome is not Outcome.PENDING:
+                await self.store.release(presented)  # touch() claimed the dead or unknown id; we start nothing
             turn.answer_logout = True  # no session, or one we do not know: change nothing
             return
         info = await self.store.end(touch.session.id, now, "client")
@@ -265,7 +300,8 @@ class SessionManager:
 
     def _bot_headers(self, turn: Turn) -> None:
         cookies = list(turn.carried.cookies)
-        if self.config.issuer == "upstream" and turn.session_id and (turn.live or turn.adopting or turn.ended):
+        carried_on = turn.live or turn.adopting or turn.ended or turn.untracked
+        if self.config.issuer == "upstream" and turn.session_id and carried_on:
             cookies.append((self.config.cookie, turn.session_id))
         if cookies:
             turn.headers[hdrs.COOKIE] = render_cookie_header(cookies)
@@ -307,31 +343,37 @@ class SessionManager:
             headers.popall(name, None)
         controls = [v.strip().lower() for raw in headers.popall(X_SESSION_CONTROL, ()) for v in raw.split(",")]
         signal: StartReason | None = None
+        session_id = turn.session_id
+        bot_id, bot_deleted = (None, False) if self.config.issuer == "gateway" else self._bot_cookies(headers)
         try:
-            if self.config.issuer == "gateway":
-                session_id = turn.session_id
+            if turn.untracked:
+                session_id = bot_id or session_id
+            elif self.config.issuer == "gateway":
                 signal = turn.reason
             else:
-                session_id, signal = await self._follow_bot(turn, status, headers, now)
+                session_id, signal = await self._follow_bot(turn, status, bot_id, bot_deleted, now)
+            if session_id is not None and not turn.untracked and not turn.ended:
+                await self._apply_controls(session_id, controls, now)
         except SessionCapacity:
             # Full since prepare() checked (on_full = reject): the bot answered, so pass it on untracked.
             session_id, signal = None, None
+        except StoreUnavailable as exc:
+            # The bot has answered: pass its answer on, untracked, rather than fail the request.
+            self._store_down("response", exc)
+            session_id, signal = bot_id or turn.session_id, None
         finally:
             await self.abandon(turn)  # a no-op when create() released the claim
         if turn.ended:
             self._end_headers(headers)
             return
         if session_id is not None:
-            await self._apply_controls(session_id, controls, now)
             headers[X_SESSION_ID] = session_id
         if signal is not None:
             headers[X_SESSION_NEW] = signal
         self._affinity_headers(headers, session_id or "")
 
-    async def _follow_bot(
-        self, turn: Turn, status: int, headers: CIMultiDict[str], now: float
-    ) -> tuple[str | None, StartReason | None]:
-        """Upstream-issued mode: read the bot's Set-Cookie to learn which session it continued or started."""
+    def _bot_cookies(self, headers: CIMultiDict[str]) -> tuple[str | None, bool]:
+        """The session id the bot set (or whether it deleted its cookie); rewrites Set-Cookie when configured."""
         bot_id, bot_deleted = None, False
         rewrite = self.config.rewrite_upstream_cookies
         cookies = headers.popall(hdrs.SET_COOKIE, ())
@@ -351,6 +393,12 @@ class SessionManager:
                 if rewrite
                 else value,
             )
+        return bot_id, bot_deleted
+
+    async def _follow_bot(
+        self, turn: Turn, status: int, bot_id: str | None, bot_deleted: bool, now: float
+    ) -> tuple[str | None, StartReason | None]:
+        """Upstream-issued mode: from the bot's Set-Cookie, learn which session it continued or started."""
         current = turn.session_id
         if turn.ended:
             return current, None
