@@ -92,6 +92,8 @@ def create_admin_app(
 
     async def readyz(request: web.Request) -> web.Response:
         ready, reason = readiness.verdict(max_age, time.monotonic())
+        if ready and config.session.store_failure == "closed" and not sessions.store_healthy:
+            ready, reason = False, "the session store is unavailable (store_failure = closed)"
         return web.json_response({"status": "ok" if ready else "unavailable", "reason": reason}, status=200 if ready else 503)
 
     async def metrics_handler(request: web.Request) -> web.Response:

@@ -11,6 +11,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from gateway.admin import Readiness, check_upstream_forever, create_admin_app
+from gateway.client import client_handler
 from gateway.config import Config
 from gateway.cors import Cors
 from gateway.errors import error_middleware
@@ -37,6 +38,20 @@ def claim_ttl(config: Config) -> float:
 def create_store(config: Config) -> SessionStore:
     """The configured SessionStore backend."""
     s = config.session
+    if s.store == "redis":
+        from gateway.store.redis import RedisStore  # redis is only imported when configured
+
+        return RedisStore(
+            s.redis_url,
+            absolute_timeout=s.absolute_timeout,
+            max_sessions=s.max_sessions,
+            on_full=s.on_full,
+            tombstone_ttl=s.tombstone_ttl,
+            claim_ttl=claim_ttl(config),
+            prefix=s.redis_prefix,
+            timeout=s.redis_timeout,
+            max_connections=s.redis_pool_size,
+        )
     return MemoryStore(
         absolute_timeout=s.absolute_timeout,
         max_sessions=s.max_sessions,
@@ -79,6 +94,8 @@ def create_app(
     async def handle(request: web.Request) -> web.StreamResponse:
         return await app[PROXY].handle(request)
 
+    if config.client.enabled:
+        app.router.add_get(config.client.path, client_handler(config.client))  # the most specific route wins
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
 

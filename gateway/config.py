@@ -25,6 +25,15 @@ LogFormat = Literal["json", "text"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 
+def _mask_url(url: str) -> str:
+    """A URL with its password replaced, for messages and `check` output."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
 def _positive(key: str, value: float) -> None:
     if value <= 0:
         raise ConfigError(key, f"expected a number > 0, got {value!r}")
@@ -117,7 +126,8 @@ class UpstreamConfig:
 Issuer = Literal["upstream", "gateway"]
 OnFull = Literal["evict", "reject"]
 SameSite = Literal["Lax", "Strict", "None"]
-StoreKind = Literal["memory"]
+StoreKind = Literal["memory", "redis"]
+StoreFailure = Literal["open", "closed"]
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
@@ -151,7 +161,12 @@ class SessionConfig:
     cookie_secure: bool = False
     cookie_partitioned: bool = False  # CHIPS: a third-party cookie partitioned by the embedding site
     rewrite_upstream_cookies: bool = False  # apply the three cookie_* attributes to the bot's Set-Cookie too
-    store: StoreKind = "memory"
+    store: StoreKind = "memory"  # "redis" when several gateway replicas share sessions
+    redis_url: str = "redis://127.0.0.1:6379/0"  # rediss:// for TLS; password as redis://:secret@host
+    redis_prefix: str = "sg"  # key prefix, so several gateways can share one Redis
+    redis_timeout: float = 0.5  # seconds per Redis command (and to wait for a pooled connection)
+    redis_pool_size: int = 64  # Redis connections per gateway process
+    store_failure: StoreFailure = "open"  # store down: "open" proxies untracked, "closed" answers 503
 
     def __post_init__(self) -> None:
         for key in ("cookie", "header", "affinity_cookie"):
@@ -161,9 +176,9 @@ class SessionConfig:
                 _token(f"session.{key}", getattr(self, key))
         if self.cookie == self.affinity_cookie:
             raise ConfigError("session.affinity_cookie", f"must differ from session.cookie ({self.cookie!r})")
-        for key in ("idle_timeout", "absolute_timeout", "sweep_interval", "tombstone_ttl"):
+        for key in ("idle_timeout", "absolute_timeout", "sweep_interval", "tombstone_ttl", "redis_timeout"):
             _positive(f"session.{key}", getattr(self, key))
-        for key in ("sweep_batch", "max_tombstones", "max_sessions", "max_id_length"):
+        for key in ("sweep_batch", "max_tombstones", "max_sessions", "max_id_length", "redis_pool_size"):
             _positive(f"session.{key}", getattr(self, key))
         if self.absolute_timeout < self.idle_timeout:
             raise ConfigError(
@@ -172,6 +187,8 @@ class SessionConfig:
             )
         if not self.end_path or "/" in self.end_path:
             raise ConfigError("session.end_path", f"expected one path segment, got {self.end_path!r}")
+        if urlsplit(self.redis_url).scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError("session.redis_url", f"expected a redis://, rediss:// or unix:// URL, got {_mask_url(self.redis_url)!r}")
         if self.cookie_samesite == "None" and not self.cookie_secure:
             raise ConfigError("session.cookie_samesite", "SameSite=None requires session.cookie_secure = true")
         if self.cookie_partitioned and not self.cookie_secure:
@@ -200,6 +217,21 @@ class CorsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """The JS session client (session-client.js) the gateway serves to chat widgets."""
+
+    enabled: bool = True
+    path: str = "/_gateway/session-client.js"  # GET and HEAD of it are answered here, never forwarded to the bot
+    max_age: int = 3600  # seconds browsers may cache it (revalidated by ETag afterwards)
+
+    def __post_init__(self) -> None:
+        if not self.path.startswith("/") or self.path == "/" or any(c in self.path for c in "?#{}\\ "):
+            raise ConfigError("client.path", f"expected a path like '/_gateway/session-client.js', got {self.path!r}")
+        if self.max_age < 0:
+            raise ConfigError("client.max_age", f"expected seconds >= 0, got {self.max_age}")
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     """Logging to stderr."""
 
@@ -217,6 +249,7 @@ class Config:
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     session: SessionConfig = field(default_factory=SessionConfig)
     cors: CorsConfig = field(default_factory=CorsConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -375,6 +408,8 @@ def effective(config: Config) -> dict[str, dict[str, Any]]:
         for key in values:
             if f"{section.name}.{key}" in SECRET_KEYS and values[key]:
                 values[key] = "***"
+            elif key.endswith("_url") and isinstance(values[key], str):
+                values[key] = _mask_url(values[key])
             elif isinstance(values[key], tuple):
                 values[key] = list(values[key])
         out[section.name] = values

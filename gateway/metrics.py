@@ -29,6 +29,7 @@ SWEEP_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.0
 START_REASONS: Final = ("first", "expired", "lifetime", "ended", "unknown", "upstream", "adopted")
 END_REASONS: Final = ("idle", "lifetime", "client", "bot", "upstream", "evicted", "admin")
 CARRIERS: Final = ("cookie", "header", "path", "query", "none")
+STORE_OPS: Final = ("request", "response", "sweep")
 
 
 def method_label(method: str) -> str:
@@ -115,6 +116,11 @@ class Metrics:
         self.sweep_last = Gauge(
             f"{PREFIX}_expiry_sweep_last_timestamp_seconds", "Unix time the last expiry sweep finished.", registry=r
         )
+        self.store_up = Gauge(f"{PREFIX}_store_up", "1 when the session store answered its last call.", registry=r)
+        self.store_up.set(1)
+        self.store_errors_total = Counter(
+            f"{PREFIX}_store_errors", "Failed session store calls, by the phase that made them.", ["op"], registry=r
+        )
         self.build_info = Gauge(f"{PREFIX}_build_info", "Build information; always 1.", ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)
         ProcessCollector(registry=r)
@@ -124,4 +130,5 @@ class Metrics:
             self.streams_open.labels(kind=kind)
         self.started = {reason: self.sessions_started.labels(reason=reason) for reason in START_REASONS}
         self.ended = {reason: self.sessions_ended.labels(reason=reason) for reason in END_REASONS}
+        self.store_errors = {op: self.store_errors_total.labels(op=op) for op in STORE_OPS}
         self.carriers = {carrier: self.carrier.labels(carrier=carrier) for carrier in CARRIERS}

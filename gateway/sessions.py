@@ -202,6 +202,9 @@ class SessionManager:
                 raise
             # Fail open: proxy as if the gateway were not there, and signal nothing we cannot know.
             turn = Turn(carried, drop=self._owned_request_headers, untracked=True, session_id=carried.session_id)
+        except BaseException:
+            await self.abandon(turn)  # e.g. refused at the cap: racing requests must not wait on our claim
+            raise
         else:
             self._store_up()
         self._bot_headers(turn)

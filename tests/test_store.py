@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
 from gateway.store import CapacityExceeded, Outcome, SessionStore
 from gateway.store.memory import MemoryStore
+from gateway.store.redis import RedisStore, open_successor, seal_successor
+from tests.redis_server import RedisServer
 
 IDLE = 600.0
 ABSOLUTE = 3600.0
@@ -28,12 +30,34 @@ def _memory(**overrides: object) -> SessionStore:
     return MemoryStore(**options)  # type: ignore[arg-type]
 
 
-@pytest.fixture(params=["memory"])
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["memory", "redis"])
 async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[StoreFactory]:
     made: list[SessionStore] = []
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        server.flush()
 
     def factory(**overrides: object) -> SessionStore:
-        store = {"memory": _memory}[request.param](**overrides)
+        options: dict[str, object] = {
+            "absolute_timeout": ABSOLUTE,
+            "max_sessions": 1000,
+            "on_full": "evict",
+            "tombstone_ttl": 7200.0,
+        }
+        if request.param == "memory":
+            store: SessionStore = _memory(**overrides)
+        else:
+            overrides.pop("max_tombstones", None)  # Redis bounds tombstones by their TTL
+            options.update({"shards": 1}, **overrides)  # one shard: the cap is exact, as in memory
+            store = RedisStore(server.url, **options)  # type: ignore[arg-type]
         made.append(store)
         return store
 
@@ -114,7 +138,8 @@ async def test_expire_due_ends_only_sessions_past_their_deadline(make_store: Sto
         await store.create(f"s{i}", float(i), idle_timeout=IDLE, replica="r")
     await store.touch("s0", 300.0)  # moves s0's deadline to 900
     swept = await store.expire_due(IDLE + 4.5, limit=100)  # s1..s4 are due (deadlines 601..604)
-    assert sorted(e.session.id for e in swept.ended) == ["s1", "s2", "s3", "s4"]
+    # A shared store sweeps by digest and never learns ids: identify the ended sessions by start time.
+    assert sorted(e.session.created for e in swept.ended) == [1.0, 2.0, 3.0, 4.0]
     assert {e.reason for e in swept.ended} == {"idle"}
     assert not swept.more
     assert await store.count() == 6
@@ -142,7 +167,7 @@ async def test_lifetime_reason_from_the_sweeper(make_store: StoreFactory) -> Non
     store = make_store()
     await store.create("a", 0.0, idle_timeout=ABSOLUTE, replica="r")
     swept = await store.expire_due(ABSOLUTE, limit=10)
-    assert [(e.session.id, e.reason) for e in swept.ended] == [("a", "lifetime")]
+    assert [(e.session.created, e.reason) for e in swept.ended] == [(0.0, "lifetime")]
 
 
 async def test_set_idle_timeout_shortens_and_lengthens(make_store: StoreFactory) -> None:
@@ -152,7 +177,8 @@ async def test_set_idle_timeout_shortens_and_lengthens(make_store: StoreFactory)
     await store.set_idle_timeout("short", 5.0)
     await store.set_idle_timeout("long", 1200.0)
     swept = await store.expire_due(6.0, limit=10)
-    assert [e.session.id for e in swept.ended] == ["short"]
+    assert len(swept.ended) == 1
+    assert (await store.touch("short", 6.5)).outcome is Outcome.ENDED
     assert (await store.expire_due(IDLE + 1, limit=10)).ended == []
     assert (await store.touch("long", 1000.0)).outcome is Outcome.LIVE
 
@@ -163,7 +189,7 @@ async def test_cap_evicts_the_session_nearest_expiry(make_store: StoreFactory) -
     await store.create("busy", 1.0, idle_timeout=IDLE, replica="r")
     await store.touch("old", 50.0)  # now "busy" is the least recently active
     created = await store.create("new", 60.0, idle_timeout=IDLE, replica="r")
-    assert created.evicted is not None and created.evicted.id == "busy"
+    assert created.evicted is not None and created.evicted.created == 1.0
     assert await store.count() == 2
     touch = await store.touch("busy", 61.0)
     assert touch.outcome is Outcome.ENDED and touch.ended_reason == "evicted"
@@ -177,8 +203,9 @@ async def test_cap_rejects_when_configured(make_store: StoreFactory) -> None:
     assert (await store.touch("a", 2.0)).outcome is Outcome.LIVE
 
 
-async def test_tombstones_are_forgotten_after_their_ttl_and_bounded(make_store: StoreFactory) -> None:
-    store = make_store(tombstone_ttl=100.0, max_tombstones=3)
+# Memory only: Redis forgets tombstones and claims by key TTL in real time (test_redis_store.py).
+async def test_memory_tombstones_are_forgotten_after_their_ttl_and_bounded() -> None:
+    store = _memory(tombstone_ttl=100.0, max_tombstones=3)
     for i in range(5):
         await store.create(f"s{i}", 0.0, idle_timeout=IDLE, replica="r")
         await store.end(f"s{i}", 1.0, "client")
@@ -223,8 +250,15 @@ async def test_adoption_releases_the_claim_on_the_adopted_id(make_store: StoreFa
     assert (await store.touch("kept", 0.2)).outcome is Outcome.LIVE
 
 
-async def test_a_stale_claim_times_out(make_store: StoreFactory) -> None:
-    store = make_store(claim_ttl=5.0)
+async def test_memory_stale_claim_times_out() -> None:
+    store = _memory(claim_ttl=5.0)
     assert (await store.touch("x", 0.0)).outcome is Outcome.MISSING
     assert (await store.touch("x", 1.0)).outcome is Outcome.PENDING
     assert (await store.touch("x", 6.0)).outcome is Outcome.MISSING  # the claimant died: someone else may try
+
+
+def test_sealed_successor_opens_only_with_the_previous_id() -> None:
+    sealed = seal_successor("NEWID-123", "OLDID-456")
+    assert "NEWID" not in sealed
+    assert open_successor(sealed, "OLDID-456") == "NEWID-123"
+    assert open_successor(sealed, "OTHER-456") != "NEWID-123"

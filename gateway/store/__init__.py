@@ -61,7 +61,7 @@ class Created:
 
 @dataclass(frozen=True, slots=True)
 class Ended:
-    session: SessionInfo
+    session: SessionInfo  # from a shared store, `id` is empty: it keeps only digests of ids
     reason: EndReason
 
 

@@ -1,0 +1,329 @@
+"""The Redis SessionStore, shared by gateway replicas: one script round trip per proxied request.
+
+Layout, per shard `{<prefix>:<n>}` (a hash tag, so each script's keys share one Cluster slot):
+    <tag>:s:<h>   HASH c (created) l (last seen) i (idle timeout) n (requests) r (replica)
+    <tag>:t:<h>   HASH r (why it ended) s (successor, sealed) p (claim time); the tombstone and the claim
+    <tag>:exp     ZSET  h -> deadline: the expiry index every replica sweeps
+`h` is a hash of the session id: a dump of the keyspace leaks no live session. A successor id is sealed
+with a keystream derived from the id it replaces, which only its holder knows.
+
+Expiry is owned by the gateway: a replica ends a session only by removing its index entry inside the
+same script, so exactly one replica counts each expiry. Key TTLs are a backstop for when no gateway runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+from typing import Any, Final
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from gateway.errors import StoreUnavailable
+from gateway.store import (
+    CapacityExceeded,
+    Created,
+    Ended,
+    EndReason,
+    Outcome,
+    SessionInfo,
+    Swept,
+    TombReason,
+    Touch,
+)
+
+# Seconds a key outlives its deadline, so the sweeper (not Redis) ends it while any gateway runs.
+TTL_SLACK: Final = 60.0
+
+_TOUCH: Final = """
+local now = tonumber(ARGV[1])
+local absolute = tonumber(ARGV[2])
+local claim_ttl = tonumber(ARGV[3])
+local rec = redis.call('HMGET', KEYS[1], 'c', 'l', 'i', 'n', 'r')
+if rec[1] then
+  local c, l, i, n = tonumber(rec[1]), tonumber(rec[2]), tonumber(rec[3]), tonumber(rec[4])
+  local outcome = false
+  if now >= c + absolute then outcome = 'lifetime' elseif now >= l + i then outcome = 'expired' end
+  if outcome then
+    redis.call('DEL', KEYS[1], KEYS[2])
+    redis.call('ZREM', KEYS[3], ARGV[5])
+    redis.call('HSET', KEYS[2], 'r', outcome == 'lifetime' and 'lifetime' or 'idle', 'p', ARGV[1])
+    redis.call('PEXPIRE', KEYS[2], ARGV[4])
+    return {outcome, rec[1], rec[2], rec[3], rec[4], rec[5]}
+  end
+  n = n + 1
+  redis.call('HSET', KEYS[1], 'l', ARGV[1], 'n', n)
+  local deadline = math.min(now + i, c + absolute)
+  redis.call('ZADD', KEYS[3], deadline, ARGV[5])
+  redis.call('PEXPIRE', KEYS[1], math.ceil((deadline - now + tonumber(ARGV[6])) * 1000))
+  return {'live', rec[1], ARGV[1], rec[3], tostring(n), rec[5], rec[2]}
+end
+local tomb = redis.call('HMGET', KEYS[2], 'r', 's', 'p')
+if tomb[1] and tomb[2] then return {'ended', tomb[1], tomb[2]} end
+if tomb[3] and now - tonumber(tomb[3]) < claim_ttl then return {'pending'} end
+redis.call('HSET', KEYS[2], 'p', ARGV[1])
+if tomb[1] then return {'ended', tomb[1]} end
+redis.call('PEXPIRE', KEYS[2], math.ceil(claim_ttl * 1000))
+return {'missing'}
+"""
+
+_CREATE: Final = """
+local rec = redis.call('HMGET', KEYS[1], 'c', 'l', 'i', 'n', 'r')
+if rec[1] then
+  redis.call('HDEL', KEYS[2], 'p')
+  return {'exists', rec[1], rec[2], rec[3], rec[4], rec[5], tostring(redis.call('ZCARD', KEYS[3]))}
+end
+if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[6]) then
+  local victim = redis.call('ZRANGE', KEYS[3], 0, 0)
+  return {'full', victim[1] or ''}
+end
+local now = tonumber(ARGV[1])
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[1], 'c', ARGV[1], 'l', ARGV[1], 'i', ARGV[2], 'n', 1, 'r', ARGV[3])
+local deadline = math.min(now + tonumber(ARGV[2]), now + tonumber(ARGV[4]))
+redis.call('ZADD', KEYS[3], deadline, ARGV[5])
+redis.call('PEXPIRE', KEYS[1], math.ceil((deadline - now + tonumber(ARGV[7])) * 1000))
+return {'created', tostring(redis.call('ZCARD', KEYS[3]))}
+"""
+
+_SUCCEED: Final = """
+if redis.call('HEXISTS', KEYS[1], 'r') == 0 then redis.call('HSET', KEYS[1], 'r', 'unknown') end
+redis.call('HSET', KEYS[1], 's', ARGV[1])
+redis.call('HDEL', KEYS[1], 'p')
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+_RELEASE: Final = """
+if redis.call('HEXISTS', KEYS[1], 'r') == 0 then return redis.call('DEL', KEYS[1]) end
+return redis.call('HDEL', KEYS[1], 'p')
+"""
+
+# END ends a live session for a reason; SWEEP ends it only if it is due. Both remove the index entry in
+# the same script, so two replicas never both end one session.
+_END: Final = """
+local rec = redis.call('HMGET', KEYS[1], 'c', 'l', 'i', 'n', 'r')
+if not rec[1] then return false end
+local now = tonumber(ARGV[3])
+local reason = ARGV[2]
+if ARGV[5] == 'due' then
+  if redis.call('ZSCORE', KEYS[3], ARGV[1]) == false then return false end
+  local c, l, i = tonumber(rec[1]), tonumber(rec[2]), tonumber(rec[3])
+  local deadline = math.min(l + i, c + tonumber(ARGV[6]))
+  if deadline > now then
+    redis.call('ZADD', KEYS[3], deadline, ARGV[1])
+    return false
+  end
+  if now >= c + tonumber(ARGV[6]) then reason = 'lifetime' else reason = 'idle' end
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('HSET', KEYS[2], 'r', reason)
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return {reason, rec[1], rec[2], rec[3], rec[4], rec[5]}
+"""
+
+_SET_TIMEOUT: Final = """
+local rec = redis.call('HMGET', KEYS[1], 'c', 'l')
+if not rec[1] then return 0 end
+redis.call('HSET', KEYS[1], 'i', ARGV[1])
+local deadline = math.min(tonumber(rec[2]) + tonumber(ARGV[1]), tonumber(rec[1]) + tonumber(ARGV[2]))
+redis.call('ZADD', KEYS[2], deadline, ARGV[3])
+redis.call('PEXPIRE', KEYS[1], math.ceil((deadline - tonumber(rec[2]) + tonumber(ARGV[4])) * 1000))
+return 1
+"""
+
+
+def _digest(session_id: str) -> str:
+    return hashlib.sha256(b"session-gateway/id\x00" + session_id.encode()).hexdigest()[:32]
+
+
+def _keystream(previous: str, length: int) -> bytes:
+    return hashlib.shake_256(b"session-gateway/successor\x00" + previous.encode()).digest(length)
+
+
+def seal_successor(successor: str, previous: str) -> str:
+    """The successor id, readable only with the id it replaced."""
+    data = successor.encode()
+    return bytes(a ^ b for a, b in zip(data, _keystream(previous, len(data)), strict=True)).hex()
+
+
+def open_successor(sealed: str, previous: str) -> str:
+    data = bytes.fromhex(sealed)
+    return bytes(a ^ b for a, b in zip(data, _keystream(previous, len(data)), strict=True)).decode(errors="replace")
+
+
+def _info(session_id: str, rec: list[str]) -> SessionInfo:
+    created, last_seen, idle, requests, replica = rec[:5]
+    return SessionInfo(session_id, float(created), float(last_seen), float(idle), int(requests), replica)
+
+
+class RedisStore:
+    """Sessions in Redis, shared by every gateway replica that points at it."""
+
+    shared = True
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        absolute_timeout: float,
+        max_sessions: int,
+        on_full: str,
+        tombstone_ttl: float,
+        claim_ttl: float = 30.0,
+        prefix: str = "sg",
+        shards: int = 16,
+        timeout: float = 0.5,
+        max_connections: int = 64,
+    ) -> None:
+        self._absolute = absolute_timeout
+        self._evict = on_full == "evict"
+        self._shard_cap = math.ceil(max_sessions / shards)  # the cap is kept per shard, atomically
+        self._tomb_ms = str(int(tombstone_ttl * 1000))
+        self._claim_ttl = claim_ttl
+        self._prefix = prefix
+        self._shards = shards
+        # A blocking pool: under load a request waits (up to `timeout`) for a connection instead of failing.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=timeout,
+            decode_responses=True,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            health_check_interval=30,
+            # Fail fast and let the failure policy decide; the next command reconnects by itself.
+            retry=Retry(NoBackoff(), 0),
+        )
+        self.client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
+        self._touch = self.client.register_script(_TOUCH)
+        self._create = self.client.register_script(_CREATE)
+        self._succeed = self.client.register_script(_SUCCEED)
+        self._release = self.client.register_script(_RELEASE)
+        self._end = self.client.register_script(_END)
+        self._set_timeout = self.client.register_script(_SET_TIMEOUT)
+
+    def _tag(self, shard: int) -> str:
+        return f"{self._prefix}:{{{shard}}}"
+
+    def _keys(self, session_id: str) -> tuple[str, list[str]]:
+        digest = _digest(session_id)
+        tag = self._tag(int(digest[:8], 16) % self._shards)
+        return digest, [f"{tag}:s:{digest}", f"{tag}:t:{digest}", f"{tag}:exp"]
+
+    async def _call(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            raise StoreUnavailable(f"The session store is unavailable ({type(exc).__name__}).") from exc
+
+    async def ping(self) -> None:
+        await self._call(self.client.ping())
+
+    async def touch(self, session_id: str, now: float) -> Touch:
+        digest, keys = self._keys(session_id)
+        args = [repr(now), repr(self._absolute), repr(self._claim_ttl), self._tomb_ms, digest, repr(TTL_SLACK)]
+        result = await self._call(self._touch(keys=keys, args=args))
+        kind = result[0]
+        if kind == "live":
+            return Touch(Outcome.LIVE, session=_info(session_id, result[1:6]), idle_gap=now - float(result[6]))
+        if kind in ("expired", "lifetime"):
+            return Touch(Outcome(kind), session=_info(session_id, result[1:6]))
+        if kind == "ended":
+            successor = open_successor(result[2], session_id) if len(result) > 2 else None
+            return Touch(Outcome.ENDED, ended_reason=result[1], successor=successor)
+        return Touch(Outcome(kind))
+
+    async def create(
+        self, session_id: str, now: float, *, idle_timeout: float, replica: str, previous: str | None = None
+    ) -> Created:
+        digest, keys = self._keys(session_id)
+        args = [
+            repr(now),
+            repr(idle_timeout),
+            replica,
+            repr(self._absolute),
+            digest,
+            str(self._shard_cap),
+            repr(TTL_SLACK),
+        ]
+        evicted = None
+        for _ in range(3):
+            result = await self._call(self._create(keys=keys, args=args))
+            if result[0] != "full":
+                break
+            if not self._evict or not result[1]:
+                raise CapacityExceeded
+            evicted = await self._end_digest(keys[2].rsplit(":", 1)[0], result[1], "evicted", now) or evicted
+        else:
+            raise CapacityExceeded
+        if previous is not None:
+            _, prev_keys = self._keys(previous)
+            sealed = seal_successor(session_id, previous)
+            await self._call(self._succeed(keys=[prev_keys[1]], args=[sealed, self._tomb_ms]))
+        if result[0] == "exists":
+            return Created(_info(session_id, result[1:6]), created=False, active=int(result[6]))
+        info = SessionInfo(session_id, now, now, idle_timeout, 1, replica)
+        return Created(info, created=True, evicted=evicted, active=int(result[1]))
+
+    async def _end_digest(self, tag: str, digest: str, reason: str, now: float) -> SessionInfo | None:
+        """End a session known only by its digest (eviction and sweeping never see ids)."""
+        keys = [f"{tag}:s:{digest}", f"{tag}:t:{digest}", f"{tag}:exp"]
+        args = [digest, reason, repr(now), self._tomb_ms, "now", repr(self._absolute)]
+        result = await self._call(self._end(keys=keys, args=args))
+        return _info("", result[1:6]) if result else None
+
+    async def release(self, session_id: str) -> None:
+        _, keys = self._keys(session_id)
+        await self._call(self._release(keys=[keys[1]]))
+
+    async def end(self, session_id: str, now: float, reason: EndReason) -> SessionInfo | None:
+        digest, keys = self._keys(session_id)
+        args = [digest, reason, repr(now), self._tomb_ms, "now", repr(self._absolute)]
+        result = await self._call(self._end(keys=keys, args=args))
+        return _info(session_id, result[1:6]) if result else None
+
+    async def set_idle_timeout(self, session_id: str, seconds: float) -> None:
+        digest, keys = self._keys(session_id)
+        args = [repr(seconds), repr(self._absolute), digest, repr(TTL_SLACK)]
+        await self._call(self._set_timeout(keys=[keys[0], keys[2]], args=args))
+
+    async def expire_due(self, now: float, limit: int) -> Swept:
+        """Every shard's due entries in one pipelined read, then one pipelined claim per entry."""
+        per_shard = max(1, limit // self._shards)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for shard in range(self._shards):
+                pipe.zrangebyscore(f"{self._tag(shard)}:exp", "-inf", repr(now), start=0, num=per_shard)
+            due: list[list[str]] = await self._call(pipe.execute())
+        more = any(len(members) >= per_shard for members in due)
+        if not any(due):
+            return Swept([], more=False)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for shard, members in enumerate(due):
+                tag = self._tag(shard)
+                for digest in members:
+                    keys = [f"{tag}:s:{digest}", f"{tag}:t:{digest}", f"{tag}:exp"]
+                    args = [digest, "idle", repr(now), self._tomb_ms, "due", repr(self._absolute)]
+                    await self._end(keys=keys, args=args, client=pipe)
+            results = await self._call(pipe.execute())
+        ended = [Ended(_info("", r[1:6]), r[0]) for r in results if r]
+        return Swept(ended, more=more)
+
+    async def count(self) -> int:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for shard in range(self._shards):
+                pipe.zcard(f"{self._tag(shard)}:exp")
+            counts = await self._call(pipe.execute())
+        return int(sum(counts))
+
+    async def close(self) -> None:
+        await self.client.aclose()
+        await self.client.connection_pool.disconnect()
+
+
+__all__ = ["RedisStore", "TombReason", "open_successor", "seal_successor"]
