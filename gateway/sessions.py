@@ -235,6 +235,8 @@ class SessionManager:
                 await self.store.release(presented)  # touch() claimed the dead or unknown id; we start nothing
             turn.answer_logout = True  # no session, or one we do not know: change nothing
             return
+        if touch.idle_gap is not None:  # the end request is one of the session's requests (touch counted it)
+            self.metrics.idle_gap.observe(touch.idle_gap)
         info = await self.store.end(touch.session.id, now, "client")
         if info is not None:
             self._observe_end(info, "client", now)
