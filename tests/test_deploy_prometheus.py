@@ -42,6 +42,7 @@ KNOWN_LABEL_VALUES = {
     "reason": {reason for reasons in REASONS for reason in reasons},
     "carrier": set(gateway_metrics.CARRIERS),
     "kind": set(gateway_metrics.STREAM_KINDS),
+    "op": set(gateway_metrics.STORE_OPS),
 }
 
 
@@ -118,7 +119,7 @@ def test_queries_use_only_existing_metrics() -> None:
 
 def test_queries_use_known_label_values() -> None:
     for where, expr in all_queries():
-        for label, _, values in re.findall(r'\b(reason|carrier|kind)\s*(=~|=)\s*"([^"]*)"', expr):
+        for label, _, values in re.findall(r'\b(reason|carrier|kind|op)\s*(=~|=)\s*"([^"]*)"', expr):
             unknown = set(values.split("|")) - KNOWN_LABEL_VALUES[label]
             assert not unknown, f"{where}: {label} values {sorted(unknown)} are not in gateway/metrics.py"
 
@@ -132,7 +133,7 @@ def test_recording_rules_are_named_level_metric_operations() -> None:
 
 def test_alerts_follow_the_mixin_conventions() -> None:
     alerts = [r for r in rules() if "alert" in r]
-    assert len(alerts) >= 8
+    assert len(alerts) >= 10
     for alert in alerts:
         name = alert["alert"]
         assert ALERT_NAME.fullmatch(name), name
