@@ -16,7 +16,8 @@ WORKDIR /src
 RUN python -m venv /opt/session-gateway
 # Dependencies first, from pyproject.toml alone: this layer is rebuilt only when they change.
 COPY pyproject.toml ./
-RUN python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["speedups"]))' > requirements.txt \
+# The speedups (uvloop, aiohttp's C extras) and the Redis client (session.store = "redis") go in too.
+RUN python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; x = p["optional-dependencies"]; print("\n".join(p["dependencies"] + x["speedups"] + x["redis"]))' > requirements.txt \
  && /opt/session-gateway/bin/pip install --no-cache-dir --requirement requirements.txt
 COPY README.md ./
 COPY gateway ./gateway

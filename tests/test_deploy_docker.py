@@ -82,7 +82,8 @@ def test_requirements_step_reads_the_current_pyproject(tmp_path: Path) -> None:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     subprocess.run(["sh", "-c", command], cwd=tmp_path, env=env, check=True, timeout=60)
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    expected = project["dependencies"] + project["optional-dependencies"]["speedups"]
+    extras = project["optional-dependencies"]
+    expected = project["dependencies"] + extras["speedups"] + extras["redis"]
     assert (tmp_path / "requirements.txt").read_text().splitlines() == expected
 
 
