@@ -48,18 +48,26 @@ async def probe_upstream(config: Config, client: aiohttp.ClientSession) -> None:
     """
     up = config.upstream
     timeout = min(up.connect_timeout, config.admin.ready_check_interval)
-    if up.ready_path:
-        async with client.get(
-            up.base + up.ready_path, timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False
-        ) as response:
-            await response.read()
-        return
-    parts = urlsplit(up.url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    _, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, port), timeout)
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
+    failure: BaseException | None = None
+    for _, url in up.replicas():  # ready while any replica answers
+        try:
+            if up.ready_path:
+                async with client.get(
+                    url.rstrip("/") + up.ready_path, timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False
+                ) as response:
+                    await response.read()
+                return
+            parts = urlsplit(url)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            _, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, port), timeout)
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            failure = exc
+    assert failure is not None
+    raise failure
 
 
 async def check_upstream_forever(config: Config, client: aiohttp.ClientSession, readiness: Readiness) -> None:

@@ -20,6 +20,7 @@ from gateway.proxy import Proxy, Streams, build_client
 from gateway.sessions import Clock, SessionManager
 from gateway.store import SessionStore
 from gateway.store.memory import MemoryStore
+from gateway.upstreams import Upstreams
 
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
@@ -83,7 +84,13 @@ def create_app(
     app[READINESS] = Readiness()
     app[STREAMS] = Streams()
     app[SESSIONS] = SessionManager(
-        config.session, store or create_store(config), app[METRICS], clock, claim_wait=claim_ttl(config)
+        config.session,
+        store or create_store(config),
+        app[METRICS],
+        Upstreams(config.upstream, app[METRICS]),
+        clock,
+        claim_wait=claim_ttl(config),
+        strict_affinity=config.upstream.strict_affinity,
     )
     app[CORS] = Cors(config.cors, config.session.header)
     app.on_response_prepare.append(app[CORS].on_response_prepare)

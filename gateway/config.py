@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 from gateway.errors import ConfigError
 
 ENV_PREFIX = "GATEWAY_"
+_REPLICA_NAME = re.compile(r"[A-Za-z0-9.:_-]{1,64}")  # it rides in the affinity cookie and a metric label
+DEFAULT_UPSTREAM_URL = "http://127.0.0.1:8000"
 LogFormat = Literal["json", "text"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -97,7 +99,7 @@ class AdminConfig:
 class UpstreamConfig:
     """The bot behind the gateway."""
 
-    url: str = "http://127.0.0.1:8000"
+    url: str = DEFAULT_UPSTREAM_URL
     connect_timeout: float = 5.0  # seconds to open a TCP connection
     read_timeout: float = 120.0  # seconds of upstream silence before 504; not a cap on stream length
     max_body_size: int = 10 * 1024 * 1024  # bytes per request body, enforced while streaming
@@ -105,9 +107,22 @@ class UpstreamConfig:
     keepalive_timeout: float = 4.0  # seconds; below uvicorn's and Node's 5 s so we never reuse a closing socket
     ready_path: str = ""  # path probed by GET for /readyz (any HTTP answer counts); empty: a TCP connect
     max_ws_message_size: int = 4 * 1024 * 1024  # bytes per WebSocket message, both ways
+    urls: tuple[str, ...] = ()  # several bot replicas, "name=url" or a bare URL; set it or url, not both
+    strict_affinity: bool = False  # a session's replica is down: 503 instead of re-pinning it elsewhere
+    down_backoff: float = 10.0  # seconds new sessions avoid a replica after a connect failure or timeout
 
     def __post_init__(self) -> None:
         _http_url("upstream.url", self.url)
+        if self.urls and self.url != DEFAULT_UPSTREAM_URL:
+            raise ConfigError("upstream.urls", "set upstream.url (one bot) or upstream.urls (replicas), not both")
+        names = [name for name, _ in self.replicas()]
+        for name, url in self.replicas():
+            _http_url("upstream.urls", url)
+            if not _REPLICA_NAME.fullmatch(name):
+                raise ConfigError("upstream.urls", f"expected replica names of letters, digits and .:_-, got {name!r}")
+        if len(set(names)) != len(names):
+            raise ConfigError("upstream.urls", f"replica names must be unique, got {names}")
+        _positive("upstream.down_backoff", self.down_backoff)
         _positive("upstream.connect_timeout", self.connect_timeout)
         _positive("upstream.read_timeout", self.read_timeout)
         _positive("upstream.max_body_size", self.max_body_size)
@@ -121,6 +136,18 @@ class UpstreamConfig:
     def base(self) -> str:
         """The upstream URL without a trailing slash, ready to prefix a raw request path."""
         return self.url.rstrip("/")
+
+    def replicas(self) -> list[tuple[str, str]]:
+        """(name, url) of every bot replica; a bare URL is named by its host:port, one url is "default"."""
+        if not self.urls:
+            return [("default", self.url)]
+        named = []
+        for item in self.urls:
+            name, sep, url = item.partition("=")
+            if not sep or "://" in name:
+                url, name = item, (urlsplit(item).netloc or item)
+            named.append((name.strip(), url.strip()))
+        return named
 
 
 Issuer = Literal["upstream", "gateway"]
@@ -221,12 +248,12 @@ class ClientConfig:
     """The JS session client (session-client.js) the gateway serves to chat widgets."""
 
     enabled: bool = True
-    path: str = "/_gateway/session-client.js"  # GET and HEAD of it are answered here, never forwarded to the bot
+    path: str = "/_gateway/session-client.js"  # GET and HEAD are answered here, never forwarded to the bot
     max_age: int = 3600  # seconds browsers may cache it (revalidated by ETag afterwards)
 
     def __post_init__(self) -> None:
         if not self.path.startswith("/") or self.path == "/" or any(c in self.path for c in "?#{}\\ "):
-            raise ConfigError("client.path", f"expected a path like '/_gateway/session-client.js', got {self.path!r}")
+            raise ConfigError("client.path", f"expected a path like '/_gateway/client.js', got {self.path!r}")
         if self.max_age < 0:
             raise ConfigError("client.max_age", f"expected seconds >= 0, got {self.max_age}")
 

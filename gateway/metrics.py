@@ -121,6 +121,21 @@ class Metrics:
         self.store_errors_total = Counter(
             f"{PREFIX}_store_errors", "Failed session store calls, by the phase that made them.", ["op"], registry=r
         )
+        self.replica_requests = Counter(
+            f"{PREFIX}_upstream_requests", "Requests sent to each bot replica.", ["replica"], registry=r
+        )
+        self.replica_errors = Counter(
+            f"{PREFIX}_upstream_replica_errors", "Failed exchanges with each bot replica.", ["replica"], registry=r
+        )
+        self.replica_pinned = Counter(
+            f"{PREFIX}_upstream_sessions_pinned",
+            "Sessions pinned to each bot replica (new sessions and re-pins).",
+            ["replica"],
+            registry=r,
+        )
+        self.replica_up = Gauge(
+            f"{PREFIX}_upstream_up", "0 while a bot replica is in its back-off after a failure.", ["replica"], registry=r
+        )
         self.build_info = Gauge(f"{PREFIX}_build_info", "Build information; always 1.", ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)
         ProcessCollector(registry=r)

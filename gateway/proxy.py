@@ -27,6 +27,7 @@ from gateway.headers import (
 )
 from gateway.metrics import Metrics, method_label
 from gateway.sessions import LOGOUT, SessionManager, Turn, short_id
+from gateway.upstreams import Replica
 from gateway.websocket import proxy_websocket
 
 log = logging.getLogger("gateway")
@@ -98,13 +99,13 @@ class Proxy:
         sessions: SessionManager,
         cors: Cors,
     ) -> None:
+        self.upstreams = sessions.upstreams
         self.config = config
         self.client = client
         self.metrics = metrics
         self.streams = streams
         self.sessions = sessions
         self.cors = cors
-        self._base = config.upstream.base
         self._trusted = config.listen.trusted_networks()
         self._max_body = config.upstream.max_body_size
 
@@ -174,31 +175,60 @@ class Proxy:
         exchange.session = turn.session_id
         if turn.answer_logout:
             return web.json_response(LOGOUT)
-        url = URL(self._base + turn.carried.target, encoded=True)
+        replica = turn.replica
+        assert replica is not None
+        replica.in_flight += 1
         try:
-            if is_websocket_upgrade(request.headers):
-                return await proxy_websocket(self, request, url, turn, exchange)
-            headers = self.upstream_headers(request, turn)
+            try:
+                if is_websocket_upgrade(request.headers):
+                    return await proxy_websocket(self, request, self._url(turn), turn, exchange)
+                sent = time.perf_counter()
+                upstream = await self._send(request, turn, exchange)
+            except BaseException:
+                await asyncio.shield(self.sessions.abandon(turn))
+                raise
+            received = time.perf_counter()
+            exchange.upstream_status = upstream.status
+            self.metrics.upstream_ttfb.observe(received - sent)
+            try:
+                return await self._respond(
+                    request, upstream, exchange, turn, overhead=sent - exchange.started, received=received
+                )
+            finally:
+                upstream.release()
+        finally:
+            replica.in_flight -= 1
+
+    @staticmethod
+    def _url(turn: Turn) -> URL:
+        assert turn.replica is not None
+        return URL(turn.replica.base + turn.carried.target, encoded=True)
+
+    async def _send(self, request: web.Request, turn: Turn, exchange: Exchange) -> aiohttp.ClientResponse:
+        """Send upstream; a replica that refuses the connection is marked down, and a live session whose
+        replica is gone moves once to another (nothing was sent yet, so the retry is safe)."""
+        while True:
+            replica = turn.replica
+            assert replica is not None
+            self.metrics.replica_requests.labels(replica=replica.name).inc()
             data = self._body(request, exchange) if request.body_exists else None
-            sent = time.perf_counter()
             try:
                 upstream = await self.client.request(
-                    request.method, url, headers=headers, data=data, allow_redirects=False
+                    request.method, self._url(turn), headers=self.upstream_headers(request, turn), data=data,
+                    allow_redirects=False,
                 )
             except Exception as exc:
-                raise self._request_failure(exc, exchange) from None
-        except BaseException:
-            await asyncio.shield(self.sessions.abandon(turn))
-            raise
-        received = time.perf_counter()
-        exchange.upstream_status = upstream.status
-        self.metrics.upstream_ttfb.observe(received - sent)
-        try:
-            return await self._respond(
-                request, upstream, exchange, turn, overhead=sent - exchange.started, received=received
-            )
-        finally:
-            upstream.release()
+                error = self._request_failure(exc, exchange, replica)
+                refused = isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
+                if refused and exchange.bytes_in == 0 and self.sessions.can_repin(turn):
+                    await self.sessions.repin(turn)
+                    replica.in_flight -= 1
+                    assert turn.replica is not None
+                    turn.replica.in_flight += 1
+                    continue
+                raise error from None
+            self.upstreams.mark_up(replica)
+            return upstream
 
     async def _body(self, request: web.Request, exchange: Exchange) -> AsyncIterator[bytes]:
         """The request body as it arrives, counted against upstream.max_body_size."""
@@ -213,7 +243,7 @@ class Proxy:
             exchange.client_gone = True
             raise
 
-    def _request_failure(self, exc: BaseException, exchange: Exchange) -> Exception:
+    def _request_failure(self, exc: BaseException, exchange: Exchange, replica: Replica) -> Exception:
         """Map a failed upstream request to the gateway error the client gets; count and log it once."""
         if exchange.body_too_large:
             return BodyTooLarge(f"The request body exceeds the limit of {self._max_body} bytes.")
@@ -221,6 +251,9 @@ class Proxy:
             return asyncio.CancelledError()
         reason, error = self._classify(exc)
         self.metrics.upstream_errors.labels(reason=reason).inc()
+        self.metrics.replica_errors.labels(replica=replica.name).inc()
+        if reason in ("connect", "timeout"):
+            self.upstreams.mark_down(replica, reason)
         exchange.note = f"upstream {reason}: {type(exc).__name__}"
         return error
 

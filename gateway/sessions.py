@@ -25,8 +25,9 @@ from gateway.cookies import (
     set_cookie_deletes,
     set_cookie_name_value,
 )
-from gateway.errors import SessionCapacity, StoreUnavailable
+from gateway.errors import SessionCapacity, StoreUnavailable, UpstreamUnavailable
 from gateway.metrics import Metrics
+from gateway.upstreams import Replica, Upstreams
 from gateway.store import CapacityExceeded, EndReason, Outcome, SessionInfo, SessionStore, TombReason, Touch
 
 log = logging.getLogger("gateway")
@@ -39,7 +40,6 @@ X_SESSION_PREVIOUS: Final = istr("X-Session-Previous")
 X_SESSION_ID: Final = istr("X-Session-Id")
 X_SESSION_CONTROL: Final = istr("X-Session-Control")
 X_GATEWAY_SESSION: Final = istr("X-Gateway-Session")
-DEFAULT_REPLICA: Final = "default"
 _MAX_SUCCESSOR_HOPS: Final = 3
 _CLAIM_POLL: Final = 0.02  # seconds between asks while another request holds a claim
 LOGOUT: Final = {"status": 1, "message": "logout"}
@@ -75,6 +75,8 @@ class Turn:
     claimed: str | None = None  # the dead or unknown id whose claim this request holds
     ended: bool = False  # an end-session request that ended a live session
     untracked: bool = False  # the store is down (store_failure = "open"): forwarded as presented
+    pinned_name: str | None = None  # the replica the store says holds the session
+    replica: Replica | None = None  # where this request goes
     answer_logout: bool = False  # answer the logout JSON without forwarding
     headers: CIMultiDict[str] = field(default_factory=CIMultiDict)  # to add on the request to the bot
     drop: frozenset[istr] = frozenset()
@@ -88,9 +90,11 @@ class SessionManager:
         config: SessionConfig,
         store: SessionStore,
         metrics: Metrics,
+        upstreams: Upstreams,
         clock: Clock = time.time,
         *,
         claim_wait: float = 30.0,
+        strict_affinity: bool = False,
     ) -> None:
         self.config = config
         self.store = store
@@ -98,6 +102,8 @@ class SessionManager:
         self.clock = clock
         self.signer = AffinitySigner(config.secret)
         self.claim_wait = claim_wait
+        self.upstreams = upstreams
+        self.strict_affinity = strict_affinity
         self._sweeper: asyncio.Task[None] | None = None
         self._active_max = 0
         self.store_healthy = True
@@ -202,6 +208,7 @@ class SessionManager:
                 raise
             # Fail open: proxy as if the gateway were not there, and signal nothing we cannot know.
             turn = Turn(carried, drop=self._owned_request_headers, untracked=True, session_id=carried.session_id)
+            turn.replica = self._affinity_replica(carried) or self.upstreams.choose()
         except BaseException:
             await self.abandon(turn)  # e.g. refused at the cap: racing requests must not wait on our claim
             raise
@@ -219,6 +226,7 @@ class SessionManager:
             turn.reason = "first"
         else:
             await self._resolve(turn, carried.session_id, now)
+        await self._place(turn, now)
         if turn.reason is not None and self.config.issuer == "gateway":
             await self._mint(turn, now)
         elif turn.reason is not None or turn.adopting:
@@ -238,6 +246,7 @@ class SessionManager:
         if touch.idle_gap is not None:  # the end request is one of the session's requests (touch counted it)
             self.metrics.idle_gap.observe(touch.idle_gap)
         info = await self.store.end(touch.session.id, now, "client")
+        turn.pinned_name = touch.session.replica
         if info is not None:
             self._observe_end(info, "client", now)
         await self._refresh_active()
@@ -284,9 +293,59 @@ class SessionManager:
                 return touch
             await asyncio.sleep(_CLAIM_POLL)
 
+    def _affinity_replica(self, carried: Carried) -> Replica | None:
+        """The replica the client's signed affinity value names, if it verifies and is up."""
+        if not carried.affinity or not carried.session_id:
+            return None
+        replica = self.upstreams.get(self.signer.verify(carried.affinity, carried.session_id))
+        return replica if replica is not None and self.upstreams.is_up(replica) else None
+
+    async def _place(self, turn: Turn, now: float) -> None:
+        """Choose the replica: the pinned one; the affinity value's for an id the store lost; else the least busy."""
+        if turn.live or turn.ended:
+            replica = self.upstreams.get(turn.pinned_name)
+            if replica is None:
+                replica = self._affinity_replica(turn.carried)
+            if replica is not None and (self.upstreams.is_up(replica) or len(self.upstreams.replicas) == 1):
+                turn.replica = replica
+                return
+            if self.strict_affinity:
+                raise UpstreamUnavailable("The bot replica holding this session is unavailable.")
+            if turn.live:
+                await self.repin(turn, now)
+                return
+        elif turn.adopting:
+            turn.replica = self._affinity_replica(turn.carried) or self.upstreams.choose()
+            return
+        turn.replica = self.upstreams.choose()
+
+    def can_repin(self, turn: Turn) -> bool:
+        """Whether a failed live session may move to another replica (as a new session, reason upstream)."""
+        return (turn.live or turn.adopting) and not self.strict_affinity and len(self.upstreams.replicas) > 1
+
+    async def repin(self, turn: Turn, now: float | None = None) -> None:
+        """The session's replica is gone, and its conversation with it: start a new one elsewhere."""
+        now = self.clock() if now is None else now
+        old = turn.session_id
+        assert old is not None
+        if turn.live:
+            await self._end(old, "upstream", now)
+            touch = await self.store.touch(old, now)  # takes the claim, so racing requests follow our successor
+            turn.claimed = old if touch.outcome is not Outcome.PENDING else None
+        failed = turn.replica
+        turn.live = turn.adopting = False
+        turn.reason, turn.previous, turn.session_id = "upstream", old, None
+        candidates = [r for r in self.upstreams.replicas if r is not failed]
+        turn.replica = min(candidates, key=lambda r: (not self.upstreams.is_up(r), r.in_flight))
+        if self.config.issuer == "gateway":
+            await self._mint(turn, now)
+        turn.headers = CIMultiDict()
+        self._bot_headers(turn)
+
     def _continued(self, turn: Turn, touch: Touch) -> None:
         assert touch.session is not None
         turn.live, turn.session_id = True, touch.session.id
+        turn.pinned_name = touch.session.replica
         if touch.idle_gap is not None:
             self.metrics.idle_gap.observe(touch.idle_gap)
 
@@ -299,7 +358,7 @@ class SessionManager:
         """Gateway-issued mode: a UUID4 (36 bytes, a valid Dialogflow CX session id), created before forwarding."""
         assert turn.reason is not None
         session_id = str(uuid.uuid4())
-        await self._start(session_id, turn.reason, now, previous=turn.previous)
+        await self._start(session_id, turn.reason, now, previous=turn.previous, replica=turn.replica)
         turn.session_id = session_id
         turn.claimed = None  # create() released it
 
@@ -317,10 +376,13 @@ class SessionManager:
             if turn.previous:
                 turn.headers[X_SESSION_PREVIOUS] = turn.previous
 
-    async def _start(self, session_id: str, reason: StartReason, now: float, previous: str | None) -> bool:
+    async def _start(
+        self, session_id: str, reason: StartReason, now: float, previous: str | None, replica: Replica | None
+    ) -> bool:
+        replica = replica or self.upstreams.choose()
         try:
             created = await self.store.create(
-                session_id, now, idle_timeout=self.config.idle_timeout, replica=DEFAULT_REPLICA, previous=previous
+                session_id, now, idle_timeout=self.config.idle_timeout, replica=replica.name, previous=previous
             )
         except CapacityExceeded:
             self.metrics.sessions_rejected.inc()
@@ -329,6 +391,7 @@ class SessionManager:
             self._observe_end(created.evicted, "evicted", now)
         if created.created:
             self.metrics.started[reason].inc()
+            self.upstreams.pinned(replica)
         await self._refresh_active()
         return created.created
 
@@ -375,7 +438,7 @@ class SessionManager:
             headers[X_SESSION_ID] = session_id
         if signal is not None:
             headers[X_SESSION_NEW] = signal
-        self._affinity_headers(headers, session_id or "")
+        self._affinity_headers(headers, session_id or "", turn.replica)
 
     def _bot_cookies(self, headers: CIMultiDict[str]) -> tuple[str | None, bool]:
         """The session id the bot set (or whether it deleted its cookie); rewrites Set-Cookie when configured."""
@@ -413,23 +476,24 @@ class SessionManager:
                 return None, None
             if bot_id is not None and bot_id != current:
                 await self._end(current, "upstream", now)
-                await self._start(bot_id, "upstream", now, previous=current)
+                await self._start(bot_id, "upstream", now, previous=current, replica=turn.replica)
                 turn.session_id = bot_id
                 return bot_id, "upstream"
             return current, None
         if turn.adopting and current is not None:
             if bot_id is not None and bot_id != current:
-                await self._start(bot_id, "unknown", now, previous=current)
+                await self._start(bot_id, "unknown", now, previous=current, replica=turn.replica)
                 turn.session_id, turn.claimed = bot_id, None
                 return bot_id, "unknown"
             if bot_deleted or status >= 500:
                 turn.session_id = None
                 return None, None
-            await self._start(current, "adopted", now, previous=None)  # a gateway restart must not break chats
+            # A gateway restart must not break chats.
+            await self._start(current, "adopted", now, previous=None, replica=turn.replica)
             turn.claimed = None
             return current, None
         if turn.reason is not None and bot_id is not None:
-            await self._start(bot_id, turn.reason, now, previous=turn.previous)
+            await self._start(bot_id, turn.reason, now, previous=turn.previous, replica=turn.replica)
             turn.session_id, turn.claimed = bot_id, None
             return bot_id, turn.reason
         turn.session_id = None  # the bot started no session for this request
@@ -468,9 +532,10 @@ class SessionManager:
             max_age=max_age,
         )
 
-    def _affinity_headers(self, headers: CIMultiDict[str], session_id: str) -> None:
+    def _affinity_headers(self, headers: CIMultiDict[str], session_id: str, replica: Replica | None) -> None:
         """X-Gateway-Session and its Set-Cookie; Teneo Web Chat keeps `value.split(';')[0]`, so the pair comes first."""
-        pair = f"{self.config.affinity_cookie}={self.signer.sign(DEFAULT_REPLICA, session_id)}"
+        name = (replica or self.upstreams.replicas[0]).name
+        pair = f"{self.config.affinity_cookie}={self.signer.sign(name, session_id)}"
         headers[X_GATEWAY_SESSION] = pair
         headers.add(hdrs.SET_COOKIE, self._cookie(self.config.affinity_cookie, pair.partition("=")[2]))
         if self.config.issuer == "gateway" and session_id:

@@ -37,7 +37,8 @@ async def proxy_websocket(
         exchange.upstream_status = exc.status
         return web.Response(status=exc.status, text=exc.message or "")
     except Exception as exc:
-        raise proxy._request_failure(exc, exchange) from None
+        assert turn.replica is not None
+        raise proxy._request_failure(exc, exchange, turn.replica) from None
     exchange.upstream_status = 101
     session_headers: CIMultiDict[str] = CIMultiDict()
     await proxy.sessions.finish(turn, 101, session_headers)

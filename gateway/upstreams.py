@@ -1,0 +1,69 @@
+"""The bot replicas behind the gateway: choice for new sessions, passive health, per-replica metrics."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from gateway.config import UpstreamConfig
+from gateway.metrics import Metrics
+
+log = logging.getLogger("gateway")
+
+
+@dataclass(slots=True, eq=False)
+class Replica:
+    name: str
+    base: str  # URL without a trailing slash, ready to prefix a raw request path
+    in_flight: int = 0
+    down_until: float = 0.0  # time.monotonic() until which new sessions avoid it
+    order: int = field(default=0)
+
+
+class Upstreams:
+    """Named replicas; a session is pinned to one by name, so adding a replica moves no session."""
+
+    def __init__(self, config: UpstreamConfig, metrics: Metrics, monotonic: Callable[[], float] = time.monotonic):
+        self._backoff = config.down_backoff
+        self._monotonic = monotonic
+        self._metrics = metrics
+        self.replicas = [Replica(name, url.rstrip("/"), order=i) for i, (name, url) in enumerate(config.replicas())]
+        self.by_name = {r.name: r for r in self.replicas}
+        self._turn = itertools.count()
+        for replica in self.replicas:
+            metrics.replica_requests.labels(replica=replica.name)
+            metrics.replica_errors.labels(replica=replica.name)
+            metrics.replica_pinned.labels(replica=replica.name)
+            metrics.replica_up.labels(replica=replica.name).set(1)
+
+    def get(self, name: str | None) -> Replica | None:
+        return self.by_name.get(name) if name else None
+
+    def is_up(self, replica: Replica) -> bool:
+        return replica.down_until <= self._monotonic()
+
+    def choose(self) -> Replica:
+        """The least busy replica that is up (all of them when none is), ties broken round-robin."""
+        up = [r for r in self.replicas if self.is_up(r)] or self.replicas
+        start = next(self._turn) % len(up)
+        rotated = up[start:] + up[:start]
+        return min(rotated, key=lambda r: r.in_flight)
+
+    def pinned(self, replica: Replica) -> None:
+        self._metrics.replica_pinned.labels(replica=replica.name).inc()
+
+    def mark_down(self, replica: Replica, reason: str) -> None:
+        """Passive health: after a connect failure or timeout, new sessions avoid it for down_backoff seconds."""
+        was_up = self.is_up(replica)
+        replica.down_until = self._monotonic() + self._backoff
+        self._metrics.replica_up.labels(replica=replica.name).set(0)
+        if was_up:
+            log.warning("upstream replica %s marked down for %gs (%s)", replica.name, self._backoff, reason)
+
+    def mark_up(self, replica: Replica) -> None:
+        if replica.down_until:
+            replica.down_until = 0.0
+            self._metrics.replica_up.labels(replica=replica.name).set(1)
