@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from aiohttp import web
 from session_helpers import (  # noqa: F401 - fixtures are used by name
     CARRIERS,
     END_REASONS,
@@ -961,3 +962,81 @@ async def test_exact_metrics_after_a_scripted_scenario(
     for sid in (a, b, c):
         assert sid and sid not in text
     assert not re.search(r"[0-9A-F]{32}", text)  # no demo-bot session id of any kind
+
+
+# --- cookie attributes, the bot deleting its cookie, batched sweeps, WebSocket query carriage ----------
+
+
+async def test_cookie_attributes_for_cross_site_widgets(demo: Bot, rig_for: StartRig) -> None:
+    rig = await rig_for(
+        demo.url,
+        cookie_samesite="None",
+        cookie_secure=True,
+        cookie_partitioned=True,
+        rewrite_upstream_cookies=True,
+    )
+    reply = await rig.send()
+    for name in ("JSESSIONID", "GatewayAffinity"):
+        cookie = reply.set_cookie(name)
+        assert cookie is not None, name
+        attrs = [a.strip() for a in cookie.split(";")[1:]]
+        assert "SameSite=None" in attrs and "Secure" in attrs and "Partitioned" in attrs, cookie
+        assert sum(a.lower().startswith("samesite") for a in attrs) == 1, cookie
+    bot_cookie = reply.set_cookie("JSESSIONID")
+    assert bot_cookie is not None and "Path=/" in bot_cookie and "HttpOnly" in bot_cookie  # the rest is kept
+
+
+async def test_bot_cookies_pass_through_untouched_by_default(demo: Bot, rig_for: StartRig) -> None:
+    rig = await rig_for(demo.url)
+    reply = await rig.send()
+    bot_cookie = reply.set_cookie("JSESSIONID")
+    assert bot_cookie == f"JSESSIONID={reply.session_id}; Path=/; HttpOnly"
+
+
+async def test_bot_deleting_its_session_cookie_ends_the_session(
+    start_echo: StartEcho, rig_for: StartRig
+) -> None:
+    bot = await start_echo()
+    rig = await rig_for(bot.url)
+    assert (await rig.send(header="LIVE0001")).session_id == "LIVE0001"  # adopted
+    bot.response_headers = {"Set-Cookie": "JSESSIONID=; Path=/; Max-Age=0"}
+    reply = await rig.send(header="LIVE0001")
+    assert reply.status == 200
+    assert rig.ended("bot") == 1 and rig.active == 0
+    assert reply.set_cookie("JSESSIONID") == "JSESSIONID=; Path=/; Max-Age=0"  # passed on to the client
+    bot.response_headers = {}
+    await rig.send(header="LIVE0001")
+    assert bot.last.headers.getall("X-Session-New") == ["ended"]
+
+
+async def test_the_sweeper_works_in_batches(demo: Bot, rig_for: StartRig, clock: FakeClock) -> None:
+    rig = await rig_for(demo.url, sweep_interval=0.05, sweep_batch=7)
+    for _ in range(40):
+        assert (await rig.send()).status == 200
+    assert rig.active == 40
+    clock.advance(601)
+    await eventually(lambda: rig.active == 0)
+    assert rig.ended("idle") == 40
+
+
+async def test_websocket_carries_the_session_in_the_query(aiohttp_server: Any, rig_for: StartRig) -> None:
+    seen: list[tuple[str, str | None]] = []
+
+    async def ws_handler(request: web.Request) -> web.WebSocketResponse:
+        seen.append((request.raw_path, request.headers.get("Cookie")))
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            await ws.send_str(f"echo {msg.data}")
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", ws_handler)
+    server = await aiohttp_server(app)
+    rig = await rig_for(f"http://127.0.0.1:{server.port}", query_param="sid")
+    async with rig.client.ws_connect("/ws?sid=WSID0001") as ws:
+        await ws.send_str("hi")
+        assert (await asyncio.wait_for(ws.receive_str(), 5)) == "echo hi"
+    assert seen == [("/ws", "JSESSIONID=WSID0001")]
+    assert rig.metric("session_carrier_total", carrier="query") == 1
+    assert rig.started("adopted") == 1
