@@ -724,6 +724,21 @@ async def test_concurrent_requests_with_the_same_expired_id_gateway_issued(
     assert [s.headers.get("X-Session-New") for s in bot.seen].count("expired") == 1
 
 
+@pytest.mark.parametrize("issuer", ["upstream", "gateway"])
+async def test_concurrent_requests_with_the_same_unknown_id_share_one_new_session(
+    start_demo: StartDemo, start_echo: StartEcho, rig_for: StartRig, issuer: str
+) -> None:
+    """Upstream: the demo bot rejects the id with a new one; gateway-issued: the id is never adopted."""
+    bot = await start_demo(delay=0.05) if issuer == "upstream" else await start_echo(delay=0.05)
+    rig = await rig_for(bot.url, issuer=issuer)
+    replies = await asyncio.gather(*(rig.send(header="NEVERSEEN0001") for _ in range(3)))
+    new_ids = {r.session_id for r in replies}
+    assert len(new_ids) == 1 and None not in new_ids and "NEVERSEEN0001" not in new_ids
+    assert sorted(str(r.new) for r in replies) == ["None", "None", "unknown"]
+    assert rig.started("unknown") == 1 and rig.active == 1
+    assert sum(rig.started(r) or 0 for r in START_REASONS) == 1
+
+
 async def test_concurrent_requests_with_the_same_live_id_both_continue(
     start_demo: StartDemo, rig_for: StartRig
 ) -> None:
@@ -768,7 +783,6 @@ BAD_INPUT = [
     pytest.param({"headers": {"Cookie": "JSESSIONID=ab\tcd"}}, "control characters", id="cookie-htab"),
     pytest.param({"path": "/?sid=ab%01cd"}, "control characters", id="query-control"),
     pytest.param({"path": "/?sid=ab%0D%0Acd"}, "control characters", id="query-crlf"),
-    pytest.param({"headers": {"X-Teneo-Session": "JSESSIONID="}}, "empty", id="header-empty-id"),
 ]
 
 
@@ -818,6 +832,19 @@ async def test_control_characters_never_reach_the_bot(demo: Bot, rig_for: StartR
     assert (await rig.send(header=live)).turn == 2
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="ambiguous contract: RFC 6265 allows an empty cookie-value and a browser may hold `JSESSIONID=`; "
+    "the gateway answers 400 bad_session_header on every request (carriage.validate_id), which locks that "
+    "browser out of the chat; read here as 'no session presented'",
+)
+async def test_an_empty_session_cookie_counts_as_no_session(demo: Bot, rig_for: StartRig) -> None:
+    rig = await rig_for(demo.url)
+    reply = await rig.send(headers={"Cookie": "JSESSIONID=; other=1"})
+    assert reply.status == 200
+    assert reply.new == "first" and reply.turn == 1
+
+
 # --- the session cap ------------------------------------------------------------------------------------
 
 
@@ -847,6 +874,28 @@ async def test_cap_evicts_the_least_recently_active_session(
     evicted = await rig.send(header=s2)
     assert evicted.new == "ended" and evicted.session_id != s2
     assert rig.active == 2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="contract says on_full=evict ends the least recently active session; the memory store evicts the "
+    "session nearest its deadline, which differs once X-Session-Control: timeout= gave one session a shorter "
+    "idle timeout (fixing it needs an LRU order in every store)",
+)
+async def test_cap_evicts_by_recency_even_with_a_shorter_per_session_timeout(
+    demo: Bot, rig_for: StartRig, clock: FakeClock
+) -> None:
+    rig = await rig_for(demo.url, max_sessions=2, on_full="evict")
+    old = (await rig.send()).session_id  # default 600 s idle timeout, least recently active
+    clock.advance(1)
+    short = (await rig.send("/?userinput=a&control=timeout%3D100")).session_id
+    clock.advance(1)
+    assert old and short and (await rig.send(header=short)).new is None  # the most recently active
+    clock.advance(1)
+    await rig.send()  # a third session: one must go
+    assert rig.ended("evicted") == 1
+    assert (await rig.send(header=short)).new is None
+    assert (await rig.send(header=old)).new == "ended"
 
 
 @pytest.mark.parametrize("issuer", ["upstream", "gateway"])
