@@ -3,20 +3,32 @@
 from __future__ import annotations
 
 import dataclasses
+import html
+import ipaddress
 import secrets
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
+from gateway.app import create_app
 from gateway.config import Config
 from gateway.server import bound_addresses, serve
 
 COOKIE = "JSESSIONID"
 END_SEGMENT = "endsession"
+DEMO_PATH = "/_gateway/demo/"  # the chat widget, served by the gateway process for `session-gateway demo`
+_DEMO_FILES = {  # name under DEMO_PATH -> (file under gateway/static, content type)
+    "": ("demo/widget.html", "text/html; charset=utf-8"),
+    "widget.js": ("demo/widget.js", "text/javascript; charset=utf-8"),
+    "widget.css": ("demo/widget.css", "text/css; charset=utf-8"),
+    "session-client.js": ("session-client.js", "text/javascript; charset=utf-8"),  # when [client] is off
+}
 Clock = Callable[[], float]
 
 
@@ -97,6 +109,75 @@ def create_bot_app(*, idle_timeout: float = 600.0, clock: Clock = time.monotonic
     return app
 
 
+def _static(name: str) -> str:
+    return resources.files("gateway").joinpath("static", name).read_text(encoding="utf-8")
+
+
+def add_demo_widget(app: web.Application, config: Config) -> None:
+    """Serve the demo chat widget under DEMO_PATH from the gateway app (the most specific route wins)."""
+    client_url = config.client.path if config.client.enabled else DEMO_PATH + "session-client.js"
+    pages = {}
+    for name, (path, content_type) in _DEMO_FILES.items():
+        text = _static(path)
+        if name == "":
+            text = text.replace("__CLIENT_URL__", html.escape(client_url))
+        pages[name] = (text.encode(), content_type)
+
+    async def handle(request: web.Request) -> web.Response:
+        page = pages.get(request.match_info["name"])
+        if page is None:
+            raise web.HTTPNotFound()
+        body, content_type = page
+        headers = {hdrs.CONTENT_TYPE: content_type, hdrs.CACHE_CONTROL: "no-cache"}
+        return web.Response(body=body, headers=headers)
+
+    app.router.add_get(DEMO_PATH + "{name:[a-z.-]*}", handle)
+
+
+def create_host_app(widget_url: str) -> web.Application:
+    """The embedding site: one page with the widget twice in iframes (with the session client; cookies only).
+
+    Its query string is passed on to the client widget (for example `?endOnPageHide=1`).
+    """
+    template = _static("demo/host.html")
+    parts = urlsplit(widget_url)
+
+    async def handle(request: web.Request) -> web.Response:
+        client_url = widget_url + (f"?{urlencode(list(request.query.items()))}" if request.query else "")
+        page = (
+            template.replace("__WIDGET_ORIGIN__", html.escape(f"{parts.scheme}://{parts.netloc}"))
+            .replace("__CLIENT_WIDGET_URL__", html.escape(client_url))
+            .replace("__COOKIES_WIDGET_URL__", html.escape(widget_url + "?mode=cookies"))
+        )
+        return web.Response(text=page, content_type="text/html", headers={hdrs.CACHE_CONTROL: "no-cache"})
+
+    app = web.Application()
+    app.router.add_get("/", handle)
+    return app
+
+
+def widget_url_for(gateway_url: str) -> str:
+    """The widget's URL on `localhost`: another site than the host page's 127.0.0.1, as for real embeds."""
+    parts = urlsplit(gateway_url)
+    host = parts.hostname or "localhost"
+    try:
+        if ipaddress.ip_address(host).is_loopback or ipaddress.ip_address(host).is_unspecified:
+            host = "localhost"
+    except ValueError:
+        pass  # a name: keep it
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}:{parts.port}{DEMO_PATH}"
+
+
+async def _start_host_site(runner: web.AppRunner, port: int) -> str:
+    try:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+    except OSError:  # the preferred port is taken: any free one will do
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return bound_addresses(runner)[-1]
+
+
 async def run_demo(config: Config) -> None:
     """Start the demo bot on a free loopback port and the gateway in front of it; run until Ctrl-C."""
     bot_runner = web.AppRunner(create_bot_app(), access_log=None)
@@ -104,12 +185,21 @@ async def run_demo(config: Config) -> None:
     await web.TCPSite(bot_runner, "127.0.0.1", 0).start()
     bot_url = bound_addresses(bot_runner)[0]
     config = dataclasses.replace(config, upstream=dataclasses.replace(config.upstream, url=bot_url))
+    app = create_app(config)
+    add_demo_widget(app, config)
+    host_runner: web.AppRunner | None = None
 
     async def announce(runner: web.AppRunner, admin: web.AppRunner) -> None:
+        nonlocal host_runner
         gateway = bound_addresses(runner)[0].replace("0.0.0.0", "localhost")
+        widget = widget_url_for(bound_addresses(runner)[0])
+        host_runner = web.AppRunner(create_host_app(widget), access_log=None)
+        await host_runner.setup()
+        host = await _start_host_site(host_runner, config.listen.port + 1 if config.listen.port else 0)
         print(
             f"demo bot:  {bot_url}\n"
             f"gateway:   {gateway}\n"
+            f"chat page: {host}/  (a host site embedding the chat widget from {widget})\n"
             f"admin:     {bound_addresses(admin)[0].replace('0.0.0.0', 'localhost')}/metrics\n"
             f"try:       curl -si '{gateway}/?userinput=hi'\n"
             "Ctrl-C stops.",
@@ -118,6 +208,8 @@ async def run_demo(config: Config) -> None:
         )
 
     try:
-        await serve(config, on_started=announce)
+        await serve(config, app=app, on_started=announce)
     finally:
+        if host_runner is not None:
+            await host_runner.cleanup()
         await bot_runner.cleanup()

@@ -1,0 +1,149 @@
+// The demo chat widget. Plain ES module, no build step.
+// ?mode=cookies: the comparison widget that relies on cookies alone (plain fetch, no session client).
+// ?endpoint=<url>: the bot endpoint behind the gateway (default: this origin's "/").
+// ?endOnPageHide=1: end the session when the page goes away (also on reload).
+import { SessionClient } from "session-client";
+
+const params = new URLSearchParams(location.search);
+const mode = params.get("mode") === "cookies" ? "cookies" : "client";
+const endpoint = new URL(params.get("endpoint") || "/", location.href);
+
+const NOTICES = {
+  first: ["A new conversation started.", "info"],
+  expired: ["Your previous conversation timed out. This is a new one.", "warn"],
+  lifetime: ["Your previous conversation reached its time limit. This is a new one.", "warn"],
+  ended: ["Your previous conversation was ended. This is a new one.", "info"],
+  unknown: ["Your previous conversation could not be found. This is a new one.", "warn"],
+  upstream: ["The bot started a new conversation.", "warn"],
+};
+
+const transcript = document.getElementById("transcript");
+const form = document.getElementById("composer");
+const input = document.getElementById("message");
+const sendButton = document.getElementById("send");
+const endButton = document.getElementById("end-chat");
+const typing = document.getElementById("typing");
+
+// The transcript survives a reload of the tab like the session does (when the browser allows storage).
+const historyKey = `demo-widget:${mode}`;
+let history = [];
+try {
+  history = JSON.parse(sessionStorage.getItem(historyKey) || "[]");
+} catch {
+  history = [];
+}
+
+function saveHistory() {
+  try {
+    sessionStorage.setItem(historyKey, JSON.stringify(history.slice(-100)));
+  } catch {
+    // storage denied to this iframe: the transcript lives as long as the page
+  }
+}
+
+function render(entry) {
+  const item = document.createElement("li");
+  if (entry.kind === "notice") {
+    item.className = `notice ${entry.tone || "info"}`;
+    item.textContent = entry.text;
+    if (entry.reason) item.dataset.reason = entry.reason;
+  } else {
+    item.className = `msg ${entry.kind}`;
+    const bubble = document.createElement("div");
+    bubble.className = "bubble";
+    bubble.textContent = entry.text;
+    item.append(bubble);
+    if (entry.kind === "bot") {
+      item.dataset.turn = entry.turn;
+      const meta = document.createElement("span");
+      meta.className = "meta";
+      meta.textContent = `Demo bot · turn ${entry.turn}`;
+      item.append(meta);
+    }
+  }
+  transcript.append(item);
+  transcript.scrollTop = transcript.scrollHeight;
+}
+
+function add(entry) {
+  history.push(entry);
+  saveHistory();
+  render(entry);
+}
+
+function notice(reason) {
+  const [text, tone] = NOTICES[reason] || [`A new conversation started (${reason}).`, "info"];
+  add({ kind: "notice", text, tone, reason });
+}
+
+const client = new SessionClient({
+  endpoint,
+  onNewSession: ({ reason }) => notice(reason),
+  endOnPageHide: params.get("endOnPageHide") === "1",
+});
+
+// The comparison: what a widget does without the client. Its cookie never comes back in a third-party iframe.
+async function sendWithCookiesOnly(text) {
+  const response = await fetch(endpoint, {
+    method: "POST",
+    body: new URLSearchParams({ userinput: text }),
+    credentials: "include",
+  });
+  const reason = response.headers.get("X-Session-New");
+  if (reason) notice(reason);
+  if (!response.ok) throw new Error(`the chat service answered ${response.status}`);
+  return response.json();
+}
+
+async function endWithCookiesOnly() {
+  const url = new URL(endpoint.pathname.replace(/\/?$/, "/") + "endsession", endpoint);
+  return fetch(url, { method: "POST", credentials: "include" });
+}
+
+function setBusy(busy) {
+  sendButton.disabled = busy;
+  typing.hidden = !busy;
+}
+
+form.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const text = input.value.trim();
+  if (!text || sendButton.disabled) return;
+  add({ kind: "user", text });
+  input.value = "";
+  setBusy(true);
+  try {
+    const answer = mode === "cookies" ? await sendWithCookiesOnly(text) : await client.send(text);
+    add({ kind: "bot", text: answer.output.text, turn: answer.output.parameters.turn });
+  } catch (error) {
+    add({ kind: "notice", tone: "error", text: "The message could not be delivered. Please try again." });
+    console.error(error);
+  } finally {
+    setBusy(false);
+    input.focus();
+  }
+});
+
+endButton.addEventListener("click", async () => {
+  endButton.disabled = true;
+  try {
+    await (mode === "cookies" ? endWithCookiesOnly() : client.end());
+    add({ kind: "notice", tone: "info", text: "You ended the chat. Send a message to start a new one.", ended: true });
+  } catch (error) {
+    add({ kind: "notice", tone: "error", text: "The chat could not be ended. Please try again." });
+    console.error(error);
+  } finally {
+    endButton.disabled = false;
+    input.focus();
+  }
+});
+
+if (mode === "cookies") {
+  document.body.classList.add("cookies-only");
+  document.getElementById("chat-mode").textContent = "Cookies only, no session client";
+}
+history.forEach(render);
+if (!history.length) {
+  render({ kind: "notice", tone: "info", text: "Ask the demo bot anything. It counts the turns of the conversation." });
+}
+document.documentElement.dataset.ready = "true";
