@@ -113,7 +113,8 @@ def extract(target: str, headers: CIMultiDictProxy[str], config: SessionConfig) 
     cookies.extend(merged.items())
 
     for carrier, value in (("header", from_header), ("cookie", from_cookie), ("path", from_path), ("query", from_query)):
-        if value is not None:
+        # An empty value is no session: a browser stuck with `JSESSIONID=` must still be able to chat.
+        if value:
             where = {"header": config.header, "cookie": "Cookie header", "path": "path parameter", "query": "query"}
             session_id = validate_id(value, where[carrier], config.max_id_length)
             return Carried(session_id, carrier, affinity, cookies, new_target, last_segment(path) == config.end_path)  # type: ignore[arg-type]

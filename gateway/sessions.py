@@ -42,6 +42,7 @@ X_SESSION_CONTROL: Final = istr("X-Session-Control")
 X_GATEWAY_SESSION: Final = istr("X-Gateway-Session")
 _MAX_SUCCESSOR_HOPS: Final = 3
 _CLAIM_POLL: Final = 0.02  # seconds between asks while another request holds a claim
+_BATCH_SECONDS: Final = 0.002  # event-loop time one sweep batch may take before yielding
 LOGOUT: Final = {"status": 1, "message": "logout"}
 
 # Why a dead session's tombstone says it ended, as the reason its successor started.
@@ -106,6 +107,7 @@ class SessionManager:
         self.strict_affinity = strict_affinity
         self._sweeper: asyncio.Task[None] | None = None
         self._active_max = 0
+        self._batch = min(64, config.sweep_batch)  # grows while batches stay under _BATCH_SECONDS
         self.store_healthy = True
         owned = [X_SESSION_NEW, X_SESSION_PREVIOUS, istr(config.header)]
         if config.issuer == "gateway":
@@ -157,10 +159,17 @@ class SessionManager:
         now = self.clock()
         count = 0
         while True:
-            swept = await self.store.expire_due(now, self.config.sweep_batch)
+            batch_started = time.perf_counter()
+            swept = await self.store.expire_due(now, self._batch)
             for ended in swept.ended:
                 self._observe_end(ended.session, ended.reason, now)
             count += len(swept.ended)
+            # Keep every batch near _BATCH_SECONDS of event-loop time, whatever a session costs to end here.
+            spent = time.perf_counter() - batch_started
+            if spent > _BATCH_SECONDS and self._batch > 16:
+                self._batch //= 2
+            elif spent < _BATCH_SECONDS / 2 and self._batch < self.config.sweep_batch:
+                self._batch = min(self._batch * 2, self.config.sweep_batch)
             if not swept.more:
                 break
             await asyncio.sleep(0)

@@ -53,10 +53,9 @@ def test_header_pairs_merge_over_cookies_and_own_cookies_are_removed() -> None:
         ("/", [("X-Teneo-Session", "JSESSIONID=a\x01b")], "control characters"),
         ("/", [("Cookie", "JSESSIONID=" + "A" * 129)], "longer than 128 bytes"),
         ("/", [("Cookie", 'JSESSIONID=a\\b')], "characters a cookie may not carry"),
-        ("/e;jsessionid=", [], "empty"),
         ("/e?sid=a%20b", [], "characters a cookie may not carry"),
     ],
-    ids=["not-cookie-string", "control", "too-long", "backslash", "empty-path-param", "space-in-query"],
+    ids=["not-cookie-string", "control", "too-long", "backslash", "space-in-query"],
 )
 def test_bad_carriers_are_refused(target: str, headers: list[tuple[str, str]], fragment: str) -> None:
     with pytest.raises(BadSessionCarrier, match=fragment):
@@ -75,3 +74,13 @@ def test_end_path_is_the_last_segment() -> None:
     assert last_segment("/a/b;c=d") == "b"
     off = dataclasses.replace(CFG, path_param="")
     assert extract("/e;jsessionid=P", _headers(), off).session_id is None
+
+
+@pytest.mark.parametrize(
+    ("target", "headers"),
+    [("/", [("Cookie", "JSESSIONID=")]), ("/", [("X-Teneo-Session", "JSESSIONID=; FOO=BAR")]), ("/e;jsessionid=", [])],
+    ids=["cookie", "header", "path"],
+)
+def test_an_empty_session_id_is_no_session(target: str, headers: list[tuple[str, str]]) -> None:
+    carried = extract(target, _headers(*headers), CFG)
+    assert (carried.session_id, carried.carrier) == (None, "none")

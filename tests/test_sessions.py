@@ -832,12 +832,6 @@ async def test_control_characters_never_reach_the_bot(demo: Bot, rig_for: StartR
     assert (await rig.send(header=live)).turn == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ambiguous contract: RFC 6265 allows an empty cookie-value and a browser may hold `JSESSIONID=`; "
-    "the gateway answers 400 bad_session_header on every request (carriage.validate_id), which locks that "
-    "browser out of the chat; read here as 'no session presented'",
-)
 async def test_an_empty_session_cookie_counts_as_no_session(demo: Bot, rig_for: StartRig) -> None:
     rig = await rig_for(demo.url)
     reply = await rig.send(headers={"Cookie": "JSESSIONID=; other=1"})

@@ -12,8 +12,7 @@ the successor (or `release(id)` gives up, or the claim times out).
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 EndReason = Literal["idle", "lifetime", "client", "bot", "upstream", "evicted", "admin"]
 # A tombstone also remembers ids that were never sessions but got a successor ("unknown").
@@ -30,8 +29,11 @@ class Outcome(enum.Enum):
     PENDING = "pending"  # another request holds the claim on this id: ask again shortly
 
 
-@dataclass(frozen=True, slots=True)
-class SessionInfo:
+# Value objects are NamedTuples: built on every request and for every expiry, they must be cheap to make
+# (a frozen dataclass sets each field through object.__setattr__, several times slower).
+
+
+class SessionInfo(NamedTuple):
     """A snapshot of a session record."""
 
     id: str
@@ -42,8 +44,7 @@ class SessionInfo:
     replica: str
 
 
-@dataclass(frozen=True, slots=True)
-class Touch:
+class Touch(NamedTuple):
     outcome: Outcome
     session: SessionInfo | None = None  # LIVE: after the touch; EXPIRED/LIFETIME: as it ended
     idle_gap: float | None = None  # LIVE: seconds since the previous request of this session
@@ -51,22 +52,19 @@ class Touch:
     successor: str | None = None  # EXPIRED/LIFETIME/ENDED: the session that replaced it, if any
 
 
-@dataclass(frozen=True, slots=True)
-class Created:
+class Created(NamedTuple):
     session: SessionInfo
     created: bool  # False: the id already existed and was continued
     evicted: SessionInfo | None = None  # made room at the cap (on_full = "evict")
     active: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Ended:
+class Ended(NamedTuple):
     session: SessionInfo  # from a shared store, `id` is empty: it keeps only digests of ids
     reason: EndReason
 
 
-@dataclass(frozen=True, slots=True)
-class Swept:
+class Swept(NamedTuple):
     ended: list[Ended]
     more: bool  # due sessions remain: call again (after yielding to the event loop)
 
