@@ -34,6 +34,7 @@ log = logging.getLogger("gateway")
 access_log = logging.getLogger("gateway.access")
 
 SSE_TYPE = "text/event-stream"
+SMALL_BODY = 64 * 1024  # bytes; a known-length body up to this is sent in one write with its head
 _COOKIE = frozenset({hdrs.COOKIE})  # rebuilt by the session layer: merged, session set, gateway's own removed
 
 
@@ -286,8 +287,22 @@ class Proxy:
         headers = strip_hop_by_hop(upstream.headers)
         await self.sessions.finish(turn, upstream.status, headers)
         exchange.session = turn.session_id
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         is_sse = upstream.headers.get(hdrs.CONTENT_TYPE, "").startswith(SSE_TYPE)
+        length = upstream.content_length
+        if not is_sse and length is not None and length <= SMALL_BODY and request.method != hdrs.METH_HEAD:
+            # A chat turn's JSON: read it whole and send head and body in one write (measured: the
+            # separate header write was ~10% of the per-request cost). Long or unsized bodies stream.
+            try:
+                body = await upstream.content.readexactly(length)
+            except (asyncio.IncompleteReadError, aiohttp.ClientPayloadError, asyncio.TimeoutError) as exc:
+                reason, error = self._classify(exc)
+                self.metrics.upstream_errors.labels(reason=reason).inc()
+                exchange.note = f"upstream {reason} in body: {type(exc).__name__}"
+                raise error from None
+            exchange.bytes_out = length
+            self.metrics.overhead.observe(overhead + time.perf_counter() - received)
+            return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         try:
             await response.prepare(request)
         except (ConnectionError, aiohttp.ClientConnectionResetError):
