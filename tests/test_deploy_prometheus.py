@@ -2,34 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest_tools import REPO, executable, module
 from prometheus_client import CollectorRegistry
+from promql import RULES, RULES_TESTS, all_queries, concrete, promtool, rules, yaml
 
 from gateway import metrics as gateway_metrics
 
-yaml = module("yaml", "pip install pyyaml")
-
-RULES = REPO / "deploy" / "prometheus" / "alerts.yaml"
-RULES_TESTS = REPO / "deploy" / "prometheus" / "alerts_test.yaml"
-DASHBOARD = REPO / "deploy" / "grafana" / "session-gateway.json"
-PROMTOOL_HINT = "apt-get install prometheus (or run scripts/_system_packages.sh as root)"
-
-# Grafana variables and the concrete values promtool sees in their place.
-GRAFANA_VARIABLES = {
-    "__rate_interval": "1m",
-    "__interval": "1m",
-    "__range": "1h",
-    "job": "session-gateway",
-    "instance": ".*",
-}
 RECORDING_NAME = re.compile(r"[a-z_]+:[a-z0-9_]+:[a-z0-9_]+")  # level:metric:operations
 ALERT_NAME = re.compile(r"SessionGateway[A-Z][A-Za-z0-9]+")
 SUFFIXES = {
@@ -44,42 +25,6 @@ KNOWN_LABEL_VALUES = {
     "kind": set(gateway_metrics.STREAM_KINDS),
     "op": set(gateway_metrics.STORE_OPS),
 }
-
-
-def promtool(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    command = [executable("promtool", PROMTOOL_HINT), *args]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
-
-
-def rules() -> list[dict[str, Any]]:
-    return [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
-
-
-def dashboard_queries() -> Iterator[tuple[str, str]]:
-    """(where, PromQL) for every panel target, and the series selector inside each label_values() variable."""
-    document = json.loads(DASHBOARD.read_text())
-    for panel in document["panels"]:
-        for target in panel.get("targets", []):
-            yield f"panel {panel['title']!r} {target['refId']}", target["expr"]
-    for variable in document["templating"]["list"]:
-        if variable["type"] == "query":
-            match = re.fullmatch(r"label_values\((.+),\s*\w+\)", variable["definition"])
-            assert match, f"variable {variable['name']}: expected label_values(<selector>, <label>)"
-            yield f"variable {variable['name']}", match.group(1)
-
-
-def all_queries() -> list[tuple[str, str]]:
-    found = [(f"rule {r.get('record') or r.get('alert')}", r["expr"]) for r in rules()]
-    return found + list(dashboard_queries())
-
-
-def concrete(expr: str) -> str:
-    """The query with Grafana's variables replaced; `${1}` (label_replace) is PromQL's and stays."""
-    for name, value in GRAFANA_VARIABLES.items():
-        expr = re.sub(rf"\$(?:\{{{name}\}}|{name}\b)", value, expr)
-    leftover = re.search(r"\$\{?[A-Za-z_]\w*", expr)
-    assert leftover is None, f"unknown Grafana variable {leftover.group()} in {expr}"
-    return expr
 
 
 def exposed_names() -> set[str]:
