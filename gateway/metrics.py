@@ -18,7 +18,7 @@ UPSTREAM_ERROR_REASONS: Final = ("connect", "timeout", "reset", "protocol")
 STREAM_KINDS: Final = ("sse", "websocket")
 
 # Chat turns take milliseconds, LLM answers minutes: edges from 5 ms to 300 s, with one at every
-# threshold the alert rules use (1 s, 5 s, 30 s).
+# threshold the alert rules use (5 s, SessionGatewayUpstreamSlowFirstByte; tests/test_metrics.py checks).
 DURATION_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 OVERHEAD_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 # Sessions live from seconds to the 24 h absolute maximum; edges at the common idle timeouts (10, 30, 60 min).
