@@ -6,7 +6,9 @@ import re
 from typing import Any
 
 import aiohttp
+from conftest_tools import REPO
 from prometheus_client import CollectorRegistry
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 from promql import promtool, rules
 from session_helpers import make_config
@@ -116,3 +118,19 @@ def test_latency_buckets_reach_300s_and_have_an_edge_at_every_alert_threshold() 
                 f"{rule.get('alert')}: no {threshold}s edge in {histogram}"
             )
     assert thresholds, "no latency alert found: the regex no longer matches alerts.yaml"
+
+
+def test_readme_metrics_table_lists_every_metric_with_its_type_and_labels() -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme.partition("\n### Metrics\n")[2].partition("\n### ")[0]
+    rows = re.findall(r"^\| `([a-z_*]+)` \|\s*(\w*)\s*\|([^|]*)\|", section, flags=re.MULTILINE)
+    documented = {name: (kind, set(re.findall(r"`(\w+)`", labels))) for name, kind, labels in rows}
+    exposed = {}
+    for metric in vars(m.Metrics(CollectorRegistry())).values():
+        if isinstance(metric, MetricWrapperBase):
+            # The labels of a family with no child yet appear in no sample: read the declared names.
+            name = metric._name + ("_total" if metric._type == "counter" else "")
+            exposed[name] = (metric._type, set(metric._labelnames))
+    assert "process_*" in documented
+    documented.pop("process_*")
+    assert documented == exposed
