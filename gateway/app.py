@@ -16,7 +16,7 @@ from gateway.config import Config
 from gateway.cors import Cors
 from gateway.errors import error_middleware
 from gateway.metrics import Metrics
-from gateway.proxy import Proxy, Streams, build_client
+from gateway.proxy import Proxy, Streams, build_client, build_pool
 from gateway.sessions import Clock, SessionManager
 from gateway.store import SessionStore
 from gateway.store.memory import MemoryStore
@@ -93,7 +93,8 @@ def create_app(
         strict_affinity=config.upstream.strict_affinity,
     )
     app[CORS] = Cors(config.cors, config.session.header)
-    app.on_response_prepare.append(app[CORS].on_response_prepare)
+    if app[CORS].enabled:  # a hook on every response costs even when it does nothing
+        app.on_response_prepare.append(app[CORS].on_response_prepare)
     app.cleanup_ctx.append(_sessions)
     app.cleanup_ctx.append(_upstream)
     app.on_shutdown.append(_close_streams)
@@ -115,12 +116,14 @@ def admin_app_for(app: web.Application) -> web.Application:
 async def _upstream(app: web.Application) -> AsyncIterator[None]:
     """Open the pooled upstream client and the readiness checker; close both on cleanup."""
     client = build_client(app[CONFIG])
-    app[PROXY] = Proxy(app[CONFIG], client, app[METRICS], app[STREAMS], app[SESSIONS], app[CORS])
+    pool = build_pool(app[CONFIG])
+    app[PROXY] = Proxy(app[CONFIG], client, pool, app[METRICS], app[STREAMS], app[SESSIONS], app[CORS])
     checker = asyncio.create_task(check_upstream_forever(app[CONFIG], client, app[READINESS]))
     yield
     checker.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await checker
+    await pool.close()
     await client.close()
 
 

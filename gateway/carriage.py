@@ -33,11 +33,11 @@ def validate_id(value: str, where: str, max_length: int) -> str:
     """A session id as presented; 400 bad_session_header when it cannot be one."""
     if not value:
         raise BadSessionCarrier(f"The session id in the {where} is empty.")
-    if len(value.encode()) > max_length:
+    if len(value) > max_length or len(value.encode()) > max_length:
         raise BadSessionCarrier(f"The session id in the {where} is longer than {max_length} bytes.")
-    if CONTROL.search(value):
-        raise BadSessionCarrier(f"The session id in the {where} contains control characters.")
     if not COOKIE_OCTETS.fullmatch(value):
+        if CONTROL.search(value):
+            raise BadSessionCarrier(f"The session id in the {where} contains control characters.")
         raise BadSessionCarrier(f"The session id in the {where} has characters a cookie may not carry.")
     return value
 
@@ -109,13 +109,20 @@ def extract(target: str, headers: CIMultiDictProxy[str], config: SessionConfig) 
                 affinity = value
             else:
                 merged[name] = value  # the header's pairs win over the Cookie header's
-    cookies: Pairs = [(n, merged.pop(n) if n in merged else v) for n, v in order if n not in own]
-    cookies.extend(merged.items())
+    if merged:
+        cookies: Pairs = [(n, merged.pop(n) if n in merged else v) for n, v in order if n not in own]
+        cookies.extend(merged.items())
+    else:
+        cookies = [(n, v) for n, v in order if n not in own]
 
-    for carrier, value in (("header", from_header), ("cookie", from_cookie), ("path", from_path), ("query", from_query)):
-        # An empty value is no session: a browser stuck with `JSESSIONID=` must still be able to chat.
-        if value:
-            where = {"header": config.header, "cookie": "Cookie header", "path": "path parameter", "query": "query"}
-            session_id = validate_id(value, where[carrier], config.max_id_length)
-            return Carried(session_id, carrier, affinity, cookies, new_target, last_segment(path) == config.end_path)  # type: ignore[arg-type]
-    return Carried(None, "none", affinity, cookies, new_target, last_segment(path) == config.end_path)
+    is_end = last_segment(path) == config.end_path
+    # An empty value is no session: a browser stuck with `JSESSIONID=` must still be able to chat.
+    if from_header:
+        return Carried(validate_id(from_header, config.header, config.max_id_length), "header", affinity, cookies, new_target, is_end)
+    if from_cookie:
+        return Carried(validate_id(from_cookie, "Cookie header", config.max_id_length), "cookie", affinity, cookies, new_target, is_end)
+    if from_path:
+        return Carried(validate_id(from_path, "path parameter", config.max_id_length), "path", affinity, cookies, new_target, is_end)
+    if from_query:
+        return Carried(validate_id(from_query, "query", config.max_id_length), "query", affinity, cookies, new_target, is_end)
+    return Carried(None, "none", affinity, cookies, new_target, is_end)

@@ -37,6 +37,9 @@ def method_label(method: str) -> str:
     return method if method in METHODS else "other"
 
 
+_METHOD_SET: Final = frozenset(METHODS)
+
+
 class Metrics:
     """Owns every metric; construct once per app with the registry to register on."""
 
@@ -146,4 +149,13 @@ class Metrics:
         self.started = {reason: self.sessions_started.labels(reason=reason) for reason in START_REASONS}
         self.ended = {reason: self.sessions_ended.labels(reason=reason) for reason in END_REASONS}
         self.store_errors = {op: self.store_errors_total.labels(op=op) for op in STORE_OPS}
+        self._request_children: dict[tuple[str, int], Counter] = {}
         self.carriers = {carrier: self.carrier.labels(carrier=carrier) for carrier in CARRIERS}
+
+    def count_request(self, method: str, status: int) -> None:
+        """requests_total{method,code}; children are bound once (labels() costs ~2 µs a call)."""
+        key = (method if method in _METHOD_SET else "other", status)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.requests.labels(method=key[0], code=str(status))
+        child.inc()

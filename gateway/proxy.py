@@ -25,8 +25,9 @@ from gateway.headers import (
     set_forwarded,
     strip_hop_by_hop,
 )
-from gateway.metrics import Metrics, method_label
+from gateway.metrics import Metrics
 from gateway.sessions import LOGOUT, SessionManager, Turn, short_id
+from gateway.upstream_client import Pool, Response, UpstreamConnectError
 from gateway.upstreams import Replica
 from gateway.websocket import proxy_websocket
 
@@ -35,6 +36,7 @@ access_log = logging.getLogger("gateway.access")
 
 SSE_TYPE = "text/event-stream"
 SMALL_BODY = 64 * 1024  # bytes; a known-length body up to this is sent in one write with its head
+Upstream = aiohttp.ClientResponse | Response  # aiohttp's for HEAD, ours for the rest
 _COOKIE = frozenset({hdrs.COOKIE})  # rebuilt by the session layer: merged, session set, gateway's own removed
 
 
@@ -56,7 +58,7 @@ class Streams:
     """Open SSE responses and WebSockets, so shutdown can close them with "going away"."""
 
     def __init__(self) -> None:
-        self.responses: set[aiohttp.ClientResponse] = set()
+        self.responses: set[Upstream] = set()
         self.sockets: set[web.WebSocketResponse] = set()
         self.closing = False
 
@@ -68,6 +70,17 @@ class Streams:
             *(ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"gateway shutting down") for ws in self.sockets),
             return_exceptions=True,
         )
+
+
+def build_pool(config: Config) -> Pool:
+    """The pooled upstream client the proxy path uses."""
+    up = config.upstream
+    return Pool(
+        limit=up.pool_size,
+        keepalive_timeout=up.keepalive_timeout,
+        connect_timeout=up.connect_timeout,
+        read_timeout=up.read_timeout,
+    )
 
 
 def build_client(config: Config) -> aiohttp.ClientSession:
@@ -95,6 +108,7 @@ class Proxy:
         self,
         config: Config,
         client: aiohttp.ClientSession,
+        pool: Pool,
         metrics: Metrics,
         streams: Streams,
         sessions: SessionManager,
@@ -102,7 +116,8 @@ class Proxy:
     ) -> None:
         self.upstreams = sessions.upstreams
         self.config = config
-        self.client = client
+        self.client = client  # aiohttp's: WebSocket upgrades and HEAD
+        self.pool = pool  # ours: everything else (see upstream_client.py for why)
         self.metrics = metrics
         self.streams = streams
         self.sessions = sessions
@@ -135,7 +150,7 @@ class Proxy:
             if exchange.client_gone:
                 self.metrics.client_disconnects.inc()
             elapsed = time.perf_counter() - exchange.started
-            self.metrics.requests.labels(method=method_label(request.method), code=str(status)).inc()
+            self.metrics.count_request(request.method, status)
             self.metrics.request_duration.observe(elapsed)
             self._access(request, status, elapsed, exchange)
 
@@ -205,22 +220,31 @@ class Proxy:
         assert turn.replica is not None
         return URL(turn.replica.base + turn.carried.target, encoded=True)
 
-    async def _send(self, request: web.Request, turn: Turn, exchange: Exchange) -> aiohttp.ClientResponse:
+    async def _send(self, request: web.Request, turn: Turn, exchange: Exchange) -> Upstream:
         """Send upstream; a replica that refuses the connection is marked down, and a live session whose
         replica is gone moves once to another (nothing was sent yet, so the retry is safe)."""
         while True:
             replica = turn.replica
             assert replica is not None
-            self.metrics.replica_requests.labels(replica=replica.name).inc()
-            data = self._body(request, exchange) if request.body_exists else None
+            replica.requests_metric.inc()
+            headers = self.upstream_headers(request, turn)
             try:
-                upstream = await self.client.request(
-                    request.method, self._url(turn), headers=self.upstream_headers(request, turn), data=data,
-                    allow_redirects=False,
-                )
+                upstream: Upstream
+                if request.method == hdrs.METH_HEAD:
+                    # aiohttp's client knows a HEAD response has no body whatever its Content-Length.
+                    upstream = await self.client.request(
+                        request.method, self._url(turn), headers=headers, allow_redirects=False
+                    )
+                else:
+                    body = await self._request_body(request, exchange)
+                    upstream = await self.pool.request(
+                        replica.origin, request.method, turn.carried.target, headers, body
+                    )
             except Exception as exc:
                 error = self._request_failure(exc, exchange, replica)
-                refused = isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
+                refused = isinstance(
+                    exc, UpstreamConnectError | aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError
+                )
                 if refused and exchange.bytes_in == 0 and self.sessions.can_repin(turn):
                     await self.sessions.repin(turn)
                     replica.in_flight -= 1
@@ -230,6 +254,21 @@ class Proxy:
                 raise error from None
             self.upstreams.mark_up(replica)
             return upstream
+
+    async def _request_body(self, request: web.Request, exchange: Exchange) -> bytes | AsyncIterator[bytes] | None:
+        """A small sized body whole (sent with the head in one write), anything else as a stream."""
+        if not request.body_exists:
+            return None
+        length = request.content_length
+        if length is not None and length <= SMALL_BODY:
+            try:
+                body = await request.content.readexactly(length)
+            except (ConnectionError, asyncio.IncompleteReadError, aiohttp.ClientConnectionResetError):
+                exchange.client_gone = True
+                raise asyncio.CancelledError() from None
+            exchange.bytes_in = length
+            return body
+        return self._body(request, exchange)
 
     async def _body(self, request: web.Request, exchange: Exchange) -> AsyncIterator[bytes]:
         """The request body as it arrives, counted against upstream.max_body_size."""
@@ -259,12 +298,12 @@ class Proxy:
         return error
 
     def _classify(self, exc: BaseException) -> tuple[str, Exception]:
+        if isinstance(exc, UpstreamConnectError | aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+            return "connect", UpstreamUnavailable("The upstream could not be reached.")
         if isinstance(exc, asyncio.TimeoutError):
             return "timeout", UpstreamTimeout(
                 f"The upstream did not answer within {self.config.upstream.read_timeout:g} seconds."
             )
-        if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
-            return "connect", UpstreamUnavailable("The upstream could not be reached.")
         if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | ConnectionError):
             return "reset", UpstreamUnavailable("The upstream closed the connection before answering.")
         return "protocol", UpstreamUnavailable("The upstream sent an invalid HTTP response.")
@@ -272,7 +311,7 @@ class Proxy:
     async def _respond(
         self,
         request: web.Request,
-        upstream: aiohttp.ClientResponse,
+        upstream: Upstream,
         exchange: Exchange,
         turn: Turn,
         *,
@@ -321,7 +360,7 @@ class Proxy:
         return response
 
     async def _pump(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, response: web.StreamResponse, exchange: Exchange
+        self, request: web.Request, upstream: Upstream, response: web.StreamResponse, exchange: Exchange
     ) -> None:
         """Copy the upstream body chunk by chunk as it arrives; write() awaits drain (back-pressure)."""
         try:

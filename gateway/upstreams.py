@@ -7,9 +7,11 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.config import UpstreamConfig
 from gateway.metrics import Metrics
+from gateway.upstream_client import Origin
 
 log = logging.getLogger("gateway")
 
@@ -21,6 +23,11 @@ class Replica:
     in_flight: int = 0
     down_until: float = 0.0  # time.monotonic() until which new sessions avoid it
     order: int = field(default=0)
+    origin: Origin = field(init=False)
+    requests_metric: Any = field(default=None)  # the bound replica_requests child
+
+    def __post_init__(self) -> None:
+        self.origin = Origin(self.base)
 
 
 class Upstreams:
@@ -34,7 +41,7 @@ class Upstreams:
         self.by_name = {r.name: r for r in self.replicas}
         self._turn = itertools.count()
         for replica in self.replicas:
-            metrics.replica_requests.labels(replica=replica.name)
+            replica.requests_metric = metrics.replica_requests.labels(replica=replica.name)
             metrics.replica_errors.labels(replica=replica.name)
             metrics.replica_pinned.labels(replica=replica.name)
             metrics.replica_up.labels(replica=replica.name).set(1)
