@@ -179,6 +179,8 @@ class Connection(asyncio.Protocol):
         self.body = Body(self)
         self.complete = False
         self.keep_alive = False
+        self._head_ok = False  # a final (non-1xx) response head was parsed
+        self._framed = False  # its body has a Content-Length or chunked framing
         self.received = False
         self._in_headers = True
         self._last_activity = self._loop.time()
@@ -212,7 +214,7 @@ class Connection(asyncio.Protocol):
             self._drain.set_exception(UpstreamDisconnected("the upstream closed the connection"))
         if self.complete:
             return
-        if self.head.done() and not self._framed():
+        if self._head_ok and not self._framed:
             self.complete = True  # a close-delimited body ends with the connection (RFC 9112 §6.3)
             self.body.feed_eof()
             return
@@ -242,8 +244,11 @@ class Connection(asyncio.Protocol):
         self._in_headers = False
         self._status = status
         self.keep_alive = self._parser.should_keep_alive()
+        headers = CIMultiDict(self._headers)
+        self._head_ok = True
+        self._framed = "Content-Length" in headers or "chunked" in headers.get("Transfer-Encoding", "").lower()
         if not self.head.done():
-            self.head.set_result((status, self._reason, CIMultiDict(self._headers)))
+            self.head.set_result((status, self._reason, headers))
 
     def on_body(self, data: bytes) -> None:
         self.body.feed(data)
@@ -257,14 +262,10 @@ class Connection(asyncio.Protocol):
 
     # -- use ---------------------------------------------------------------------------------------------
 
-    def _framed(self) -> bool:
-        assert self.head.done() and not self.head.cancelled() and self.head.exception() is None
-        headers = self.head.result()[2]
-        return "Content-Length" in headers or "chunked" in headers.get("Transfer-Encoding", "").lower()
-
     def _fail(self, exc: BaseException) -> None:
         if not self.head.done():
             self.head.set_exception(exc)
+            self.head.exception()  # retrieved: whoever awaits it still gets it; nobody gets a GC warning
         else:
             self.body.set_exception(exc)
 
