@@ -238,7 +238,7 @@ class Proxy:
                 else:
                     body = await self._request_body(request, exchange)
                     upstream = await self.pool.request(
-                        replica.origin, request.method, turn.carried.target, headers, body
+                        replica.origin, request.method, replica.prefix + turn.carried.target, headers, body
                     )
             except Exception as exc:
                 error = self._request_failure(exc, exchange, replica)

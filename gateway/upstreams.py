@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from gateway.config import UpstreamConfig
 from gateway.metrics import Metrics
@@ -24,10 +25,12 @@ class Replica:
     down_until: float = 0.0  # time.monotonic() until which new sessions avoid it
     order: int = field(default=0)
     origin: Origin = field(init=False)
+    prefix: str = field(init=False)  # the base URL's path ("/bot/v1"), put before every request target
     requests_metric: Any = field(default=None)  # the bound replica_requests child
 
     def __post_init__(self) -> None:
         self.origin = Origin(self.base)
+        self.prefix = urlsplit(self.base).path
 
 
 class Upstreams:
