@@ -231,10 +231,11 @@ class Connection(asyncio.Protocol):
     # -- httptools callbacks ---------------------------------------------------------------------------
 
     def on_status(self, reason: bytes) -> None:
-        self._reason += reason.decode("latin-1")
+        self._reason += reason.decode("utf-8", "surrogateescape")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        # As aiohttp decodes (and its server re-encodes) header bytes: UTF-8 passes through byte-exact.
+        self._headers.append((name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
@@ -410,7 +411,8 @@ class Pool:
         lines = [f"{method} {target} HTTP/1.1\r\nHost: {origin.host_header}\r\n"]
         lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
         lines.append("\r\n")
-        head = "".join(lines).encode("latin-1")
+        # aiohttp's server decoded the client's bytes with surrogateescape; this gives the same bytes back.
+        head = "".join(lines).encode("utf-8", "surrogateescape")
         # RFC 9110 §9.2.2: a request may be retried on a fresh connection only when repeating it is safe
         # and nothing of it could have been processed: a reused connection that closed before answering.
         retry_safe = method in IDEMPOTENT and not streamed
