@@ -121,6 +121,12 @@ class Metrics:
         )
         self.store_up = Gauge(f"{PREFIX}_store_up", "1 when the session store answered its last call.", registry=r)
         self.store_up.set(1)
+        self.store_shared = Gauge(
+            f"{PREFIX}_store_shared",
+            "1 when the session store is shared by gateway replicas (Redis): sessions_active is then the "
+            "shared count, to aggregate with max() rather than sum().",
+            registry=r,
+        )
         self.store_errors_total = Counter(
             f"{PREFIX}_store_errors", "Failed session store calls, by the phase that made them.", ["op"], registry=r
         )

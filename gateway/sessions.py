@@ -114,6 +114,7 @@ class SessionManager:
             owned.append(X_SESSION_ID)
         self._owned_request_headers = frozenset(owned)
         metrics.sessions_limit.set(config.max_sessions)
+        metrics.store_shared.set(1 if store.shared else 0)
         metrics.idle_timeout.set(config.idle_timeout)
 
     # -- lifecycle ---------------------------------------------------------------------------------
