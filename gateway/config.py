@@ -37,7 +37,7 @@ def _mask_url(url: str) -> str:
 
 
 def _positive(key: str, value: float) -> None:
-    if value <= 0:
+    if not value > 0:  # also refuses NaN, which every comparison calls false
         raise ConfigError(key, f"expected a number > 0, got {value!r}")
 
 
