@@ -303,11 +303,35 @@ def main() -> None:
             results.append(Result(name, mix, conns, rps, p50, p99, errors))
         if redis_url:
             extras["redis_round_trips_per_request"] = measure_redis_round_trips(rig)
+        if not args.skip_sessions:
+            extras["throughput_1m_sessions_over_64"] = measure_many_sessions(rig, args.seconds, args.rounds)
     if not args.skip_sessions:
         from bench.sessions_bench import run_all
 
         extras.update(run_all())
     report(results, extras)
+
+
+def measure_many_sessions(rig: Rig, seconds: float, rounds: int) -> float:
+    """Continuing-session throughput with 1M live sessions over that with 64, alternated."""
+    ids = [(f"{i:032X}", "") for i in range(64)]
+    runs: dict[int, list[float]] = {64: [], 1_000_000: []}
+    for _ in range(rounds):
+        for count in runs:
+            port, admin = free_port(), free_port()
+            args = [PYTHON, str(HERE / "preloaded_gateway.py"), str(port), str(admin),
+                    f"http://127.0.0.1:{rig.backend_port}", str(count)]
+            proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+                                    env={**os.environ, "PYTHONPATH": str(ROOT)})
+            try:
+                wait_port(port, timeout=180)
+                runs[count].append(load(port, "cookie", 32, seconds, ids)[0])
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=30)
+    ratio = statistics.median(runs[1_000_000]) / statistics.median(runs[64])
+    print(f"  throughput with 1M sessions / with 64: {ratio:.2f}", flush=True)
+    return round(ratio, 3)
 
 
 def measure_redis_round_trips(rig: Rig) -> float:

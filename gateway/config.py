@@ -64,9 +64,11 @@ class ListenConfig:
     trusted_proxies: tuple[str, ...] = ()  # peers (IPs or CIDRs) whose X-Forwarded-* are kept
     max_field_size: int = 16384  # bytes per request header line; chat widgets send big cookies and JWTs
     max_headers: int = 128
+    backlog: int = 1024  # pending connections the kernel queues; aiohttp's 128 drops SYNs under bursts
 
     def __post_init__(self) -> None:
         _port("listen.port", self.port)
+        _positive("listen.backlog", self.backlog)
         _positive("listen.shutdown_timeout", self.shutdown_timeout)
         _positive("listen.max_field_size", self.max_field_size)
         _positive("listen.max_headers", self.max_headers)
