@@ -18,16 +18,13 @@ from gateway.store import (
 )
 
 
-class _Record:
-    __slots__ = ("created", "due", "idle_timeout", "last_seen", "replica", "requests")
-
-    def __init__(self, created: float, idle_timeout: float, replica: str) -> None:
-        self.due = 0.0  # the deadline of this record's one valid heap entry
-        self.created = created
-        self.last_seen = created
-        self.idle_timeout = idle_timeout
-        self.requests = 0
-        self.replica = replica
+# A record is a plain tuple (created, last_seen, idle_timeout, requests, replica, due), replaced on every
+# touch. Why not a __slots__ object: CPython's cyclic GC stops tracking a tuple that holds only floats, ints
+# and strings, so a million live sessions add nothing to its passes; a million objects made every full
+# collection pause the event loop for tens of milliseconds (measured in bench/sessions_bench.py).
+# `due` is the deadline of the record's one valid heap entry.
+Record = tuple[float, float, float, int, str, float]
+CREATED, LAST_SEEN, IDLE, REQUESTS, REPLICA, DUE = range(6)
 
 
 class MemoryStore:
@@ -58,18 +55,18 @@ class MemoryStore:
         self._evict = on_full == "evict"
         self._tomb_ttl = tombstone_ttl
         self._max_tombs = max_tombstones
-        self._sessions: dict[str, _Record] = {}
+        self._sessions: dict[str, Record] = {}
         self._heap: list[tuple[float, str]] = []
         # id -> (reason, successor); the deque holds (forget_at, id) in insertion order = expiry order.
         self._tombs: dict[str, tuple[TombReason, str | None]] = {}
         self._tomb_order: deque[tuple[float, str]] = deque()
 
-    def _deadline(self, rec: _Record) -> float:
-        return min(rec.last_seen + rec.idle_timeout, rec.created + self._absolute)
+    def _deadline(self, rec: Record) -> float:
+        return min(rec[LAST_SEEN] + rec[IDLE], rec[CREATED] + self._absolute)
 
     @staticmethod
-    def _info(session_id: str, rec: _Record) -> SessionInfo:
-        return SessionInfo(session_id, rec.created, rec.last_seen, rec.idle_timeout, rec.requests, rec.replica)
+    def _info(session_id: str, rec: Record) -> SessionInfo:
+        return SessionInfo(session_id, rec[CREATED], rec[LAST_SEEN], rec[IDLE], rec[REQUESTS], rec[REPLICA])
 
     def _tombstone(self, session_id: str, reason: TombReason, now: float) -> None:
         self._forget_tombstones(now)
@@ -110,16 +107,16 @@ class MemoryStore:
             if tomb is None:
                 return Touch(Outcome.MISSING)
             return Touch(Outcome.ENDED, ended_reason=tomb[0])
-        if now >= rec.created + self._absolute:
+        if now >= rec[CREATED] + self._absolute:
             self._claims[session_id] = now
             return Touch(Outcome.LIFETIME, session=self._remove(session_id, "lifetime", now))
-        if now >= rec.last_seen + rec.idle_timeout:
+        if now >= rec[LAST_SEEN] + rec[IDLE]:
             self._claims[session_id] = now
             return Touch(Outcome.EXPIRED, session=self._remove(session_id, "idle", now))
-        gap = now - rec.last_seen if rec.requests else None
-        rec.last_seen = now
-        rec.requests += 1
-        return Touch(Outcome.LIVE, session=self._info(session_id, rec), idle_gap=gap)
+        created, last_seen, idle, requests, replica, due = rec
+        self._sessions[session_id] = (created, now, idle, requests + 1, replica, due)
+        info = SessionInfo(session_id, created, now, idle, requests + 1, replica)
+        return Touch(Outcome.LIVE, session=info, idle_gap=now - last_seen)
 
     async def create(
         self, session_id: str, now: float, *, idle_timeout: float, replica: str, previous: str | None = None
@@ -135,9 +132,7 @@ class MemoryStore:
             if not self._evict:
                 raise CapacityExceeded
             evicted = self._evict_one(now)
-        rec = self._sessions[session_id] = _Record(now, idle_timeout, replica)
-        rec.requests = 1
-        self._push(session_id, rec)
+        rec = self._push(session_id, (now, now, idle_timeout, 1, replica, 0.0))
         if previous is not None:
             if previous in self._tombs:
                 self._tombs[previous] = (self._tombs[previous][0], session_id)
@@ -146,9 +141,12 @@ class MemoryStore:
                 self._tombs[previous] = ("unknown", session_id)
         return Created(self._info(session_id, rec), created=True, evicted=evicted, active=len(self._sessions))
 
-    def _push(self, session_id: str, rec: _Record) -> None:
-        rec.due = self._deadline(rec)
-        heapq.heappush(self._heap, (rec.due, session_id))
+    def _push(self, session_id: str, rec: Record) -> Record:
+        """Store the record with a fresh heap entry at its current deadline."""
+        due = self._deadline(rec)
+        rec = self._sessions[session_id] = (*rec[:DUE], due)
+        heapq.heappush(self._heap, (due, session_id))
+        return rec
 
     def _evict_one(self, now: float) -> SessionInfo | None:
         """End the session nearest its deadline (for equal timeouts, the least recently active)."""
@@ -156,7 +154,7 @@ class MemoryStore:
         while heap:
             due, session_id = heapq.heappop(heap)
             rec = self._sessions.get(session_id)
-            if rec is None or rec.due != due:
+            if rec is None or rec[DUE] != due:
                 continue
             if self._deadline(rec) != due:
                 self._push(session_id, rec)
@@ -176,11 +174,10 @@ class MemoryStore:
         rec = self._sessions.get(session_id)
         if rec is None:
             return
-        shorter = seconds < rec.idle_timeout
-        rec.idle_timeout = seconds
-        if shorter:
-            # The heap entry may now be later than the real deadline: push an earlier one (the old one
-            # turns invalid because it no longer equals rec.due).
+        rec = self._sessions[session_id] = (*rec[:IDLE], seconds, *rec[IDLE + 1 :])
+        if self._deadline(rec) < rec[DUE]:
+            # The heap entry is now later than the real deadline: push an earlier one (the old one turns
+            # invalid because it no longer equals the record's due).
             self._push(session_id, rec)
 
     async def expire_due(self, now: float, limit: int) -> Swept:
@@ -191,12 +188,12 @@ class MemoryStore:
             work += 1
             due, session_id = heapq.heappop(heap)
             rec = self._sessions.get(session_id)
-            if rec is None or rec.due != due:
+            if rec is None or rec[DUE] != due:
                 continue  # ended another way, or superseded by an earlier entry
             if self._deadline(rec) > now:
                 self._push(session_id, rec)
                 continue
-            reason: EndReason = "lifetime" if now >= rec.created + self._absolute else "idle"
+            reason: EndReason = "lifetime" if now >= rec[CREATED] + self._absolute else "idle"
             ended.append(Ended(self._remove(session_id, reason, now), reason))
         self._forget_tombstones(now)
         return Swept(ended, more=bool(heap) and heap[0][0] <= now)
