@@ -59,7 +59,10 @@ async def probe_upstream(config: Config, client: aiohttp.ClientSession) -> None:
                 return
             parts = urlsplit(url)
             port = parts.port or (443 if parts.scheme == "https" else 80)
-            _, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, port), timeout)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that lands as the
+            # connection completes, and the checker then outlives the app's cleanup, which waits for it forever.
+            async with asyncio.timeout(timeout):
+                _, writer = await asyncio.open_connection(parts.hostname, port)
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
