@@ -1,0 +1,359 @@
+"""Shared fixtures: real loopback upstreams, the gateway in front of them, raw sockets and subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import inspect
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from multidict import CIMultiDict, CIMultiDictProxy
+from prometheus_client import CollectorRegistry
+
+from gateway.app import create_app
+from gateway.config import Config, load_config
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (closed again before returning)."""
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def closed_url() -> str:
+    """An upstream URL that refuses connections."""
+    return f"http://{LOOPBACK}:{free_port()}"
+
+
+def make_config(upstream_url: str, **sections: Mapping[str, Any]) -> Config:
+    """Defaults (through load_config) pointed at `upstream_url`, with per-section overrides.
+
+    make_config(url, upstream={"read_timeout": 0.3}, listen={"trusted_proxies": ("127.0.0.1",)})
+    """
+    config = load_config(None, environ={"GATEWAY_UPSTREAM_URL": upstream_url})
+    for name, values in sections.items():
+        config = dataclasses.replace(config, **{name: dataclasses.replace(getattr(config, name), **values)})
+    return config
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> None:
+    """Poll `check` (sync or async) until it returns truthy; fail with its last value after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout}s (last value {result!r})")
+        await asyncio.sleep(interval)
+
+
+async def wait(awaitable: Awaitable[Any], timeout: float = 5.0) -> Any:
+    """Await with a generous deadline, so a broken gateway fails the test instead of hanging it."""
+    return await asyncio.wait_for(awaitable, timeout)
+
+
+# --- upstreams ------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Seen:
+    """One request as the upstream saw it."""
+
+    method: str
+    raw_path: str
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+
+@dataclass(slots=True)
+class Recorder:
+    """A catch-all upstream that records every request and answers 200 `ok`."""
+
+    seen: list[Seen] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = b"".join([chunk async for chunk in request.content.iter_any()])
+        self.seen.append(Seen(request.method, request.raw_path, request.headers, body))
+        return web.Response(text="ok")
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
+
+    @property
+    def last(self) -> Seen:
+        assert self.seen, "the upstream saw no request"
+        return self.seen[-1]
+
+
+StartUpstream = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+async def start_upstream(aiohttp_server: Any) -> StartUpstream:
+    """start(app, prefix="", **server_kwargs) -> the upstream's base URL (http://127.0.0.1:port[prefix])."""
+
+    async def start(app: web.Application, prefix: str = "", **server_kwargs: Any) -> str:
+        server = await aiohttp_server(app, **server_kwargs)
+        return f"http://{LOOPBACK}:{server.port}{prefix}"
+
+    return start
+
+
+@dataclass(slots=True)
+class RawUpstream:
+    """An upstream answering every request with fixed bytes, written by hand (headers aiohttp won't send)."""
+
+    url: str
+    requests: list[bytes]
+
+
+StartRawUpstream = Callable[[bytes], Awaitable[RawUpstream]]
+
+
+@pytest.fixture
+async def start_raw_upstream() -> AsyncIterator[StartRawUpstream]:
+    """start(response_bytes) -> RawUpstream; each connection gets the response once, then is closed."""
+    servers: list[asyncio.Server] = []
+
+    async def start(response: bytes) -> RawUpstream:
+        requests: list[bytes] = []
+
+        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                writer.close()  # the readiness probe: connect and go
+                return
+            requests.append(head)
+            writer.write(response)
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(on_connect, LOOPBACK, 0)
+        servers.append(server)
+        port = server.sockets[0].getsockname()[1]
+        return RawUpstream(f"http://{LOOPBACK}:{port}", requests)
+
+    yield start
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+
+
+# --- the gateway in process -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Gateway:
+    """The gateway app behind a test client, with its own metrics registry."""
+
+    client: TestClient[Any, Any]
+    app: web.Application
+    registry: CollectorRegistry
+    config: Config
+
+    @property
+    def port(self) -> int:
+        port = self.client.port
+        assert port is not None
+        return port
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def metric(self, name: str, **labels: str) -> float:
+        """A sample value; 0.0 when the sample does not exist yet."""
+        value = self.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
+
+
+StartGateway = Callable[..., Awaitable[Gateway]]
+
+
+@pytest.fixture
+async def start_gateway(aiohttp_client: Any) -> StartGateway:
+    """start(config, **client_kwargs) -> Gateway; the app gets a fresh CollectorRegistry."""
+
+    async def start(config: Config, **client_kwargs: Any) -> Gateway:
+        registry = CollectorRegistry()
+        app = create_app(config, registry=registry)
+        client = await aiohttp_client(app, **client_kwargs)
+        return Gateway(client, app, registry, config)
+
+    return start
+
+
+# --- raw HTTP over a socket -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RawResponse:
+    status: int
+    headers: CIMultiDict[str]
+    body: bytes
+
+
+async def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> RawResponse:
+    """Send bytes exactly as given, read until the server closes, parse the first response head."""
+
+    async def go() -> bytes:
+        reader, writer = await asyncio.open_connection(LOOPBACK, port)
+        try:
+            writer.write(data)
+            await writer.drain()
+            return await reader.read()
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    raw = await asyncio.wait_for(go(), timeout)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers: CIMultiDict[str] = CIMultiDict()
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers.add(name.strip(), value.strip())
+    return RawResponse(int(status_line.split()[1]), headers, body)
+
+
+# --- the gateway as a subprocess ------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class GatewayProcess:
+    """`python -m gateway <command>` on loopback ports, its stderr captured to a file."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    admin_port: int
+    stderr_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.admin_port}"
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
+
+    async def started(self, timeout: float = 15.0) -> None:
+        """Wait until the admin port answers /livez (and the proxy port accepts connections)."""
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as session:
+            while True:
+                if self.proc.poll() is not None:
+                    pytest.fail(f"the gateway exited with {self.proc.returncode}:\n{self.stderr()}")
+                try:
+                    async with session.get(f"{self.admin_url}/livez") as response:
+                        if response.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    pass
+                if time.monotonic() > deadline:
+                    pytest.fail(f"the gateway did not start within {timeout}s:\n{self.stderr()}")
+                await asyncio.sleep(0.05)
+        # The admin site starts after the proxy site, so the proxy port is open by now.
+
+    async def exit_code(self, timeout: float) -> int:
+        """Wait for the process to exit; fail (and kill it) if it takes longer than `timeout`."""
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                pytest.fail(f"the gateway did not exit within {timeout}s:\n{self.stderr()}")
+            await asyncio.sleep(0.02)
+        return self.proc.returncode
+
+    def terminate(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+
+
+def clean_environ(**extra: str) -> dict[str, str]:
+    """The test process' environment without GATEWAY_* variables, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.update(extra)
+    return env
+
+
+SpawnGateway = Callable[..., Awaitable[GatewayProcess]]
+
+
+@pytest.fixture
+async def spawn_gateway(tmp_path: Path) -> AsyncIterator[SpawnGateway]:
+    """spawn(command="serve", *args, upstream_url=..., program=argv, **env) -> a started GatewayProcess.
+
+    Ports are free loopback ports; every process still running at teardown is killed.
+    """
+    procs: list[GatewayProcess] = []
+
+    async def spawn(
+        command: str = "serve", *args: str, upstream_url: str = "", program: Sequence[str] = (), **env: str
+    ) -> GatewayProcess:
+        port, admin_port = free_port(), free_port()
+        environ = clean_environ(
+            GATEWAY_LISTEN_HOST=LOOPBACK,
+            GATEWAY_LISTEN_PORT=str(port),
+            GATEWAY_ADMIN_HOST=LOOPBACK,
+            GATEWAY_ADMIN_PORT=str(admin_port),
+            **env,
+        )
+        if upstream_url:
+            environ["GATEWAY_UPSTREAM_URL"] = upstream_url
+        stderr_path = tmp_path / f"gateway-{len(procs)}.stderr"
+        with open(stderr_path, "wb") as stderr:
+            proc = subprocess.Popen(
+                [*(program or (sys.executable, "-m", "gateway")), command, *args],
+                env=environ,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        handle = GatewayProcess(proc, port, admin_port, stderr_path)
+        procs.append(handle)
+        await handle.started()
+        return handle
+
+    yield spawn
+    for handle in procs:
+        if handle.proc.poll() is None:
+            handle.proc.kill()
+            handle.proc.wait(timeout=5)
+
+
+def assert_no_errors(caplog: pytest.LogCaptureFixture, logger: str = "") -> None:
+    """Nothing logged at ERROR or above (by `logger` and its children, or by anyone): no traceback, no 500."""
+    errors = [
+        f"{r.name}: {r.getMessage()}"
+        for r in caplog.records
+        if r.levelno >= logging.ERROR and (not logger or r.name == logger or r.name.startswith(logger + "."))
+    ]
+    assert not errors

@@ -1,0 +1,135 @@
+"""The Teneo-style demo bot, alone, behind the gateway, and as `session-gateway demo`."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient
+from conftest import SpawnGateway, StartGateway, StartUpstream, make_config
+
+from gateway.demo import COOKIE, create_bot_app
+
+
+class Clock:
+    """An injected monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def say(
+    client: TestClient[Any, Any] | aiohttp.ClientSession, url: str, text: str
+) -> tuple[dict[str, Any], str | None]:
+    """One turn: the Teneo JSON and the JSESSIONID the bot set (None when it set none)."""
+    async with client.get(url, params={"userinput": text}) as response:
+        assert response.status == 200
+        set_cookies = [v for v in response.headers.getall("Set-Cookie", []) if v.startswith(f"{COOKIE}=")]
+        return await response.json(), set_cookies[0].split(";")[0].split("=", 1)[1] if set_cookies else None
+
+
+@pytest.fixture
+async def bot(aiohttp_client: Any) -> tuple[TestClient[Any, Any], Clock]:
+    clock = Clock()
+    return await aiohttp_client(create_bot_app(idle_timeout=60.0, clock=clock)), clock
+
+
+async def test_turns_count_up_within_one_session(bot: tuple[TestClient[Any, Any], Clock]) -> None:
+    client, _ = bot
+    first, issued = await say(client, "/", "hi")
+    second, again = await say(client, "/", "how are you")
+    third, _ = await say(client, "/", "bye")
+
+    assert issued is not None and again is None  # the cookie is set once, then sent back by the client
+    assert [t["output"]["parameters"]["turn"] for t in (first, second, third)] == ["1", "2", "3"]
+    assert first["sessionId"] == second["sessionId"] == third["sessionId"] == issued
+    assert first == {
+        "status": 0,
+        "input": {"text": "hi", "parameters": {}},
+        "output": {"text": "Hello! You said: hi", "emotion": "", "link": "", "parameters": {"turn": "1"}},
+        "sessionId": issued,
+    }
+    assert second["output"]["text"] == "You said: how are you"
+
+
+async def test_unknown_session_id_gets_a_new_session(bot: tuple[TestClient[Any, Any], Clock]) -> None:
+    client, _ = bot
+    client.session.cookie_jar.update_cookies({COOKIE: "NOT-A-SESSION"})
+    answer, issued = await say(client, "/", "hi")
+
+    assert issued is not None and issued != "NOT-A-SESSION"
+    assert answer["sessionId"] == issued
+    assert answer["output"]["parameters"]["turn"] == "1"
+
+
+async def test_endsession_logs_out_and_the_next_turn_starts_over(
+    bot: tuple[TestClient[Any, Any], Clock],
+) -> None:
+    client, _ = bot
+    await say(client, "/", "hi")
+    _, _ = await say(client, "/", "again")
+
+    response = await client.post("/x/endsession")
+    assert response.status == 200
+    assert await response.json() == {"status": 1, "message": "logout"}
+    assert (await client.get("/x/endsession")).status == 405
+
+    answer, issued = await say(client, "/", "back")
+    assert issued is not None
+    assert answer["output"]["parameters"]["turn"] == "1"
+
+
+async def test_session_expires_after_idle_timeout(bot: tuple[TestClient[Any, Any], Clock]) -> None:
+    client, clock = bot
+    _, first_id = await say(client, "/", "hi")
+
+    clock.now += 60.0  # exactly idle_timeout: still alive
+    answer, issued = await say(client, "/", "still here")
+    assert issued is None and answer["output"]["parameters"]["turn"] == "2"
+
+    clock.now += 60.001  # past idle_timeout since the last turn
+    answer, issued = await say(client, "/", "back")
+    assert issued is not None and issued != first_id
+    assert answer["output"]["parameters"]["turn"] == "1"
+
+
+async def test_form_post_input(bot: tuple[TestClient[Any, Any], Clock]) -> None:
+    client, _ = bot
+    response = await client.post("/", data={"userinput": "from a form"})
+
+    assert (await response.json())["input"]["text"] == "from a form"
+
+
+async def test_turns_count_up_through_the_gateway(
+    start_upstream: StartUpstream, start_gateway: StartGateway
+) -> None:
+    gw = await start_gateway(make_config(await start_upstream(create_bot_app())))
+    turns = [(await say(gw.client, "/", text))[0] for text in ("one", "two", "three")]
+
+    assert [t["output"]["parameters"]["turn"] for t in turns] == ["1", "2", "3"]
+    assert len({t["sessionId"] for t in turns}) == 1
+
+
+@pytest.mark.slow
+async def test_session_gateway_demo_answers_a_turn(spawn_gateway: SpawnGateway) -> None:
+    script = shutil.which("session-gateway", path=str(Path(sys.executable).parent))
+    program = (script,) if script else (sys.executable, "-m", "gateway")
+    demo = await spawn_gateway("demo", program=program)
+
+    async with aiohttp.ClientSession() as session:
+        answer, issued = await say(session, f"{demo.url}/", "hi")
+
+    assert answer["status"] == 0
+    assert answer["input"]["text"] == "hi"
+    assert answer["output"]["text"] == "Hello! You said: hi"
+    assert issued is not None and answer["sessionId"] == issued
+
+    demo.terminate()
+    assert await demo.exit_code(timeout=10) == 0

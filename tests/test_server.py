@@ -1,0 +1,108 @@
+"""`session-gateway serve` as a subprocess: SIGTERM drains in-flight requests and ends open streams."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+from aiohttp import web
+from conftest import GatewayProcess, SpawnGateway, StartUpstream, eventually, wait
+
+pytestmark = pytest.mark.slow
+
+SHUTDOWN_TIMEOUT = 5.0
+SERVE_ENV = {
+    "GATEWAY_LISTEN_SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT),
+    "GATEWAY_ADMIN_READY_CHECK_INTERVAL": "0.05",
+}
+
+
+async def readyz_status(gw: GatewayProcess) -> int | None:
+    """The /readyz status, or None when the admin port no longer accepts connections."""
+    try:
+        async with aiohttp.ClientSession() as session, session.get(f"{gw.admin_url}/readyz") as response:
+            return response.status
+    except aiohttp.ClientConnectionError:
+        return None
+
+
+async def proxy_refuses_connections(gw: GatewayProcess) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    except OSError:
+        return True
+    writer.close()
+    return False
+
+
+async def test_sigterm_lets_an_in_flight_request_finish(
+    start_upstream: StartUpstream, spawn_gateway: SpawnGateway
+) -> None:
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        arrived.set()
+        await wait(release.wait(), timeout=10)  # answers only once the test has seen the drain begin
+        return web.Response(text="finished")
+
+    app = web.Application()
+    app.router.add_get("/slow", slow)
+    gw = await spawn_gateway("serve", upstream_url=await start_upstream(app), **SERVE_ENV)
+
+    async def ready() -> bool:
+        return await readyz_status(gw) == 200
+
+    await eventually(ready)
+
+    async with aiohttp.ClientSession() as session:
+
+        async def fetch() -> tuple[int, str]:
+            async with session.get(f"{gw.url}/slow") as response:
+                return response.status, await response.text()
+
+        in_flight = asyncio.create_task(fetch())
+        try:
+            await wait(arrived.wait())
+            gw.terminate()
+
+            async def draining() -> bool:
+                return await readyz_status(gw) in (503, None)
+
+            await eventually(draining)
+            await eventually(lambda: proxy_refuses_connections(gw))  # no new requests during the drain
+            assert not in_flight.done()
+        finally:
+            release.set()
+        assert await wait(in_flight) == (200, "finished")
+
+    assert await gw.exit_code(timeout=SHUTDOWN_TIMEOUT) == 0
+
+
+async def test_sigterm_ends_an_open_sse_stream(
+    start_upstream: StartUpstream, spawn_gateway: SpawnGateway
+) -> None:
+    release = asyncio.Event()
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b"data: hello\n\n")
+        await wait(release.wait(), timeout=10)  # a stream that would go on and on
+        return response
+
+    app = web.Application()
+    app.router.add_get("/events", events)
+    gw = await spawn_gateway("serve", upstream_url=await start_upstream(app), **SERVE_ENV)
+    try:
+        async with aiohttp.ClientSession() as session, session.get(f"{gw.url}/events") as response:
+            assert response.status == 200
+            assert await wait(response.content.readuntil(b"\n\n")) == b"data: hello\n\n"
+            gw.terminate()
+            assert await wait(response.content.read()) == b""  # a clean end of the stream, not an error
+            assert response.content.at_eof()
+    finally:
+        release.set()
+
+    assert await gw.exit_code(timeout=SHUTDOWN_TIMEOUT) == 0
+    assert "Traceback" not in gw.stderr()
