@@ -106,6 +106,7 @@ class SessionManager:
         self.upstreams = upstreams
         self.strict_affinity = strict_affinity
         self._sweeper: asyncio.Task[None] | None = None
+        self._stopping = False
         self._active_max = 0
         self._batch = min(64, config.sweep_batch)  # grows while batches stay under _BATCH_SECONDS
         self.store_healthy = True
@@ -124,13 +125,16 @@ class SessionManager:
 
     async def stop(self) -> None:
         if self._sweeper is not None:
+            # The flag ends the loop even when the cancel is lost: redis-py sends through asyncio.wait_for,
+            # which on Python 3.11 swallows a cancel that lands as the send completes (bpo-42130).
+            self._stopping = True
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         await self.store.close()
 
     async def _sweep_forever(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.config.sweep_interval)
             try:
                 await self.sweep()
