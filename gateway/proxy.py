@@ -213,7 +213,8 @@ class Proxy:
             finally:
                 upstream.release()
         finally:
-            replica.in_flight -= 1
+            assert turn.replica is not None
+            turn.replica.in_flight -= 1  # not `replica`: a re-pin in _send moved the count to the new one
 
     @staticmethod
     def _url(turn: Turn) -> URL:
