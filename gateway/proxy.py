@@ -233,8 +233,13 @@ class Proxy:
                 upstream: Upstream
                 if request.method == hdrs.METH_HEAD:
                     # aiohttp's client knows a HEAD response has no body whatever its Content-Length.
+                    # A HEAD's own content (RFC 9110 §9.3.2) goes on too: its Content-Length does.
                     upstream = await self.client.request(
-                        request.method, self._url(turn), headers=headers, allow_redirects=False
+                        request.method,
+                        self._url(turn),
+                        headers=headers,
+                        data=await self._request_body(request, exchange),
+                        allow_redirects=False,
                     )
                 else:
                     body = await self._request_body(request, exchange)
@@ -353,7 +358,15 @@ class Proxy:
             self.metrics.streams_open.labels(kind="sse").inc()
             self.streams.responses.add(upstream)
         try:
-            await self._pump(request, upstream, response, exchange)
+            if request.method == hdrs.METH_HEAD:
+                # No body follows. (Never iterate it: aiohttp's shared empty payload yields (b"", True) forever
+                # once any response used it, aiohttp#7616 and #11397, and the pump would spin the event loop.)
+                try:
+                    await response.write_eof()
+                except (ConnectionError, aiohttp.ClientConnectionResetError):
+                    exchange.client_gone = True
+            else:
+                await self._pump(request, upstream, response, exchange)
         finally:
             if is_sse:
                 self.metrics.streams_open.labels(kind="sse").dec()
