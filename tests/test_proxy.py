@@ -18,6 +18,7 @@ from aiohttp import web
 from conftest import (
     LOOPBACK,
     Recorder,
+    SpawnGateway,
     StartGateway,
     StartRawUpstream,
     StartUpstream,
@@ -44,18 +45,19 @@ def error_body(code: str, body: Any) -> None:
 # --- byte-exact forwarding ------------------------------------------------------------------------------
 
 TARGET = "/a%2Fb;x=1?q=%20+y&q=2"
-WITH_BODY = {"POST", "PUT", "PATCH", "DELETE", "PURGE"}
+METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "PURGE"]
 
 
-@pytest.mark.parametrize(
-    "method", ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "PURGE"]
-)
+@pytest.mark.parametrize("body", [b"", b"payload \x00\xff"], ids=["no-body", "body"])
+@pytest.mark.parametrize("method", METHODS)
 async def test_every_method_is_forwarded_with_its_raw_target(
-    start_upstream: StartUpstream, start_gateway: StartGateway, method: str
+    start_upstream: StartUpstream, start_gateway: StartGateway, method: str, body: bytes
 ) -> None:
     recorder = Recorder()
-    gw = await start_gateway(make_config(await start_upstream(recorder.app(), prefix="/bot/v1")))
-    body = b"payload \x00\xff" if method in WITH_BODY else b""
+    # A short read_timeout: a body announced upstream but never sent shows as a 504, not a long hang.
+    gw = await start_gateway(
+        make_config(await start_upstream(recorder.app(), prefix="/bot/v1"), upstream={"read_timeout": 2.0})
+    )
     head = f"{method} {TARGET} HTTP/1.1\r\nHost: gw.example\r\nConnection: close\r\n"
     if body:
         head += f"Content-Length: {len(body)}\r\n"
@@ -741,3 +743,28 @@ async def test_no_content_type_is_added_to_a_response_without_one(
 
     assert await response.read() == b"k" * size
     assert "Content-Type" not in response.headers
+
+
+@pytest.mark.slow
+async def test_head_requests_never_freeze_the_gateway(
+    start_upstream: StartUpstream, spawn_gateway: SpawnGateway
+) -> None:
+    """Regression: the second HEAD spun the event loop forever (aiohttp's shared empty payload, aiohttp#7616).
+
+    A subprocess, so a regression fails this test on its client timeout instead of freezing the test's loop.
+    """
+    recorder = Recorder()
+    gw = await spawn_gateway("serve", upstream_url=await start_upstream(recorder.app()))
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        for path in ("/one", "/two", "/three"):
+            async with session.head(f"{gw.url}{path}") as response:
+                assert response.status == 200
+        async with session.get(f"{gw.url}/after") as response:
+            assert await response.read() == b"ok"
+
+    assert [(s.method, s.raw_path) for s in recorder.seen] == [
+        ("HEAD", "/one"),
+        ("HEAD", "/two"),
+        ("HEAD", "/three"),
+        ("GET", "/after"),
+    ]
