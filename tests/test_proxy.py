@@ -768,3 +768,40 @@ async def test_head_requests_never_freeze_the_gateway(
         ("HEAD", "/three"),
         ("GET", "/after"),
     ]
+
+
+FRAMINGS = {
+    "no-content": (b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n", 204, b""),
+    # RFC 9110 §8.6: a 304 may carry the 200's Content-Length; no body follows it.
+    "not-modified-with-length": (
+        b'HTTP/1.1 304 Not Modified\r\nContent-Length: 100\r\nETag: "v1"\r\n\r\n',
+        304,
+        b"",
+    ),
+    "chunked": (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+        200,
+        b"abcde",
+    ),
+    "close-delimited": (b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end", 200, b"until the end"),
+    "early-hints-first": (
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        200,
+        b"ok",
+    ),
+    "http-1.0": (b"HTTP/1.0 200 OK\r\n\r\nold style", 200, b"old style"),
+}
+
+
+@pytest.mark.parametrize(("raw", "status", "body"), list(FRAMINGS.values()), ids=list(FRAMINGS))
+async def test_upstream_response_framings(
+    start_raw_upstream: StartRawUpstream, start_gateway: StartGateway, raw: bytes, status: int, body: bytes
+) -> None:
+    upstream = await start_raw_upstream(raw)
+    gw = await start_gateway(make_config(upstream.url, upstream={"read_timeout": 2.0}))
+    for _ in range(2):  # the second on a fresh or pooled connection, whichever the first left
+        response = await wait(gw.client.get("/", headers={"If-None-Match": '"v1"'}))
+        assert response.status == status
+        assert await wait(response.read()) == body
+    assert gw.metric("session_gateway_upstream_errors_total", reason="protocol") == 0
