@@ -340,7 +340,9 @@ class Proxy:
             # separate header write was ~10% of the per-request cost). Long or unsized bodies stream.
             try:
                 body = await upstream.content.readexactly(length)
-            except (asyncio.IncompleteReadError, aiohttp.ClientPayloadError, asyncio.TimeoutError) as exc:
+            except (  # ConnectionError: the upstream closed the connection mid-body
+                asyncio.IncompleteReadError, aiohttp.ClientPayloadError, ConnectionError, asyncio.TimeoutError
+            ) as exc:
                 reason, error = self._classify(exc)
                 self.metrics.upstream_errors.labels(reason=reason).inc()
                 exchange.note = f"upstream {reason} in body: {type(exc).__name__}"
