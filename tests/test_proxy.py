@@ -805,3 +805,37 @@ async def test_upstream_response_framings(
         assert response.status == status
         assert await wait(response.read()) == body
     assert gw.metric("session_gateway_upstream_errors_total", reason="protocol") == 0
+
+
+async def test_upstream_closing_before_its_declared_length_is_502(
+    start_raw_upstream: StartRawUpstream, start_gateway: StartGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    upstream = await start_raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello")  # then closes
+    gw = await start_gateway(make_config(upstream.url))
+    response = await gw.client.get("/")
+
+    assert response.status == 502  # the head was not sent yet: an honest error, not a short 200
+    error_body("upstream_unavailable", await response.json())
+    assert gw.metric("session_gateway_upstream_errors_total", reason="reset") == 1
+    assert_no_errors(caplog, "gateway")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 70_000,
+    ],
+    ids=["chunked", "long-content-length"],
+)
+async def test_upstream_dying_mid_stream_truncates_the_client_response(
+    start_raw_upstream: StartRawUpstream, start_gateway: StartGateway, raw: bytes
+) -> None:
+    upstream = await start_raw_upstream(raw)  # closes without finishing the body
+    gw = await start_gateway(make_config(upstream.url))
+    response = await gw.client.get("/")
+
+    assert response.status == 200
+    with pytest.raises(aiohttp.ClientPayloadError):  # never a body that looks complete
+        await wait(response.read())
+    assert gw.metric("session_gateway_upstream_errors_total", reason="reset") == 1
