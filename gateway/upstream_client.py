@@ -14,7 +14,7 @@ import collections
 import socket
 import ssl
 from collections.abc import AsyncIterator
-from typing import Final, cast
+from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -473,7 +473,10 @@ async def _head_or_writer_failure(
     conn: Connection, writer: asyncio.Task[None]
 ) -> tuple[int, str, CIMultiDict[str]]:
     """The response head; if the request body fails first (too large, client gone), that error."""
-    done, _ = await asyncio.wait({conn.head, writer}, return_when=asyncio.FIRST_COMPLETED)
-    if writer in done and writer.exception() is not None:
-        raise writer.exception()  # type: ignore[misc]
+    waiting: set[asyncio.Future[Any]] = {conn.head, writer}
+    done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    if writer in done:
+        failure = writer.exception()
+        if failure is not None:
+            raise failure
     return await conn.head

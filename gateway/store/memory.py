@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from typing import Final
 
 from gateway.store import (
     CapacityExceeded,
@@ -24,7 +25,12 @@ from gateway.store import (
 # collection pause the event loop for tens of milliseconds (measured in bench/sessions_bench.py).
 # `due` is the deadline of the record's one valid heap entry.
 Record = tuple[float, float, float, int, str, float]
-CREATED, LAST_SEEN, IDLE, REQUESTS, REPLICA, DUE = range(6)
+CREATED: Final = 0
+LAST_SEEN: Final = 1
+IDLE: Final = 2
+REQUESTS: Final = 3
+REPLICA: Final = 4
+DUE: Final = 5
 
 
 class MemoryStore:
@@ -144,7 +150,7 @@ class MemoryStore:
     def _push(self, session_id: str, rec: Record) -> Record:
         """Store the record with a fresh heap entry at its current deadline."""
         due = self._deadline(rec)
-        rec = self._sessions[session_id] = (*rec[:DUE], due)
+        rec = self._sessions[session_id] = (rec[CREATED], rec[LAST_SEEN], rec[IDLE], rec[REQUESTS], rec[REPLICA], due)
         heapq.heappush(self._heap, (due, session_id))
         return rec
 
@@ -174,7 +180,8 @@ class MemoryStore:
         rec = self._sessions.get(session_id)
         if rec is None:
             return
-        rec = self._sessions[session_id] = (*rec[:IDLE], seconds, *rec[IDLE + 1 :])
+        created, last_seen, _, requests, replica, due = rec
+        rec = self._sessions[session_id] = (created, last_seen, seconds, requests, replica, due)
         if self._deadline(rec) < rec[DUE]:
             # The heap entry is now later than the real deadline: push an earlier one (the old one turns
             # invalid because it no longer equals the record's due).
