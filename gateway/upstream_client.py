@@ -347,16 +347,16 @@ class Pool:
             conn.close()
         loop = asyncio.get_running_loop()
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation (a client
+            # that just left would still have its request sent upstream).
+            async with asyncio.timeout(self._connect_timeout):
+                _, conn = await loop.create_connection(
                     lambda: Connection(self._read_timeout, origin.key),
                     origin.host,
                     origin.port,
                     ssl=origin.ssl,
                     server_hostname=origin.host if origin.ssl else None,
-                ),
-                self._connect_timeout,
-            )
+                )
         except (OSError, asyncio.TimeoutError) as exc:
             raise UpstreamConnectError(f"cannot connect to {origin.host_header}: {type(exc).__name__}") from exc
         return conn, False
