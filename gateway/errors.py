@@ -8,6 +8,7 @@
     │   └── BodyTooLarge                  413 body_too_large
     ├── UpstreamError                     5xx: the bot failed
     │   ├── UpstreamUnavailable           502 upstream_unavailable
+    │   │   └── ReplicaUnavailable        503 upstream_unavailable: a session's own replica (strict_affinity)
     │   └── UpstreamTimeout               504 upstream_timeout
     ├── SessionCapacity                   503 session_capacity
     └── StoreUnavailable                  503 store_unavailable
@@ -73,6 +74,12 @@ class UpstreamError(GatewayError):
 
 class UpstreamUnavailable(UpstreamError):
     code = "upstream_unavailable"
+
+
+class ReplicaUnavailable(UpstreamUnavailable):
+    """The bot replica holding a session is down, and upstream.strict_affinity keeps the session there."""
+
+    status = 503  # temporary: the replica may come back, so the client may retry
 
 
 class UpstreamTimeout(UpstreamError):

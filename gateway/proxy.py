@@ -15,7 +15,7 @@ from yarl import URL
 
 from gateway.config import Config
 from gateway.cors import Cors
-from gateway.errors import BadRequest, BodyTooLarge, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import BadRequest, BodyTooLarge, ReplicaUnavailable, UpstreamTimeout, UpstreamUnavailable
 from gateway.headers import (
     REQUEST_ONLY_DROP,
     WEBSOCKET_HANDSHAKE,
@@ -257,6 +257,9 @@ class Proxy:
                     assert turn.replica is not None
                     turn.replica.in_flight += 1
                     continue
+                strict = self.sessions.strict_affinity and len(self.upstreams.replicas) > 1
+                if refused and turn.live and strict:  # the session stays with its replica: retry later
+                    raise ReplicaUnavailable("The bot replica holding this session is unavailable.") from None
                 raise error from None
             self.upstreams.mark_up(replica)
             return upstream

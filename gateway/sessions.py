@@ -25,7 +25,7 @@ from gateway.cookies import (
     set_cookie_deletes,
     set_cookie_name_value,
 )
-from gateway.errors import SessionCapacity, StoreUnavailable, UpstreamUnavailable
+from gateway.errors import ReplicaUnavailable, SessionCapacity, StoreUnavailable
 from gateway.metrics import Metrics
 from gateway.upstreams import Replica, Upstreams
 from gateway.store import CapacityExceeded, EndReason, Outcome, SessionInfo, SessionStore, TombReason, Touch
@@ -324,7 +324,7 @@ class SessionManager:
                 turn.replica = replica
                 return
             if self.strict_affinity:
-                raise UpstreamUnavailable("The bot replica holding this session is unavailable.")
+                raise ReplicaUnavailable("The bot replica holding this session is unavailable.")
             if turn.live:
                 await self.repin(turn, now)
                 return
