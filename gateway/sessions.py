@@ -214,6 +214,9 @@ class SessionManager:
         carried = extract(target, headers, self.config)
         self.metrics.carriers[carried.carrier].inc()
         turn = Turn(carried, drop=self._owned_request_headers)
+        if carried.session_id is None and self.config.store_failure == "closed" and not self.store_healthy:
+            # Nothing to read before forwarding, but the session the bot starts could not be recorded.
+            raise StoreUnavailable("The session store is unavailable.")
         try:
             await self._decide(turn)
         except StoreUnavailable as exc:
