@@ -112,6 +112,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        if exc.status == 404 and not request.raw_path.startswith("/"):
+            # `OPTIONS *` (asterisk form) never matches a route: it is a request we refuse, not a missing page.
+            return error_response(400, "bad_request", "The asterisk request target is not supported.")
         code = exc.reason.lower().replace(" ", "_")
         return error_response(exc.status, code, exc.reason + ".")
     except Exception:

@@ -673,11 +673,6 @@ async def test_asterisk_target_is_never_forwarded(
     assert recorder.seen == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the catch-all route only matches paths starting with '/', so `OPTIONS *` is the router's 404 "
-    "not_found and Proxy.request_target's 400 for the asterisk form is never reached",
-)
 async def test_asterisk_target_is_400_bad_request(
     start_upstream: StartUpstream, start_gateway: StartGateway
 ) -> None:
