@@ -223,19 +223,27 @@ def test_sidecar_example_bot_runs_from_the_image() -> None:
     assert callable(create_bot_app)
 
 
-def test_standalone_runs_three_replicas_with_redis_marked(tmp_path: Path) -> None:
+def test_standalone_runs_three_replicas_sharing_redis(tmp_path: Path) -> None:
     docs = documents(REPO / "deploy" / "kubernetes" / "standalone.yaml")
     (deployment,) = of_kind(docs, "Deployment")
     assert deployment["spec"]["replicas"] == 3
     pod = deployment["spec"]["template"]["spec"]
     assert [c["name"] for c in pod["containers"]] == [GATEWAY] and not pod.get("initContainers")
     text, config = config_map_toml(docs, pod)
-    assert config.get("session", {}).get("store", "memory") == "memory", "the example runs without Redis"
-    block = re.search(r"^# \[session\]\n(?:# \w+ = .*\n)+", text, re.M)
-    assert block, "a commented [session] section with the Redis keys"
-    assert 'store = "redis"' in block.group() and "redis_url = " in block.group()
-    # Uncommented, the block is a valid configuration: its keys follow gateway/config.py.
+    assert config["session"]["store"] == "redis"
+    assert "redis_url" not in config["session"], "the URL carries a password: it comes from the Secret"
+    # The Redis URL and the shared secret come from the Secret, under the keys the header comment creates.
+    env = {v["name"]: v for v in gateway(pod)["env"]}
+    for name, key in (
+        ("GATEWAY_SESSION_REDIS_URL", "redis-url"),
+        ("GATEWAY_SESSION_SECRET", "session-secret"),
+    ):
+        assert env[name]["valueFrom"]["secretKeyRef"] == {"name": GATEWAY, "key": key}
+        assert f"--from-literal={key}=" in (REPO / "deploy" / "kubernetes" / "standalone.yaml").read_text()
+    # Every replica knows every session: no client affinity on the Service.
+    (service,) = of_kind(docs, "Service")
+    assert "sessionAffinity" not in service["spec"]
     file = tmp_path / "config.toml"
-    file.write_text(text + "\n" + re.sub(r"^# ", "", block.group(), flags=re.M))
-    session = load_config(file).session
-    assert (session.store, session.redis_url) == ("redis", "redis://redis:6379/0")
+    file.write_text(text)
+    session = load_config(file, {"GATEWAY_SESSION_REDIS_URL": "redis://:pw@redis:6379/0"}).session
+    assert (session.store, session.redis_url) == ("redis", "redis://:pw@redis:6379/0")
