@@ -143,7 +143,7 @@ class Metrics:
             registry=r,
         )
         self.replica_up = Gauge(
-            f"{PREFIX}_upstream_up", "0 while a bot replica is in its back-off after a failure.", ["replica"], registry=r
+            f"{PREFIX}_upstream_up", "0 after a connect failure or timeout, until a request to the replica succeeds again.", ["replica"], registry=r
         )
         self.build_info = Gauge(f"{PREFIX}_build_info", "Build information; always 1.", ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)
