@@ -52,6 +52,8 @@ def create_store(config: Config) -> SessionStore:
             prefix=s.redis_prefix,
             timeout=s.redis_timeout,
             max_connections=s.redis_pool_size,
+            sentinels=s.redis_sentinels,
+            sentinel_master=s.redis_sentinel_master,
         )
     return MemoryStore(
         absolute_timeout=s.absolute_timeout,

@@ -10,7 +10,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from gateway import __version__
-from gateway.config import Config, effective, load_config
+from gateway.config import Config, EventLoop, effective, load_config
 from gateway.errors import ConfigError
 from gateway.logs import setup_logging
 
@@ -54,13 +54,19 @@ def _overrides(args: argparse.Namespace) -> dict[str, str]:
     return overrides
 
 
-def _run(coro: Coroutine[Any, Any, None]) -> None:
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(coro)
-    else:
-        uvloop.run(coro)
+def _run(coro: Coroutine[Any, Any, None], loop: EventLoop) -> None:
+    """Run on uvloop when installed (or asked for), else on asyncio's own loop."""
+    if loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if loop == "uvloop":
+                print("listen.event_loop = uvloop, but uvloop is not installed", file=sys.stderr)
+                sys.exit(EXIT_CONFIG)
+        else:
+            uvloop.run(coro)
+            return
+    asyncio.run(coro)
 
 
 def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> None:
@@ -79,8 +85,8 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
     if args.command == "serve":
         from gateway.server import serve
 
-        _run(serve(config))
+        _run(serve(config), config.listen.event_loop)
     else:
         from gateway.demo import run_demo
 
-        _run(run_demo(config))
+        _run(run_demo(config), config.listen.event_loop)

@@ -292,7 +292,7 @@ class Proxy:
             exchange.client_gone = True
             raise
 
-    def _request_failure(self, exc: BaseException, exchange: Exchange, replica: Replica) -> Exception:
+    def _request_failure(self, exc: BaseException, exchange: Exchange, replica: Replica) -> BaseException:
         """Map a failed upstream request to the gateway error the client gets; count and log it once."""
         if exchange.body_too_large:
             return BodyTooLarge(f"The request body exceeds the limit of {self._max_body} bytes.")

@@ -54,10 +54,10 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> None:
+    def start(self, *extra: str) -> None:
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.dir],
+             "--dir", self.dir, *extra],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -82,3 +82,56 @@ class RedisServer:
         with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
             sock.sendall(b"FLUSHALL\r\n")
             sock.recv(16)
+
+
+class RedisSentinel:
+    """A Sentinel watching `master` (service name "mymaster"), on a free loopback port."""
+
+    def __init__(self, master: RedisServer, name: str = "mymaster") -> None:
+        self.binary = require_redis()
+        self.master = master
+        self.name = name
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="sg-sentinel-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        conf = Path(self.dir, "sentinel.conf")  # Sentinel rewrites its file: it must be writable
+        conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
+            f"sentinel monitor {self.name} 127.0.0.1 {self.master.port} 1\n"
+            f"sentinel down-after-milliseconds {self.name} 1000\n"
+            f"sentinel failover-timeout {self.name} 5000\n"
+        )
+        self.process = subprocess.Popen(
+            [self.binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.command(f"SENTINEL get-master-addr-by-name {self.name}").startswith(b"*2"):
+                return
+            time.sleep(0.05)
+        raise RuntimeError("redis sentinel did not start")
+
+    def command(self, line: str) -> bytes:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(line.encode() + b"\r\n")
+                time.sleep(0.02)
+                return sock.recv(4096)
+        except OSError:
+            return b""
+
+    def master_port(self) -> int:
+        reply = self.command(f"SENTINEL get-master-addr-by-name {self.name}").split(b"\r\n")
+        return int(reply[4]) if len(reply) > 4 else 0
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None

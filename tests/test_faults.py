@@ -22,7 +22,7 @@ from gateway.sessions import SessionManager
 from gateway.store import Swept
 from gateway.store.memory import MemoryStore
 from gateway.upstreams import Upstreams
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisSentinel, RedisServer
 
 Admin = TestClient[Any, Any]
 
@@ -178,3 +178,48 @@ async def test_shutdown_ends_the_sweeper_even_when_its_cancel_is_lost(demo: Bot)
         stopping.cancel()
         await asyncio.sleep(0.002)
     assert done, "stop() did not return: the sweeper outlived its cancel"
+
+
+async def test_a_sentinel_failover_keeps_the_conversation(
+    demo: Bot, start_node: StartNode, aiohttp_client: Any
+) -> None:
+    """With session.redis_sentinels the gateway finds the master through Sentinel and follows a failover."""
+    primary, replica = RedisServer(), RedisServer()
+    primary.start()
+    replica.start("--replicaof", "127.0.0.1", str(primary.port))
+    sentinel = RedisSentinel(primary)
+    sentinel.start()
+    try:
+        config = gateway_config(
+            demo.url,
+            primary,
+            redis_url="redis://127.0.0.1:1/0",  # never dialled: with sentinels it gives only password and db
+            redis_sentinels=(sentinel.address,),
+            redis_sentinel_master="mymaster",
+        )
+        node = await start_node(config)
+        first = await node.send()
+        sid = first.session_id
+        assert sid and first.turn == 1
+        assert (await node.send(header=sid)).turn == 2
+        await poll(lambda: _replicated(replica), what="the replica to catch up")
+        assert b"+OK" in sentinel.command("SENTINEL FAILOVER mymaster")
+        await poll(lambda: sentinel.master_port() == replica.port, timeout=15, what="the replica promoted")
+        primary.stop()  # the old master is gone for good: only the promoted replica can answer now
+        reply = await node.send(header=sid)
+        assert reply.status == 200 and reply.turn == 3 and reply.new is None
+        assert node.metric("sessions_started_total", reason="first") == 1
+    finally:
+        sentinel.stop()
+        replica.stop()
+        primary.stop()
+
+
+async def _replicated(replica: RedisServer) -> bool:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis(port=replica.port)
+    try:
+        return bool(await client.keys("sg:*"))
+    finally:
+        await client.aclose()

@@ -10,7 +10,7 @@ import pytest
 from gateway.store import CapacityExceeded, Outcome, SessionStore
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore, open_successor, seal_successor
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisSentinel, RedisServer
 
 IDLE = 600.0
 ABSOLUTE = 3600.0
@@ -38,12 +38,24 @@ def redis_server() -> Iterator[RedisServer]:
     server.stop()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(scope="session")
+def redis_sentinel(redis_server: RedisServer) -> Iterator[RedisSentinel]:
+    sentinel = RedisSentinel(redis_server)
+    sentinel.start()
+    yield sentinel
+    sentinel.stop()
+
+
+@pytest.fixture(params=["memory", "redis", "redis-sentinel"])
 async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[StoreFactory]:
     made: list[SessionStore] = []
-    if request.param == "redis":
+    sentinels: tuple[str, ...] = ()
+    if request.param.startswith("redis"):
         server: RedisServer = request.getfixturevalue("redis_server")
         server.flush()
+    if request.param == "redis-sentinel":
+        # The same contract, with the master found through a real Sentinel.
+        sentinels = (request.getfixturevalue("redis_sentinel").address,)
 
     def factory(**overrides: object) -> SessionStore:
         options: dict[str, object] = {
@@ -56,7 +68,7 @@ async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[StoreFacto
             store: SessionStore = _memory(**overrides)
         else:
             overrides.pop("max_tombstones", None)  # Redis bounds tombstones by their TTL
-            options.update({"shards": 1}, **overrides)  # one shard: the cap is exact, as in memory
+            options.update({"shards": 1, "sentinels": sentinels}, **overrides)  # one shard: an exact cap
             store = RedisStore(server.url, **options)  # type: ignore[arg-type]
         made.append(store)
         return store

@@ -17,9 +17,11 @@ import asyncio
 import hashlib
 import math
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
@@ -157,6 +159,24 @@ def open_successor(sealed: str, previous: str) -> str:
     return bytes(a ^ b for a, b in zip(data, _keystream(previous, len(data)), strict=True)).decode(errors="replace")
 
 
+class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """Sentinel's master discovery with the blocking pool's wait-for-a-connection behaviour."""
+
+
+def _sentinel(url: str, sentinels: tuple[str, ...], timeout: float, options: dict[str, Any]) -> Sentinel:
+    """Asks the Sentinels which server is the master; its clients follow failovers by themselves."""
+    parts = urlsplit(url)
+    addresses = [(host, int(port)) for host, _, port in (item.rpartition(":") for item in sentinels)]
+    return Sentinel(  # type: ignore[no-untyped-call]
+        addresses,
+        sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
+        password=parts.password,
+        db=int(parts.path.strip("/") or 0),
+        ssl=parts.scheme == "rediss",
+        **options,
+    )
+
+
 def _info(session_id: str, rec: list[str]) -> SessionInfo:
     created, last_seen, idle, requests, replica = rec[:5]
     return SessionInfo(session_id, float(created), float(last_seen), float(idle), int(requests), replica)
@@ -180,6 +200,8 @@ class RedisStore:
         shards: int = 16,
         timeout: float = 0.5,
         max_connections: int = 64,
+        sentinels: tuple[str, ...] = (),
+        sentinel_master: str = "mymaster",
     ) -> None:
         self._absolute = absolute_timeout
         self._evict = on_full == "evict"
@@ -188,19 +210,29 @@ class RedisStore:
         self._claim_ttl = claim_ttl
         self._prefix = prefix
         self._shards = shards
-        # A blocking pool: under load a request waits (up to `timeout`) for a connection instead of failing.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=timeout,
-            decode_responses=True,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            health_check_interval=30,
+        options: dict[str, Any] = {
+            "decode_responses": True,
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "health_check_interval": 30,
             # Fail fast and let the failure policy decide; the next command reconnects by itself.
-            retry=Retry(NoBackoff(), 0),
-        )
-        self.client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
+            "retry": Retry(NoBackoff(), 0),
+        }
+        self._sentinel: Sentinel | None = None
+        if sentinels:
+            self._sentinel = _sentinel(url, sentinels, timeout, options)
+            self.client = self._sentinel.master_for(
+                sentinel_master,
+                connection_pool_class=_BlockingSentinelPool,
+                max_connections=max_connections,
+                timeout=timeout,
+            )
+        else:
+            # A blocking pool: under load a request waits (up to `timeout`) for a connection instead of failing.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url, max_connections=max_connections, timeout=timeout, **options
+            )
+            self.client = aioredis.Redis(connection_pool=pool)
         self._touch = self.client.register_script(_TOUCH)
         self._create = self.client.register_script(_CREATE)
         self._succeed = self.client.register_script(_SUCCEED)
@@ -324,6 +356,9 @@ class RedisStore:
     async def close(self) -> None:
         await self.client.aclose()
         await self.client.connection_pool.disconnect()
+        if self._sentinel is not None:
+            for client in self._sentinel.sentinels:
+                await client.aclose()
 
 
 __all__ = ["RedisStore", "TombReason", "open_successor", "seal_successor"]
