@@ -20,7 +20,10 @@ def main(port: int, upstream: str) -> None:
     async def handle(request: web.Request) -> web.Response:
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP]
         async with request.app["client"].request(
-            request.method, upstream + request.raw_path, headers=headers, data=await request.read(),
+            request.method,
+            upstream + request.raw_path,
+            headers=headers,
+            data=await request.read(),
             allow_redirects=False,
         ) as r:
             body = await r.read()

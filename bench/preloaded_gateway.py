@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 from gateway.app import create_app, create_store
@@ -11,12 +10,20 @@ from gateway.server import serve
 
 
 async def main(port: int, admin: int, upstream: str, count: int) -> None:
-    config = load_config(None, {
-        "GATEWAY_LISTEN_HOST": "127.0.0.1", "GATEWAY_LISTEN_PORT": str(port), "GATEWAY_ADMIN_HOST": "127.0.0.1",
-        "GATEWAY_ADMIN_PORT": str(admin), "GATEWAY_UPSTREAM_URL": upstream, "GATEWAY_LOG_ACCESS": "false",
-        "GATEWAY_LOG_LEVEL": "warning", "GATEWAY_SESSION_MAX_SESSIONS": str(count + 1000),
-        "GATEWAY_SESSION_IDLE_TIMEOUT": "3600",
-    })
+    config = load_config(
+        None,
+        {
+            "GATEWAY_LISTEN_HOST": "127.0.0.1",
+            "GATEWAY_LISTEN_PORT": str(port),
+            "GATEWAY_ADMIN_HOST": "127.0.0.1",
+            "GATEWAY_ADMIN_PORT": str(admin),
+            "GATEWAY_UPSTREAM_URL": upstream,
+            "GATEWAY_LOG_ACCESS": "false",
+            "GATEWAY_LOG_LEVEL": "warning",
+            "GATEWAY_SESSION_MAX_SESSIONS": str(count + 1000),
+            "GATEWAY_SESSION_IDLE_TIMEOUT": "3600",
+        },
+    )
     store = create_store(config)
     now = __import__("time").time()
     for i in range(count):

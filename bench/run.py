@@ -51,7 +51,9 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
 
 
 @contextmanager
-def process(args: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def process(
+    args: list[str], port: int, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
     try:
         wait_port(port)
@@ -83,7 +85,9 @@ def _lua(mix: str, sessions: list[tuple[str, str]]) -> str:
     if mix == "new":
         return f'wrk.method = "GET"\nwrk.path = "{PATH}"\n'
     header = "Cookie" if mix == "cookie" else "X-Teneo-Session"
-    values = [f"JSESSIONID={sid}" + (f"; {pair}" if mix == "header" and pair else "") for sid, pair in sessions]
+    values = [
+        f"JSESSIONID={sid}" + (f"; {pair}" if mix == "header" and pair else "") for sid, pair in sessions
+    ]
     table = ",".join(json.dumps(v) for v in values)
     return (
         f"local values = {{{table}}}\nlocal i = 0\n"
@@ -101,14 +105,27 @@ def _ms(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def run_wrk(port: int, mix: str, connections: int, seconds: float, sessions: list[tuple[str, str]]) -> tuple[float, float, float, int]:
+def run_wrk(
+    port: int, mix: str, connections: int, seconds: float, sessions: list[tuple[str, str]]
+) -> tuple[float, float, float, int]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(_lua(mix, sessions))
     try:
         out = subprocess.run(
-            ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "-s", script.name,
-             f"http://127.0.0.1:{port}"],
-            capture_output=True, text=True, timeout=seconds + 30, check=True,
+            [
+                "wrk",
+                "-t1",
+                f"-c{connections}",
+                f"-d{max(1, round(seconds))}s",
+                "--latency",
+                "-s",
+                script.name,
+                f"http://127.0.0.1:{port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 30,
+            check=True,
         ).stdout
     finally:
         os.unlink(script.name)
@@ -123,7 +140,9 @@ def run_wrk(port: int, mix: str, connections: int, seconds: float, sessions: lis
     return rps, p50, p99, errors
 
 
-async def _python_load(port: int, mix: str, connections: int, seconds: float, sessions: list[tuple[str, str]]) -> tuple[float, float, float, int]:
+async def _python_load(
+    port: int, mix: str, connections: int, seconds: float, sessions: list[tuple[str, str]]
+) -> tuple[float, float, float, int]:
     """Fallback when wrk is missing: slower than wrk, so its numbers flatter the slow contenders."""
     latencies: list[float] = []
     errors = 0
@@ -154,7 +173,9 @@ async def _python_load(port: int, mix: str, connections: int, seconds: float, se
     return len(latencies) / seconds, q[49], q[98], errors
 
 
-def load(port: int, mix: str, connections: int, seconds: float, sessions: list[tuple[str, str]]) -> tuple[float, float, float, int]:
+def load(
+    port: int, mix: str, connections: int, seconds: float, sessions: list[tuple[str, str]]
+) -> tuple[float, float, float, int]:
     if shutil.which("wrk"):
         return run_wrk(port, mix, connections, seconds, sessions)
     return asyncio.run(_python_load(port, mix, connections, seconds, sessions))
@@ -205,16 +226,18 @@ def backend() -> Iterator[Rig]:
 
 def gateway_env(rig: Rig, port: int, admin: int, store: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({
-        "GATEWAY_LISTEN_HOST": "127.0.0.1",
-        "GATEWAY_LISTEN_PORT": str(port),
-        "GATEWAY_ADMIN_HOST": "127.0.0.1",
-        "GATEWAY_ADMIN_PORT": str(admin),
-        "GATEWAY_UPSTREAM_URL": f"http://127.0.0.1:{rig.backend_port}",
-        "GATEWAY_LOG_ACCESS": "false",
-        "GATEWAY_LOG_LEVEL": "warning",
-        "GATEWAY_SESSION_STORE": store,
-    })
+    env.update(
+        {
+            "GATEWAY_LISTEN_HOST": "127.0.0.1",
+            "GATEWAY_LISTEN_PORT": str(port),
+            "GATEWAY_ADMIN_HOST": "127.0.0.1",
+            "GATEWAY_ADMIN_PORT": str(admin),
+            "GATEWAY_UPSTREAM_URL": f"http://127.0.0.1:{rig.backend_port}",
+            "GATEWAY_LOG_ACCESS": "false",
+            "GATEWAY_LOG_LEVEL": "warning",
+            "GATEWAY_SESSION_STORE": store,
+        }
+    )
     if store == "redis" and rig.redis_url:
         env["GATEWAY_SESSION_REDIS_URL"] = rig.redis_url
     return env
@@ -230,7 +253,9 @@ def contender(name: str, rig: Rig) -> Iterator[int]:
         yield rig.nginx_proxy_port
     elif name == "plain aiohttp proxy":
         port = free_port()
-        with process([PYTHON, str(HERE / "plain_proxy.py"), str(port), f"http://127.0.0.1:{rig.backend_port}"], port):
+        with process(
+            [PYTHON, str(HERE / "plain_proxy.py"), str(port), f"http://127.0.0.1:{rig.backend_port}"], port
+        ):
             yield port
     else:
         store = "redis" if name.endswith("redis") else "memory"
@@ -248,7 +273,9 @@ def redis_server() -> Iterator[str | None]:
         yield None
         return
     port = free_port()
-    with process([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], port):
+    with process(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], port
+    ):
         yield f"redis://127.0.0.1:{port}/0"
 
 
@@ -283,10 +310,12 @@ def main() -> None:
         rig.redis_url = redis_url
         names = ["backend direct"] + (["nginx proxy"] if rig.nginx_proxy_port else [])
         names += ["plain aiohttp proxy", "gateway memory"] + (["gateway redis"] if redis_url else [])
-        print(f"backend: {rig.backend_kind}; load: {'wrk' if shutil.which('wrk') else 'python (wrk missing)'}")
+        print(
+            f"backend: {rig.backend_kind}; load: {'wrk' if shutil.which('wrk') else 'python (wrk missing)'}"
+        )
         raw: dict[tuple[str, str, int], list[tuple[float, float, float, int]]] = {}
         for rnd in range(args.rounds):
-            order = names[rnd % len(names):] + names[: rnd % len(names)]
+            order = names[rnd % len(names) :] + names[: rnd % len(names)]
             for name in order:
                 with contender(name, rig) as port:
                     sessions = asyncio.run(_make_sessions(port, 64))
@@ -295,8 +324,11 @@ def main() -> None:
                             raw.setdefault((name, mix, conns), []).append(
                                 load(port, mix, conns, args.seconds, sessions)
                             )
-                            print(f"  round {rnd + 1} {name:22} {mix:7} c={conns:<4} "
-                                  f"{raw[(name, mix, conns)][-1][0]:9.0f} req/s", flush=True)
+                            print(
+                                f"  round {rnd + 1} {name:22} {mix:7} c={conns:<4} "
+                                f"{raw[(name, mix, conns)][-1][0]:9.0f} req/s",
+                                flush=True,
+                            )
         for (name, mix, conns), runs in raw.items():
             runs.sort(key=lambda r: r[0])
             rps, p50, p99, errors = runs[len(runs) // 2]
@@ -319,10 +351,21 @@ def measure_many_sessions(rig: Rig, seconds: float, rounds: int) -> float:
     for _ in range(rounds):
         for count in runs:
             port, admin = free_port(), free_port()
-            args = [PYTHON, str(HERE / "preloaded_gateway.py"), str(port), str(admin),
-                    f"http://127.0.0.1:{rig.backend_port}", str(count)]
-            proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
-                                    env={**os.environ, "PYTHONPATH": str(ROOT)})
+            args = [
+                PYTHON,
+                str(HERE / "preloaded_gateway.py"),
+                str(port),
+                str(admin),
+                f"http://127.0.0.1:{rig.backend_port}",
+                str(count),
+            ]
+            proc = subprocess.Popen(
+                args,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
             try:
                 wait_port(port, timeout=180)
                 runs[count].append(load(port, "cookie", 32, seconds, ids)[0])
@@ -350,7 +393,9 @@ async def _count_requests(port: int, sessions: list[tuple[str, str]], count: int
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as client:
         for i in range(count):
             sid, _ = sessions[i % len(sessions)]
-            async with client.get(f"http://127.0.0.1:{port}{PATH}", headers={"Cookie": f"JSESSIONID={sid}"}) as r:
+            async with client.get(
+                f"http://127.0.0.1:{port}{PATH}", headers={"Cookie": f"JSESSIONID={sid}"}
+            ) as r:
                 await r.read()
 
 
@@ -358,28 +403,43 @@ def report(results: list[Result], extras: dict[str, object]) -> None:
     def find(name: str, mix: str, conns: int) -> Result | None:
         return next((r for r in results if (r.contender, r.mix, r.connections) == (name, mix, conns)), None)
 
-    print(f"\n{'contender':22} {'mix':7} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'x plain':>8} {'p99 x plain':>11} {'x nginx':>8} {'errors':>6}")
+    print(
+        f"\n{'contender':22} {'mix':7} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'x plain':>8} {'p99 x plain':>11} {'x nginx':>8} {'errors':>6}"
+    )
     for r in sorted(results, key=lambda r: (r.connections, r.mix, r.contender)):
         plain = find("plain aiohttp proxy", r.mix, r.connections)
         nginx = find("nginx proxy", r.mix, r.connections)
         x_plain = f"{r.rps / plain.rps:8.2f}" if plain else "       -"
         p99_plain = f"{r.p99_ms / plain.p99_ms:11.2f}" if plain and plain.p99_ms else "          -"
         x_nginx = f"{r.rps / nginx.rps:8.2f}" if nginx else "       -"
-        print(f"{r.contender:22} {r.mix:7} {r.connections:5} {r.rps:9.0f} {r.p50_ms:8.2f} {r.p99_ms:8.2f} "
-              f"{x_plain} {p99_plain} {x_nginx} {r.errors:6}")
+        print(
+            f"{r.contender:22} {r.mix:7} {r.connections:5} {r.rps:9.0f} {r.p50_ms:8.2f} {r.p99_ms:8.2f} "
+            f"{x_plain} {p99_plain} {x_nginx} {r.errors:6}"
+        )
     for key, value in extras.items():
         print(f"{key}: {value}")
     stamp = time.strftime("%Y%m%dT%H%M%S")
-    document = {"when": stamp, "machine": machine(), "results": [asdict(r) for r in results], "extras": extras}
+    document = {
+        "when": stamp,
+        "machine": machine(),
+        "results": [asdict(r) for r in results],
+        "extras": extras,
+    }
     for name in (f"{stamp}.json", "latest.json"):
         (HERE / "results" / name).write_text(json.dumps(document, indent=2))
     print(f"\nwritten: bench/results/{stamp}.json")
 
 
 def machine() -> dict[str, object]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown",
+    )
     return {"cpus": os.cpu_count(), "cpu": cpu, "python": sys.version.split()[0]}
 
 

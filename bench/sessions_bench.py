@@ -22,7 +22,11 @@ def _store(count: int):  # type: ignore[no-untyped-def]
     from gateway.store.memory import MemoryStore
 
     return MemoryStore(
-        absolute_timeout=86400.0, max_sessions=count + 1, on_full="evict", tombstone_ttl=3600.0, max_tombstones=1000
+        absolute_timeout=86400.0,
+        max_sessions=count + 1,
+        on_full="evict",
+        tombstone_ttl=3600.0,
+        max_tombstones=1000,
     )
 
 
@@ -59,7 +63,9 @@ def expiry_stall(count: int) -> dict[str, float]:
         store = _store(count)
         await _fill(store, count)
         metrics = Metrics(CollectorRegistry())
-        manager = SessionManager(SessionConfig(), store, metrics, Upstreams(UpstreamConfig(), metrics), lambda: now[0])
+        manager = SessionManager(
+            SessionConfig(), store, metrics, Upstreams(UpstreamConfig(), metrics), lambda: now[0]
+        )
         longest = 0.0
         done = False
 
@@ -81,7 +87,11 @@ def expiry_stall(count: int) -> dict[str, float]:
         done = True
         await task
         assert ended == count, ended
-        return {"expired": ended, "sweep_seconds": round(total, 3), "longest_stall_ms": round(longest * 1000, 3)}
+        return {
+            "expired": ended,
+            "sweep_seconds": round(total, 3),
+            "longest_stall_ms": round(longest * 1000, 3),
+        }
 
     return asyncio.run(run())
 
@@ -89,7 +99,9 @@ def expiry_stall(count: int) -> dict[str, float]:
 def _in_subprocess(call: str) -> object:
     out = subprocess.run(
         [sys.executable, "-c", f"import json, bench.sessions_bench as b; print(json.dumps({call}))"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return json.loads(out.strip().splitlines()[-1])
 

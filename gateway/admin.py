@@ -53,7 +53,9 @@ async def probe_upstream(config: Config, client: aiohttp.ClientSession) -> None:
         try:
             if up.ready_path:
                 async with client.get(
-                    url.rstrip("/") + up.ready_path, timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False
+                    url.rstrip("/") + up.ready_path,
+                    timeout=aiohttp.ClientTimeout(total=timeout),
+                    allow_redirects=False,
                 ) as response:
                     await response.read()
                 return
@@ -67,7 +69,7 @@ async def probe_upstream(config: Config, client: aiohttp.ClientSession) -> None:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
             return
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             failure = exc
     assert failure is not None
     raise failure
@@ -82,7 +84,7 @@ async def check_upstream_forever(config: Config, client: aiohttp.ClientSession, 
                 log.info("upstream reachable at %s", config.upstream.base)
             readiness.upstream_ok = True
             readiness.reason = "ok"
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             if readiness.upstream_ok or readiness.checked_at == 0.0:
                 log.warning("upstream unreachable at %s: %s", config.upstream.base, type(exc).__name__)
             readiness.upstream_ok = False
@@ -105,7 +107,9 @@ def create_admin_app(
         ready, reason = readiness.verdict(max_age, time.monotonic())
         if ready and config.session.store_failure == "closed" and not sessions.store_healthy:
             ready, reason = False, "the session store is unavailable (store_failure = closed)"
-        return web.json_response({"status": "ok" if ready else "unavailable", "reason": reason}, status=200 if ready else 503)
+        return web.json_response(
+            {"status": "ok" if ready else "unavailable", "reason": reason}, status=200 if ready else 503
+        )
 
     async def metrics_handler(request: web.Request) -> web.Response:
         body = generate_latest(metrics.registry)

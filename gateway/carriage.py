@@ -10,7 +10,7 @@ from aiohttp import hdrs
 from multidict import CIMultiDictProxy
 
 from gateway.config import SessionConfig
-from gateway.cookies import COOKIE_OCTETS, CONTROL, Pairs, parse_cookie_header, parse_cookie_string
+from gateway.cookies import CONTROL, COOKIE_OCTETS, Pairs, parse_cookie_header, parse_cookie_string
 from gateway.errors import BadSessionCarrier
 
 Carrier = Literal["header", "cookie", "path", "query", "none"]
@@ -24,7 +24,9 @@ class Carried:
     session_id: str | None
     carrier: Carrier
     affinity: str | None  # the gateway's affinity value, as the client echoed it
-    cookies: Pairs  # client cookies merged with the session header's pairs; session and affinity cookies removed
+    cookies: (
+        Pairs  # client cookies merged with the session header's pairs; session and affinity cookies removed
+    )
     target: str  # raw path and query, session path and query parameters removed
     is_end: bool  # the last path segment is session.end_path
 
@@ -118,11 +120,39 @@ def extract(target: str, headers: CIMultiDictProxy[str], config: SessionConfig) 
     is_end = last_segment(path) == config.end_path
     # An empty value is no session: a browser stuck with `JSESSIONID=` must still be able to chat.
     if from_header:
-        return Carried(validate_id(from_header, config.header, config.max_id_length), "header", affinity, cookies, new_target, is_end)
+        return Carried(
+            validate_id(from_header, config.header, config.max_id_length),
+            "header",
+            affinity,
+            cookies,
+            new_target,
+            is_end,
+        )
     if from_cookie:
-        return Carried(validate_id(from_cookie, "Cookie header", config.max_id_length), "cookie", affinity, cookies, new_target, is_end)
+        return Carried(
+            validate_id(from_cookie, "Cookie header", config.max_id_length),
+            "cookie",
+            affinity,
+            cookies,
+            new_target,
+            is_end,
+        )
     if from_path:
-        return Carried(validate_id(from_path, "path parameter", config.max_id_length), "path", affinity, cookies, new_target, is_end)
+        return Carried(
+            validate_id(from_path, "path parameter", config.max_id_length),
+            "path",
+            affinity,
+            cookies,
+            new_target,
+            is_end,
+        )
     if from_query:
-        return Carried(validate_id(from_query, "query", config.max_id_length), "query", affinity, cookies, new_target, is_end)
+        return Carried(
+            validate_id(from_query, "query", config.max_id_length),
+            "query",
+            affinity,
+            cookies,
+            new_target,
+            is_end,
+        )
     return Carried(None, "none", affinity, cookies, new_target, is_end)

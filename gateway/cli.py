@@ -36,7 +36,9 @@ def _parser() -> argparse.ArgumentParser:
             help="override one key (beats the file and the environment); repeatable",
         )
         cmd.add_argument("--log-format", choices=["json", "text"], help="log line format (log.format)")
-        cmd.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log level (log.level)")
+        cmd.add_argument(
+            "--log-level", choices=["debug", "info", "warning", "error"], help="log level (log.level)"
+        )
     return parser
 
 
@@ -74,7 +76,9 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
 
     args = _parser().parse_args(argv)
     try:
-        config: Config = load_config(args.config, os.environ if environ is None else environ, _overrides(args))
+        config: Config = load_config(
+            args.config, os.environ if environ is None else environ, _overrides(args)
+        )
     except ConfigError as exc:
         print(f"{exc.source}: {exc}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)

@@ -110,7 +110,9 @@ class UpstreamConfig:
     read_timeout: float = 120.0  # seconds of upstream silence before 504; not a cap on stream length
     max_body_size: int = 10 * 1024 * 1024  # bytes per request body, enforced while streaming
     pool_size: int = 256  # pooled keep-alive connections to the upstream
-    keepalive_timeout: float = 4.0  # seconds; below uvicorn's and Node's 5 s so we never reuse a closing socket
+    keepalive_timeout: float = (
+        4.0  # seconds; below uvicorn's and Node's 5 s so we never reuse a closing socket
+    )
     ready_path: str = ""  # path probed by GET for /readyz (any HTTP answer counts); empty: a TCP connect
     max_ws_message_size: int = 4 * 1024 * 1024  # bytes per WebSocket message, both ways
     urls: tuple[str, ...] = ()  # several bot replicas, "name=url" or a bare URL; set it or url, not both
@@ -120,12 +122,16 @@ class UpstreamConfig:
     def __post_init__(self) -> None:
         _http_url("upstream.url", self.url)
         if self.urls and self.url != DEFAULT_UPSTREAM_URL:
-            raise ConfigError("upstream.urls", "set upstream.url (one bot) or upstream.urls (replicas), not both")
+            raise ConfigError(
+                "upstream.urls", "set upstream.url (one bot) or upstream.urls (replicas), not both"
+            )
         names = [name for name, _ in self.replicas()]
         for name, url in self.replicas():
             _http_url("upstream.urls", url)
             if not _REPLICA_NAME.fullmatch(name):
-                raise ConfigError("upstream.urls", f"expected replica names of letters, digits and .:_-, got {name!r}")
+                raise ConfigError(
+                    "upstream.urls", f"expected replica names of letters, digits and .:_-, got {name!r}"
+                )
         if len(set(names)) != len(names):
             raise ConfigError("upstream.urls", f"replica names must be unique, got {names}")
         _positive("upstream.down_backoff", self.down_backoff)
@@ -136,7 +142,9 @@ class UpstreamConfig:
         _positive("upstream.keepalive_timeout", self.keepalive_timeout)
         _positive("upstream.max_ws_message_size", self.max_ws_message_size)
         if self.ready_path and not self.ready_path.startswith("/"):
-            raise ConfigError("upstream.ready_path", f"expected a path starting with '/', got {self.ready_path!r}")
+            raise ConfigError(
+                "upstream.ready_path", f"expected a path starting with '/', got {self.ready_path!r}"
+            )
 
     @property
     def base(self) -> str:
@@ -227,18 +235,27 @@ class SessionConfig:
             if not sep or not host or not port.isdigit():
                 raise ConfigError("session.redis_sentinels", f"expected 'host:port' entries, got {item!r}")
         if urlsplit(self.redis_url).scheme not in ("redis", "rediss", "unix"):
-            raise ConfigError("session.redis_url", f"expected a redis://, rediss:// or unix:// URL, got {_mask_url(self.redis_url)!r}")
+            raise ConfigError(
+                "session.redis_url",
+                f"expected a redis://, rediss:// or unix:// URL, got {_mask_url(self.redis_url)!r}",
+            )
         if self.cookie_samesite == "None" and not self.cookie_secure:
-            raise ConfigError("session.cookie_samesite", "SameSite=None requires session.cookie_secure = true")
+            raise ConfigError(
+                "session.cookie_samesite", "SameSite=None requires session.cookie_secure = true"
+            )
         if self.cookie_partitioned and not self.cookie_secure:
-            raise ConfigError("session.cookie_partitioned", "Partitioned requires session.cookie_secure = true")
+            raise ConfigError(
+                "session.cookie_partitioned", "Partitioned requires session.cookie_secure = true"
+            )
 
 
 @dataclass(frozen=True, slots=True)
 class CorsConfig:
     """CORS for chat widgets on other sites; empty allow_origins leaves CORS to the bot."""
 
-    allow_origins: tuple[str, ...] = ()  # exact origins such as "https://shop.example", or "*" (no credentials)
+    allow_origins: tuple[
+        str, ...
+    ] = ()  # exact origins such as "https://shop.example", or "*" (no credentials)
     allow_headers: tuple[str, ...] = ()  # request headers allowed beyond Content-Type and the session header
     max_age: int = 600  # seconds a browser may cache a preflight
 
@@ -248,7 +265,9 @@ class CorsConfig:
         for origin in self.allow_origins:
             parts = urlsplit(origin)
             if origin != "*" and (parts.scheme not in ("http", "https") or not parts.netloc or parts.path):
-                raise ConfigError("cors.allow_origins", f"expected origins like 'https://site.example', got {origin!r}")
+                raise ConfigError(
+                    "cors.allow_origins", f"expected origins like 'https://site.example', got {origin!r}"
+                )
         for name in self.allow_headers:
             _token("cors.allow_headers", name)
         if self.max_age < 0:
@@ -305,7 +324,7 @@ def _coerce(key: str, hint: Any, value: Any, *, from_text: bool) -> Any:
         return value
     if origin in (types.UnionType, typing.Union):
         options = [a for a in get_args(hint) if a is not type(None)]
-        if from_text and value == "" or value is None:
+        if (from_text and value == "") or value is None:
             return None
         return _coerce(key, options[0], value, from_text=from_text)
     if origin is tuple:
@@ -334,7 +353,9 @@ def _coerce(key: str, hint: Any, value: Any, *, from_text: bool) -> Any:
             try:
                 value = hint(value.strip())
             except ValueError:
-                raise ConfigError(key, f"expected {'an integer' if hint is int else 'a number'}, got {value!r}") from None
+                raise ConfigError(
+                    key, f"expected {'an integer' if hint is int else 'a number'}, got {value!r}"
+                ) from None
         valid = isinstance(value, int) if hint is int else isinstance(value, int | float)
         if isinstance(value, bool) or not valid:
             raise ConfigError(key, f"expected {'an integer' if hint is int else 'a number'}, got {value!r}")
@@ -363,9 +384,7 @@ def _field_hints(section_cls: type[Any]) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(section_cls)}
 
 
-def _merge(
-    layers: dict[str, dict[str, Any]], section: str, key: str, value: Any, *, from_text: bool
-) -> None:
+def _merge(layers: dict[str, dict[str, Any]], section: str, key: str, value: Any, *, from_text: bool) -> None:
     sections = _section_types()
     if section not in sections:
         raise ConfigError(section, f"unknown section (known: {', '.join(sections)})")

@@ -72,7 +72,7 @@ def set_cookie_name_value(header: str) -> tuple[str, str]:
 
 def set_cookie_deletes(header: str) -> bool:
     """Whether a Set-Cookie removes its cookie (Max-Age <= 0, or an empty value with an Expires)."""
-    name, value = set_cookie_name_value(header)
+    _, value = set_cookie_name_value(header)
     attrs = {a.split("=", 1)[0].strip().lower(): a.partition("=")[2].strip() for a in header.split(";")[1:]}
     max_age = attrs.get("max-age")
     if max_age is not None:

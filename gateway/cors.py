@@ -19,7 +19,9 @@ class Cors:
         self.enabled = bool(config.allow_origins)
         self._any = config.allow_origins == ("*",)
         self._origins = frozenset(config.allow_origins)
-        self._allow_headers = ", ".join(dict.fromkeys(["Content-Type", session_header, *config.allow_headers]))
+        self._allow_headers = ", ".join(
+            dict.fromkeys(["Content-Type", session_header, *config.allow_headers])
+        )
         self._max_age = str(config.max_age)
 
     def allowed(self, origin: str | None) -> bool:

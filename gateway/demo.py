@@ -101,7 +101,9 @@ def create_bot_app(*, idle_timeout: float = 600.0, clock: Clock = time.monotonic
         session.turn += 1
         session.last_seen = bot.clock()
         reply = f"Hello! You said: {text}" if session.turn == 1 else f"You said: {text}"
-        extra = {"gatewaySignal": request.headers["X-Session-New"]} if "X-Session-New" in request.headers else {}
+        extra = (
+            {"gatewaySignal": request.headers["X-Session-New"]} if "X-Session-New" in request.headers else {}
+        )
         return web.json_response(teneo_answer(text, reply, session_id, session.turn, extra), headers=headers)
 
     app = web.Application()

@@ -47,7 +47,10 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 def connection_tokens(headers: Headers) -> frozenset[istr]:
     """Header names listed in every `Connection` field (RFC 9110 §7.6.1)."""
     return frozenset(
-        istr(token.strip()) for value in headers.getall(hdrs.CONNECTION, ()) for token in value.split(",") if token.strip()
+        istr(token.strip())
+        for value in headers.getall(hdrs.CONNECTION, ())
+        for token in value.split(",")
+        if token.strip()
     )
 
 

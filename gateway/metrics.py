@@ -22,7 +22,22 @@ STREAM_KINDS: Final = ("sse", "websocket")
 DURATION_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 OVERHEAD_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 # Sessions live from seconds to the 24 h absolute maximum; edges at the common idle timeouts (10, 30, 60 min).
-SESSION_DURATION_BUCKETS: Final = (10, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 28800, 43200, 86400)
+SESSION_DURATION_BUCKETS: Final = (
+    10,
+    30,
+    60,
+    120,
+    300,
+    600,
+    900,
+    1800,
+    3600,
+    7200,
+    14400,
+    28800,
+    43200,
+    86400,
+)
 SESSION_REQUESTS_BUCKETS: Final = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000)
 IDLE_GAP_BUCKETS: Final = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 900, 1200, 1800, 3600, 7200)
 SWEEP_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
@@ -47,7 +62,10 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            f"{PREFIX}_requests", "Proxied requests by method and status code.", ["method", "code"], registry=r
+            f"{PREFIX}_requests",
+            "Proxied requests by method and status code.",
+            ["method", "code"],
+            registry=r,
         )
         self.request_duration = Histogram(
             f"{PREFIX}_request_duration_seconds",
@@ -72,25 +90,40 @@ class Metrics:
         )
         self.in_flight = Gauge(f"{PREFIX}_requests_in_flight", "Requests being proxied now.", registry=r)
         self.client_disconnects = Counter(
-            f"{PREFIX}_client_disconnects", "Clients that went away before their response finished.", registry=r
+            f"{PREFIX}_client_disconnects",
+            "Clients that went away before their response finished.",
+            registry=r,
         )
         self.streams_open = Gauge(
             f"{PREFIX}_streams_open", "Open long-lived streams by kind.", ["kind"], registry=r
         )
         self.sessions_active = Gauge(f"{PREFIX}_sessions_active", "Sessions alive now.", registry=r)
         self.sessions_active_max = Gauge(
-            f"{PREFIX}_sessions_active_max", "Highest number of sessions alive at once since start.", registry=r
+            f"{PREFIX}_sessions_active_max",
+            "Highest number of sessions alive at once since start.",
+            registry=r,
         )
-        self.sessions_limit = Gauge(f"{PREFIX}_sessions_limit", "The configured session.max_sessions.", registry=r)
+        self.sessions_limit = Gauge(
+            f"{PREFIX}_sessions_limit", "The configured session.max_sessions.", registry=r
+        )
         self.idle_timeout = Gauge(
-            f"{PREFIX}_session_idle_timeout_seconds", "The configured default session.idle_timeout.", registry=r
+            f"{PREFIX}_session_idle_timeout_seconds",
+            "The configured default session.idle_timeout.",
+            registry=r,
         )
         self.sessions_started = Counter(
-            f"{PREFIX}_sessions_started", "Sessions started, by why the conversation (re)started.", ["reason"], registry=r
+            f"{PREFIX}_sessions_started",
+            "Sessions started, by why the conversation (re)started.",
+            ["reason"],
+            registry=r,
         )
-        self.sessions_ended = Counter(f"{PREFIX}_sessions_ended", "Sessions ended, by reason.", ["reason"], registry=r)
+        self.sessions_ended = Counter(
+            f"{PREFIX}_sessions_ended", "Sessions ended, by reason.", ["reason"], registry=r
+        )
         self.sessions_rejected = Counter(
-            f"{PREFIX}_sessions_rejected", "New sessions refused at session.max_sessions (on_full = reject).", registry=r
+            f"{PREFIX}_sessions_rejected",
+            "New sessions refused at session.max_sessions (on_full = reject).",
+            registry=r,
         )
         self.session_duration = Histogram(
             f"{PREFIX}_session_duration_seconds",
@@ -111,15 +144,25 @@ class Metrics:
             registry=r,
         )
         self.carrier = Counter(
-            f"{PREFIX}_session_carrier", "Requests by how they carried their session.", ["carrier"], registry=r
+            f"{PREFIX}_session_carrier",
+            "Requests by how they carried their session.",
+            ["carrier"],
+            registry=r,
         )
         self.sweep_duration = Histogram(
-            f"{PREFIX}_expiry_sweep_duration_seconds", "Duration of one expiry sweep.", buckets=SWEEP_BUCKETS, registry=r
+            f"{PREFIX}_expiry_sweep_duration_seconds",
+            "Duration of one expiry sweep.",
+            buckets=SWEEP_BUCKETS,
+            registry=r,
         )
         self.sweep_last = Gauge(
-            f"{PREFIX}_expiry_sweep_last_timestamp_seconds", "Unix time the last expiry sweep finished.", registry=r
+            f"{PREFIX}_expiry_sweep_last_timestamp_seconds",
+            "Unix time the last expiry sweep finished.",
+            registry=r,
         )
-        self.store_up = Gauge(f"{PREFIX}_store_up", "1 when the session store answered its last call.", registry=r)
+        self.store_up = Gauge(
+            f"{PREFIX}_store_up", "1 when the session store answered its last call.", registry=r
+        )
         self.store_up.set(1)
         self.store_shared = Gauge(
             f"{PREFIX}_store_shared",
@@ -128,13 +171,19 @@ class Metrics:
             registry=r,
         )
         self.store_errors_total = Counter(
-            f"{PREFIX}_store_errors", "Failed session store calls, by the phase that made them.", ["op"], registry=r
+            f"{PREFIX}_store_errors",
+            "Failed session store calls, by the phase that made them.",
+            ["op"],
+            registry=r,
         )
         self.replica_requests = Counter(
             f"{PREFIX}_upstream_requests", "Requests sent to each bot replica.", ["replica"], registry=r
         )
         self.replica_errors = Counter(
-            f"{PREFIX}_upstream_replica_errors", "Failed exchanges with each bot replica.", ["replica"], registry=r
+            f"{PREFIX}_upstream_replica_errors",
+            "Failed exchanges with each bot replica.",
+            ["replica"],
+            registry=r,
         )
         self.replica_pinned = Counter(
             f"{PREFIX}_upstream_sessions_pinned",
@@ -143,9 +192,14 @@ class Metrics:
             registry=r,
         )
         self.replica_up = Gauge(
-            f"{PREFIX}_upstream_up", "0 after a connect failure or timeout, until a request to the replica succeeds again.", ["replica"], registry=r
+            f"{PREFIX}_upstream_up",
+            "0 after a connect failure or timeout, until a request to the replica succeeds again.",
+            ["replica"],
+            registry=r,
         )
-        self.build_info = Gauge(f"{PREFIX}_build_info", "Build information; always 1.", ["version"], registry=r)
+        self.build_info = Gauge(
+            f"{PREFIX}_build_info", "Build information; always 1.", ["version"], registry=r
+        )
         self.build_info.labels(version=__version__).set(1)
         ProcessCollector(registry=r)
         for reason in UPSTREAM_ERROR_REASONS:

@@ -67,7 +67,10 @@ class Streams:
         for upstream in list(self.responses):
             upstream.close()  # the read loop sees EOF and ends the client's stream cleanly
         await asyncio.gather(
-            *(ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"gateway shutting down") for ws in self.sockets),
+            *(
+                ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"gateway shutting down")
+                for ws in self.sockets
+            ),
             return_exceptions=True,
         )
 
@@ -165,7 +168,9 @@ class Proxy:
             target = request.rel_url.raw_path_qs
         return target
 
-    def upstream_headers(self, request: web.Request, turn: Turn, *, websocket: bool = False) -> CIMultiDict[str]:
+    def upstream_headers(
+        self, request: web.Request, turn: Turn, *, websocket: bool = False
+    ) -> CIMultiDict[str]:
         """Request headers for the upstream: hop-by-hop and gateway-owned stripped, session and X-Forwarded-* set."""
         extra = REQUEST_ONLY_DROP | turn.drop | _COOKIE
         headers = strip_hop_by_hop(request.headers, extra | WEBSOCKET_HANDSHAKE if websocket else extra)
@@ -186,7 +191,9 @@ class Proxy:
             return preflight
         declared = request.content_length
         if declared is not None and declared > self._max_body:
-            raise BodyTooLarge(f"The request body of {declared} bytes exceeds the limit of {self._max_body} bytes.")
+            raise BodyTooLarge(
+                f"The request body of {declared} bytes exceeds the limit of {self._max_body} bytes."
+            )
         turn = await self.sessions.prepare(self.request_target(request), request.headers)
         exchange.session = turn.session_id
         if turn.answer_logout:
@@ -264,7 +271,9 @@ class Proxy:
             self.upstreams.mark_up(replica)
             return upstream
 
-    async def _request_body(self, request: web.Request, exchange: Exchange) -> bytes | AsyncIterator[bytes] | None:
+    async def _request_body(
+        self, request: web.Request, exchange: Exchange
+    ) -> bytes | AsyncIterator[bytes] | None:
         """A small sized body whole (sent with the head in one write), anything else as a stream."""
         if not request.body_exists:
             return None
@@ -307,7 +316,9 @@ class Proxy:
         return error
 
     def _classify(self, exc: BaseException) -> tuple[str, Exception]:
-        if isinstance(exc, UpstreamConnectError | aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+        if isinstance(
+            exc, UpstreamConnectError | aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError
+        ):
             return "connect", UpstreamUnavailable("The upstream could not be reached.")
         if isinstance(exc, asyncio.TimeoutError):
             return "timeout", UpstreamTimeout(
@@ -344,7 +355,10 @@ class Proxy:
             try:
                 body = await upstream.content.readexactly(length)
             except (  # ConnectionError: the upstream closed the connection mid-body
-                asyncio.IncompleteReadError, aiohttp.ClientPayloadError, ConnectionError, asyncio.TimeoutError
+                asyncio.IncompleteReadError,
+                aiohttp.ClientPayloadError,
+                ConnectionError,
+                TimeoutError,
             ) as exc:
                 reason, error = self._classify(exc)
                 self.metrics.upstream_errors.labels(reason=reason).inc()

@@ -36,7 +36,9 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await web.TCPSite(runner, config.listen.host, config.listen.port, backlog=config.listen.backlog).start()
+        await web.TCPSite(
+            runner, config.listen.host, config.listen.port, backlog=config.listen.backlog
+        ).start()
         await web.TCPSite(admin_runner, config.admin.host, config.admin.port).start()
         log.info(
             "listening: proxy %s, admin %s, upstream %s",

@@ -27,8 +27,8 @@ from gateway.cookies import (
 )
 from gateway.errors import ReplicaUnavailable, SessionCapacity, StoreUnavailable
 from gateway.metrics import Metrics
-from gateway.upstreams import Replica, Upstreams
 from gateway.store import CapacityExceeded, EndReason, Outcome, SessionInfo, SessionStore, TombReason, Touch
+from gateway.upstreams import Replica, Upstreams
 
 log = logging.getLogger("gateway")
 
@@ -150,7 +150,9 @@ class SessionManager:
         if self.store_healthy:
             self.store_healthy = False
             self.metrics.store_up.set(0)
-            log.warning("session store unavailable (%s; store_failure = %s)", exc.message, self.config.store_failure)
+            log.warning(
+                "session store unavailable (%s; store_failure = %s)", exc.message, self.config.store_failure
+            )
 
     def _store_up(self) -> None:
         if not self.store_healthy:
@@ -224,7 +226,9 @@ class SessionManager:
             if self.config.store_failure == "closed":
                 raise
             # Fail open: proxy as if the gateway were not there, and signal nothing we cannot know.
-            turn = Turn(carried, drop=self._owned_request_headers, untracked=True, session_id=carried.session_id)
+            turn = Turn(
+                carried, drop=self._owned_request_headers, untracked=True, session_id=carried.session_id
+            )
             turn.replica = self._affinity_replica(carried) or self.upstreams.choose()
         except BaseException:
             await self.abandon(turn)  # e.g. refused at the cap: racing requests must not wait on our claim
@@ -257,7 +261,9 @@ class SessionManager:
             await self._refresh_active()
         if touch is None or touch.outcome is not Outcome.LIVE or touch.session is None:
             if presented and touch is not None and touch.outcome is not Outcome.PENDING:
-                await self.store.release(presented)  # touch() claimed the dead or unknown id; we start nothing
+                await self.store.release(
+                    presented
+                )  # touch() claimed the dead or unknown id; we start nothing
             turn.answer_logout = True  # no session, or one we do not know: change nothing
             return
         if touch.idle_gap is not None:  # the end request is one of the session's requests (touch counted it)
@@ -279,7 +285,9 @@ class SessionManager:
                 self._continued(turn, touch)
                 return
             if touch.outcome in (Outcome.EXPIRED, Outcome.LIFETIME) and touch.session is not None:
-                self._observe_end(touch.session, "idle" if touch.outcome is Outcome.EXPIRED else "lifetime", now)
+                self._observe_end(
+                    touch.session, "idle" if touch.outcome is Outcome.EXPIRED else "lifetime", now
+                )
                 await self._refresh_active()
             if touch.successor is None:
                 break
@@ -347,7 +355,9 @@ class SessionManager:
         assert old is not None
         if turn.live:
             await self._end(old, "upstream", now)
-            touch = await self.store.touch(old, now)  # takes the claim, so racing requests follow our successor
+            touch = await self.store.touch(
+                old, now
+            )  # takes the claim, so racing requests follow our successor
             turn.claimed = old if touch.outcome is not Outcome.PENDING else None
         failed = turn.replica
         turn.live = turn.adopting = False
@@ -399,7 +409,11 @@ class SessionManager:
         replica = replica or self.upstreams.choose()
         try:
             created = await self.store.create(
-                session_id, now, idle_timeout=self.config.idle_timeout, replica=replica.name, previous=previous
+                session_id,
+                now,
+                idle_timeout=self.config.idle_timeout,
+                replica=replica.name,
+                previous=previous,
             )
         except CapacityExceeded:
             self.metrics.sessions_rejected.inc()
@@ -426,7 +440,9 @@ class SessionManager:
         now = self.clock()
         for name in (X_SESSION_NEW, X_SESSION_ID, X_GATEWAY_SESSION):
             headers.popall(name, None)
-        controls = [v.strip().lower() for raw in headers.popall(X_SESSION_CONTROL, ()) for v in raw.split(",")]
+        controls = [
+            v.strip().lower() for raw in headers.popall(X_SESSION_CONTROL, ()) for v in raw.split(",")
+        ]
         signal: StartReason | None = None
         session_id = turn.session_id
         bot_id, bot_deleted = (None, False) if self.config.issuer == "gateway" else self._bot_cookies(headers)
@@ -473,7 +489,10 @@ class SessionManager:
             headers.add(
                 hdrs.SET_COOKIE,
                 rewrite_set_cookie(
-                    value, samesite=c.cookie_samesite, secure=c.cookie_secure, partitioned=c.cookie_partitioned
+                    value,
+                    samesite=c.cookie_samesite,
+                    secure=c.cookie_secure,
+                    partitioned=c.cookie_partitioned,
                 )
                 if rewrite
                 else value,

@@ -129,7 +129,9 @@ class Response:
 
     __slots__ = ("_pool", "conn", "content", "headers", "reason", "status")
 
-    def __init__(self, pool: Pool, conn: Connection, status: int, reason: str, headers: CIMultiDict[str]) -> None:
+    def __init__(
+        self, pool: Pool, conn: Connection, status: int, reason: str, headers: CIMultiDict[str]
+    ) -> None:
         self._pool = pool
         self.conn: Connection | None = conn
         self.status = status
@@ -218,7 +220,9 @@ class Connection(asyncio.Protocol):
             self.complete = True  # a close-delimited body ends with the connection (RFC 9112 §6.3)
             self.body.feed_eof()
             return
-        self._fail(UpstreamDisconnected("the upstream closed the connection before the response was complete"))
+        self._fail(
+            UpstreamDisconnected("the upstream closed the connection before the response was complete")
+        )
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -235,7 +239,9 @@ class Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # As aiohttp decodes (and its server re-encodes) header bytes: UTF-8 passes through byte-exact.
-        self._headers.append((name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")))
+        self._headers.append(
+            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+        )
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
@@ -247,7 +253,9 @@ class Connection(asyncio.Protocol):
         self.keep_alive = self._parser.should_keep_alive()
         headers = CIMultiDict(self._headers)
         self._head_ok = True
-        self._framed = "Content-Length" in headers or "chunked" in headers.get("Transfer-Encoding", "").lower()
+        self._framed = (
+            "Content-Length" in headers or "chunked" in headers.get("Transfer-Encoding", "").lower()
+        )
         if not self.head.done():
             self.head.set_result((status, self._reason, headers))
 
@@ -286,7 +294,7 @@ class Connection(asyncio.Protocol):
         if self._reading_paused:  # our own client is slow: not the upstream's silence
             self._last_activity = self._loop.time()
         if self._loop.time() - self._last_activity >= self._read_timeout:
-            self._fail(asyncio.TimeoutError())
+            self._fail(TimeoutError())
             self.close()
         else:
             self._arm()
@@ -327,7 +335,9 @@ class Connection(asyncio.Protocol):
 class Pool:
     """Keep-alive connections per origin, at most `limit` per origin at once (others queue)."""
 
-    def __init__(self, *, limit: int, keepalive_timeout: float, connect_timeout: float, read_timeout: float) -> None:
+    def __init__(
+        self, *, limit: int, keepalive_timeout: float, connect_timeout: float, read_timeout: float
+    ) -> None:
         self._limit = limit
         self._keepalive = keepalive_timeout
         self._connect_timeout = connect_timeout
@@ -357,8 +367,10 @@ class Pool:
                     ssl=origin.ssl,
                     server_hostname=origin.host if origin.ssl else None,
                 )
-        except (OSError, asyncio.TimeoutError) as exc:
-            raise UpstreamConnectError(f"cannot connect to {origin.host_header}: {type(exc).__name__}") from exc
+        except (TimeoutError, OSError) as exc:
+            raise UpstreamConnectError(
+                f"cannot connect to {origin.host_header}: {type(exc).__name__}"
+            ) from exc
         return conn, False
 
     def release(self, conn: Connection) -> None:

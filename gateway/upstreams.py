@@ -36,11 +36,15 @@ class Replica:
 class Upstreams:
     """Named replicas; a session is pinned to one by name, so adding a replica moves no session."""
 
-    def __init__(self, config: UpstreamConfig, metrics: Metrics, monotonic: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, config: UpstreamConfig, metrics: Metrics, monotonic: Callable[[], float] = time.monotonic
+    ):
         self._backoff = config.down_backoff
         self._monotonic = monotonic
         self._metrics = metrics
-        self.replicas = [Replica(name, url.rstrip("/"), order=i) for i, (name, url) in enumerate(config.replicas())]
+        self.replicas = [
+            Replica(name, url.rstrip("/"), order=i) for i, (name, url) in enumerate(config.replicas())
+        ]
         self.by_name = {r.name: r for r in self.replicas}
         self._turn = itertools.count()
         for replica in self.replicas:

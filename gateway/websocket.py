@@ -7,9 +7,8 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import WSMsgType, hdrs, web
-from yarl import URL
-
 from multidict import CIMultiDict
+from yarl import URL
 
 if TYPE_CHECKING:
     from gateway.proxy import Exchange, Proxy
@@ -22,7 +21,9 @@ async def proxy_websocket(
     proxy: Proxy, request: web.Request, url: URL, turn: Turn, exchange: Exchange
 ) -> web.StreamResponse:
     """Open the upstream socket first, so a refused upstream is a 502 JSON and not a dead socket."""
-    protocols = [p.strip() for p in request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL, "").split(",") if p.strip()]
+    protocols = [
+        p.strip() for p in request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL, "").split(",") if p.strip()
+    ]
     limit = proxy.config.upstream.max_ws_message_size
     try:
         upstream = await proxy.client.ws_connect(

@@ -52,7 +52,7 @@ def test_header_pairs_merge_over_cookies_and_own_cookies_are_removed() -> None:
         ("/", [("X-Teneo-Session", "garbage")], "not a cookie string"),
         ("/", [("X-Teneo-Session", "JSESSIONID=a\x01b")], "control characters"),
         ("/", [("Cookie", "JSESSIONID=" + "A" * 129)], "longer than 128 bytes"),
-        ("/", [("Cookie", 'JSESSIONID=a\\b')], "characters a cookie may not carry"),
+        ("/", [("Cookie", "JSESSIONID=a\\b")], "characters a cookie may not carry"),
         ("/e?sid=a%20b", [], "characters a cookie may not carry"),
     ],
     ids=["not-cookie-string", "control", "too-long", "backslash", "space-in-query"],
@@ -78,7 +78,11 @@ def test_end_path_is_the_last_segment() -> None:
 
 @pytest.mark.parametrize(
     ("target", "headers"),
-    [("/", [("Cookie", "JSESSIONID=")]), ("/", [("X-Teneo-Session", "JSESSIONID=; FOO=BAR")]), ("/e;jsessionid=", [])],
+    [
+        ("/", [("Cookie", "JSESSIONID=")]),
+        ("/", [("X-Teneo-Session", "JSESSIONID=; FOO=BAR")]),
+        ("/e;jsessionid=", []),
+    ],
     ids=["cookie", "header", "path"],
 )
 def test_an_empty_session_id_is_no_session(target: str, headers: list[tuple[str, str]]) -> None:

@@ -17,7 +17,9 @@ from gateway.cookies import (
 TOKEN_CHARS = st.sampled_from("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-.^_`|~")
 OCTETS = st.sampled_from([chr(c) for c in range(0x21, 0x7F) if chr(c) not in '",;\\'])
 pairs_strategy = st.lists(
-    st.tuples(st.text(TOKEN_CHARS, min_size=1, max_size=12), st.text(OCTETS, max_size=40)), min_size=1, max_size=6
+    st.tuples(st.text(TOKEN_CHARS, min_size=1, max_size=12), st.text(OCTETS, max_size=40)),
+    min_size=1,
+    max_size=6,
 )
 
 

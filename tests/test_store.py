@@ -236,7 +236,9 @@ async def test_concurrent_touches_lose_no_update(make_store: StoreFactory) -> No
     assert touch.session is not None and touch.session.requests == 202
 
 
-async def test_a_dead_id_is_claimed_by_one_toucher_until_its_successor_exists(make_store: StoreFactory) -> None:
+async def test_a_dead_id_is_claimed_by_one_toucher_until_its_successor_exists(
+    make_store: StoreFactory,
+) -> None:
     store = make_store()
     await store.create("old", 0.0, idle_timeout=IDLE, replica="r")
     first, second = await asyncio.gather(store.touch("old", IDLE + 1), store.touch("old", IDLE + 1))

@@ -18,7 +18,6 @@ from gateway.store import (
     Touch,
 )
 
-
 # A record is a plain tuple (created, last_seen, idle_timeout, requests, replica, due), replaced on every
 # touch. Why not a __slots__ object: CPython's cyclic GC stops tracking a tuple that holds only floats, ints
 # and strings, so a million live sessions add nothing to its passes; a million objects made every full
@@ -150,7 +149,14 @@ class MemoryStore:
     def _push(self, session_id: str, rec: Record) -> Record:
         """Store the record with a fresh heap entry at its current deadline."""
         due = self._deadline(rec)
-        rec = self._sessions[session_id] = (rec[CREATED], rec[LAST_SEEN], rec[IDLE], rec[REQUESTS], rec[REPLICA], due)
+        rec = self._sessions[session_id] = (
+            rec[CREATED],
+            rec[LAST_SEEN],
+            rec[IDLE],
+            rec[REQUESTS],
+            rec[REPLICA],
+            due,
+        )
         heapq.heappush(self._heap, (due, session_id))
         return rec
 

@@ -13,7 +13,6 @@ same script, so exactly one replica counts each expiry. Key TTLs are a backstop 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import math
 from typing import Any, Final
@@ -156,7 +155,9 @@ def seal_successor(successor: str, previous: str) -> str:
 
 def open_successor(sealed: str, previous: str) -> str:
     data = bytes.fromhex(sealed)
-    return bytes(a ^ b for a, b in zip(data, _keystream(previous, len(data)), strict=True)).decode(errors="replace")
+    return bytes(a ^ b for a, b in zip(data, _keystream(previous, len(data)), strict=True)).decode(
+        errors="replace"
+    )
 
 
 class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
@@ -251,7 +252,7 @@ class RedisStore:
     async def _call(self, coro: Any) -> Any:
         try:
             return await coro
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, RedisError, OSError) as exc:
             raise StoreUnavailable(f"The session store is unavailable ({type(exc).__name__}).") from exc
 
     async def ping(self) -> None:
@@ -259,11 +260,20 @@ class RedisStore:
 
     async def touch(self, session_id: str, now: float) -> Touch:
         digest, keys = self._keys(session_id)
-        args = [repr(now), repr(self._absolute), repr(self._claim_ttl), self._tomb_ms, digest, repr(TTL_SLACK)]
+        args = [
+            repr(now),
+            repr(self._absolute),
+            repr(self._claim_ttl),
+            self._tomb_ms,
+            digest,
+            repr(TTL_SLACK),
+        ]
         result = await self._call(self._touch(keys=keys, args=args))
         kind = result[0]
         if kind == "live":
-            return Touch(Outcome.LIVE, session=_info(session_id, result[1:6]), idle_gap=now - float(result[6]))
+            return Touch(
+                Outcome.LIVE, session=_info(session_id, result[1:6]), idle_gap=now - float(result[6])
+            )
         if kind in ("expired", "lifetime"):
             return Touch(Outcome(kind), session=_info(session_id, result[1:6]))
         if kind == "ended":
