@@ -441,19 +441,14 @@ class Pool:
                 else:
                     conn.write(head + body if isinstance(body, bytes) else head)
                     status, reason, response_headers = await conn.head
-            except UpstreamDisconnected:
+            except BaseException as exc:
                 self._busy.discard(conn)
                 conn.close()
                 if writer is not None:
                     writer.cancel()
-                if attempt == 1 and reused and retry_safe and not conn.received:
+                stale = isinstance(exc, UpstreamDisconnected) and reused and not conn.received
+                if attempt == 1 and stale and retry_safe:
                     continue
-                raise
-            except BaseException:
-                self._busy.discard(conn)
-                conn.close()
-                if writer is not None:
-                    writer.cancel()
                 raise
             if writer is not None and not writer.done():
                 conn.keep_alive = False  # answered before the body was sent: the connection cannot be reused
