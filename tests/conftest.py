@@ -187,9 +187,17 @@ class Gateway:
         return f"http://{LOOPBACK}:{self.port}"
 
     def metric(self, name: str, **labels: str) -> float:
-        """A sample value; 0.0 when the sample does not exist yet."""
+        """A sample value; 0.0 when that label set has no sample yet. A name no metric exposes is an
+        error, so a misspelt name can never pass as a zero."""
         value = self.registry.get_sample_value(name, labels)
-        return 0.0 if value is None else value
+        if value is not None:
+            return value
+        known = set()
+        for family in self.registry.collect():  # a labelled counter no request has touched has no samples
+            known.update({family.name, f"{family.name}_total"}, (sample.name for sample in family.samples))
+        if name not in known:
+            raise AssertionError(f"no metric sample is named {name!r}")
+        return 0.0
 
 
 StartGateway = Callable[..., Awaitable[Gateway]]

@@ -189,7 +189,11 @@ class GatewayProcess:
         }
 
     async def metric(self, session: aiohttp.ClientSession, name: str, **labels: str) -> float:
-        return (await self.metrics(session)).get((P + name, tuple(sorted(labels.items()))), 0.0)
+        """A sample value; 0.0 for a label set not seen yet, an error for a name /metrics never shows."""
+        samples = await self.metrics(session)
+        if not any(key[0] == P + name for key in samples):
+            raise AssertionError(f"no metric sample is named {P + name!r}")
+        return samples.get((P + name, tuple(sorted(labels.items()))), 0.0)
 
 
 async def spawn_gateways(
