@@ -102,7 +102,9 @@ def create_app(
     app.on_shutdown.append(_close_streams)
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        return await app[PROXY].handle(request)
+        response = await app[PROXY].handle(request)
+        assert isinstance(response, web.StreamResponse)  # aiohttp's own streams on aiohttp's requests
+        return response
 
     if config.client.enabled:
         app.router.add_get(config.client.path, client_handler(config.client))  # the most specific route wins

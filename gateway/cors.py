@@ -8,6 +8,7 @@ from aiohttp import hdrs, web
 
 from gateway.config import CorsConfig
 from gateway.errors import error_response
+from gateway.messages import Incoming, Outgoing
 
 EXPOSED: Final = "X-Gateway-Session, X-Session-Id, X-Session-New"
 
@@ -28,14 +29,14 @@ class Cors:
         return origin is not None and (self._any or origin in self._origins)
 
     @staticmethod
-    def is_preflight(request: web.Request) -> bool:
+    def is_preflight(request: Incoming) -> bool:
         return (
             request.method == hdrs.METH_OPTIONS
             and hdrs.ORIGIN in request.headers
             and hdrs.ACCESS_CONTROL_REQUEST_METHOD in request.headers
         )
 
-    def preflight(self, request: web.Request) -> web.Response | None:
+    def preflight(self, request: Incoming) -> web.Response | None:
         """The answer to a preflight (never forwarded), or None when this is no preflight or CORS is off."""
         if not self.enabled or not self.is_preflight(request):
             return None
@@ -43,7 +44,7 @@ class Cors:
             return error_response(403, "cors_origin_not_allowed", "This origin may not call the gateway.")
         return web.Response(status=204)
 
-    async def on_response_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
+    async def on_response_prepare(self, request: Incoming, response: web.StreamResponse | Outgoing) -> None:
         """Every response, errors and streams included, gets its CORS headers just before they go out."""
         if not self.enabled:
             return

@@ -102,6 +102,12 @@ def error_response(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
 
+def unexpected_error(method: str, path: str) -> web.Response:
+    """A bug of ours, never the client's: one line with the traceback (call inside `except`), a generic body."""
+    log.exception("unhandled error on %s %s", method, path)
+    return error_response(500, "internal_error", "The gateway failed to handle the request.")
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Render GatewayError as JSON; turn anything unexpected into one logged 500."""
@@ -118,6 +124,4 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         code = exc.reason.lower().replace(" ", "_")
         return error_response(exc.status, code, exc.reason + ".")
     except Exception:
-        # A bug of ours, never the client's: one line with the traceback, a generic body.
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(500, "internal_error", "The gateway failed to handle the request.")
+        return unexpected_error(request.method, request.path)

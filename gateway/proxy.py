@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import hdrs, web
@@ -25,6 +26,7 @@ from gateway.headers import (
     set_forwarded,
     strip_hop_by_hop,
 )
+from gateway.messages import Incoming, NewStream, Outgoing
 from gateway.metrics import Metrics
 from gateway.sessions import LOGOUT, SessionManager, Turn, short_id
 from gateway.upstream_client import Pool, Response, UpstreamConnectError
@@ -40,10 +42,15 @@ Upstream = aiohttp.ClientResponse | Response  # aiohttp's for HEAD, ours for the
 _COOKIE = frozenset({hdrs.COOKIE})  # rebuilt by the session layer: merged, session set, gateway's own removed
 
 
+def aiohttp_stream(status: int, reason: str, headers: CIMultiDict[str]) -> Outgoing:
+    return web.StreamResponse(status=status, reason=reason, headers=headers)
+
+
 @dataclass(slots=True)
 class Exchange:
     """What one proxied request did, for the access log and metrics."""
 
+    new_stream: NewStream = aiohttp_stream  # how a streamed response is opened on this request's connection
     started: float = field(default_factory=time.perf_counter)
     upstream_status: int | None = None
     session: str | None = None
@@ -128,9 +135,11 @@ class Proxy:
         self._trusted = config.listen.trusted_networks()
         self._max_body = config.upstream.max_body_size
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        """Proxy one request; gateway errors raise and are rendered by the error middleware."""
-        exchange = Exchange()
+    async def handle(
+        self, request: Incoming, new_stream: NewStream = aiohttp_stream
+    ) -> web.StreamResponse | Outgoing:
+        """Proxy one request; gateway errors raise and are rendered by the error middleware (or the front end)."""
+        exchange = Exchange(new_stream)
         self.metrics.in_flight.inc()
         status = 500
         try:
@@ -158,19 +167,18 @@ class Proxy:
             self._access(request, status, elapsed, exchange)
 
     @staticmethod
-    def request_target(request: web.Request) -> str:
+    def request_target(request: Incoming) -> str:
         """The raw request target (path and query, never re-quoted)."""
         target = request.raw_path
         if not target.startswith("/"):
             if target == "*":
                 raise BadRequest("The asterisk request target is not supported.")
             # Absolute form (`GET http://other.host/x`): forward its path only, never to that host.
-            target = request.rel_url.raw_path_qs
+            parts = urlsplit(target)
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         return target
 
-    def upstream_headers(
-        self, request: web.Request, turn: Turn, *, websocket: bool = False
-    ) -> CIMultiDict[str]:
+    def upstream_headers(self, request: Incoming, turn: Turn, *, websocket: bool = False) -> CIMultiDict[str]:
         """Request headers for the upstream: hop-by-hop and gateway-owned stripped, session and X-Forwarded-* set."""
         extra = REQUEST_ONLY_DROP | turn.drop | _COOKIE
         headers = strip_hop_by_hop(request.headers, extra | WEBSOCKET_HANDSHAKE if websocket else extra)
@@ -185,7 +193,7 @@ class Proxy:
         )
         return headers
 
-    async def _proxy(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
+    async def _proxy(self, request: Incoming, exchange: Exchange) -> web.StreamResponse | Outgoing:
         preflight = self.cors.preflight(request)
         if preflight is not None:
             return preflight
@@ -204,6 +212,7 @@ class Proxy:
         try:
             try:
                 if is_websocket_upgrade(request.headers):
+                    assert isinstance(request, web.Request)  # the fast front end hands upgrades to aiohttp
                     return await proxy_websocket(self, request, self._url(turn), turn, exchange)
                 sent = time.perf_counter()
                 upstream = await self._send(request, turn, exchange)
@@ -228,7 +237,7 @@ class Proxy:
         assert turn.replica is not None
         return URL(turn.replica.base + turn.carried.target, encoded=True)
 
-    async def _send(self, request: web.Request, turn: Turn, exchange: Exchange) -> Upstream:
+    async def _send(self, request: Incoming, turn: Turn, exchange: Exchange) -> Upstream:
         """Send upstream; a replica that refuses the connection is marked down, and a live session whose
         replica is gone moves once to another (nothing was sent yet, so the retry is safe)."""
         while True:
@@ -272,7 +281,7 @@ class Proxy:
             return upstream
 
     async def _request_body(
-        self, request: web.Request, exchange: Exchange
+        self, request: Incoming, exchange: Exchange
     ) -> bytes | AsyncIterator[bytes] | None:
         """A small sized body whole (sent with the head in one write), anything else as a stream."""
         if not request.body_exists:
@@ -280,7 +289,7 @@ class Proxy:
         length = request.content_length
         if length is not None and length <= SMALL_BODY:
             try:
-                body = await request.content.readexactly(length)
+                body: bytes = await request.content.readexactly(length)
             except (ConnectionError, asyncio.IncompleteReadError, aiohttp.ClientConnectionResetError):
                 exchange.client_gone = True
                 raise asyncio.CancelledError() from None
@@ -288,7 +297,7 @@ class Proxy:
             return body
         return self._body(request, exchange)
 
-    async def _body(self, request: web.Request, exchange: Exchange) -> AsyncIterator[bytes]:
+    async def _body(self, request: Incoming, exchange: Exchange) -> AsyncIterator[bytes]:
         """The request body as it arrives, counted against upstream.max_body_size."""
         try:
             async for chunk in request.content.iter_any():
@@ -330,14 +339,14 @@ class Proxy:
 
     async def _respond(
         self,
-        request: web.Request,
+        request: Incoming,
         upstream: Upstream,
         exchange: Exchange,
         turn: Turn,
         *,
         overhead: float,
         received: float,
-    ) -> web.StreamResponse:
+    ) -> web.StreamResponse | Outgoing:
         if turn.ended and upstream.status in (404, 405):
             # A bot without an end-session endpoint: answer the Teneo logout ourselves.
             logout_headers: CIMultiDict[str] = CIMultiDict()
@@ -367,7 +376,7 @@ class Proxy:
             exchange.bytes_out = length
             self.metrics.overhead.observe(overhead + time.perf_counter() - received)
             return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+        response = exchange.new_stream(upstream.status, upstream.reason or "", headers)
         try:
             await response.prepare(request)
         except (ConnectionError, aiohttp.ClientConnectionResetError):
@@ -394,7 +403,7 @@ class Proxy:
         return response
 
     async def _pump(
-        self, request: web.Request, upstream: Upstream, response: web.StreamResponse, exchange: Exchange
+        self, request: Incoming, upstream: Upstream, response: Outgoing, exchange: Exchange
     ) -> None:
         """Copy the upstream body chunk by chunk as it arrives; write() awaits drain (back-pressure)."""
         try:
@@ -425,7 +434,7 @@ class Proxy:
         except (ConnectionError, aiohttp.ClientConnectionResetError):
             exchange.client_gone = True
 
-    def _access(self, request: web.Request, status: int, elapsed: float, exchange: Exchange) -> None:
+    def _access(self, request: Incoming, status: int, elapsed: float, exchange: Exchange) -> None:
         if exchange.note:
             log.warning("%s %s: %s", request.method, _log_path(request), exchange.note)
         if not self.config.log.access:
@@ -451,5 +460,5 @@ class Proxy:
         )
 
 
-def _log_path(request: web.Request) -> str:
+def _log_path(request: Incoming) -> str:
     return redact_path(request.raw_path)

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from gateway.app import READINESS, admin_app_for, create_app
 from gateway.config import Config
+from gateway.frontend import GatewayRunner
 
 log = logging.getLogger("gateway")
 
@@ -27,7 +28,7 @@ async def serve(
 ) -> None:
     """Serve until a signal; then /readyz turns 503, listening stops, in-flight requests finish."""
     app = app if app is not None else create_app(config)
-    runner = web.AppRunner(app, shutdown_timeout=config.listen.shutdown_timeout)
+    runner = GatewayRunner(app, shutdown_timeout=config.listen.shutdown_timeout)
     admin_runner = web.AppRunner(admin_app_for(app), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     await admin_runner.setup()

@@ -24,6 +24,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import CollectorRegistry
+from served import GatewayTestServer
 
 from gateway.app import create_app
 from gateway.config import Config, load_config
@@ -210,7 +211,7 @@ async def start_gateway(aiohttp_client: Any) -> StartGateway:
     async def start(config: Config, **client_kwargs: Any) -> Gateway:
         registry = CollectorRegistry()
         app = create_app(config, registry=registry)
-        client = await aiohttp_client(app, **client_kwargs)
+        client = await aiohttp_client(GatewayTestServer(app), **client_kwargs)
         return Gateway(client, app, registry, config)
 
     return start

@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import CollectorRegistry
+from served import GatewayTestServer
 
 from gateway.app import create_app
 from gateway.config import Config, load_config
@@ -247,7 +248,7 @@ StartRig = Callable[..., Awaitable[Rig]]
 async def start_rig(aiohttp_client: Any, config: Config, clock: FakeClock) -> Rig:
     registry = CollectorRegistry()
     app = create_app(config, registry=registry, clock=clock)
-    client = await aiohttp_client(app, cookie_jar=aiohttp.DummyCookieJar())
+    client = await aiohttp_client(GatewayTestServer(app), cookie_jar=aiohttp.DummyCookieJar())
     return Rig(client, app, registry, clock, config)
 
 

@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 from gateway.app import create_app
 from gateway.config import Config, load_config
 from gateway.demo import add_demo_widget, create_bot_app, create_host_app, teneo_answer, widget_url_for
+from gateway.frontend import GatewayRunner
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "browser"
@@ -121,8 +122,10 @@ class Stack:
         return 0.0 if value is None else value
 
 
-async def _site(app: web.Application, host: str = "127.0.0.1") -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(app, access_log=None)
+async def _site(
+    app: web.Application, host: str = "127.0.0.1", runner_class: type[web.AppRunner] = web.AppRunner
+) -> tuple[web.AppRunner, int]:
+    runner = runner_class(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, 0).start()
     port: int = runner.addresses[0][1]
@@ -163,7 +166,7 @@ async def start_stack(issuer: str = "upstream") -> Stack:
     registry, clock = CollectorRegistry(), OffsetClock()
     gateway = create_app(config, registry=registry, clock=clock)
     add_demo_widget(gateway, config)
-    gateway_runner, gateway_port = await _site(gateway)
+    gateway_runner, gateway_port = await _site(gateway, runner_class=GatewayRunner)
     gateway_url = f"http://localhost:{gateway_port}"
     host_runner, host_port = await _site(create_host_app(widget_url_for(gateway_url)))
     return Stack(

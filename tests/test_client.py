@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
+from served import GatewayTestServer
 
 from gateway.app import create_app
 from gateway.client import client_script
@@ -40,7 +41,7 @@ def gateway(aiohttp_server: Any, aiohttp_client: Any) -> Gateway:
         config = load_config(
             None, environ={}, overrides={"upstream.url": str(server.make_url("/")), **overrides}
         )
-        client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
+        client = await aiohttp_client(GatewayTestServer(create_app(config, registry=CollectorRegistry())))
         return client, seen
 
     return make

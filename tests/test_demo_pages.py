@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
+from served import GatewayTestServer
 
 from gateway.app import create_app
 from gateway.config import load_config
@@ -17,7 +18,7 @@ async def widget_client(aiohttp_client: Any, **overrides: str) -> Any:
     config = load_config(None, environ={}, overrides={"upstream.url": "http://127.0.0.1:9", **overrides})
     app = create_app(config, registry=CollectorRegistry())
     add_demo_widget(app, config)
-    return await aiohttp_client(app)
+    return await aiohttp_client(GatewayTestServer(app))
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 from promql import promtool, rules
+from served import GatewayTestServer
 from session_helpers import make_config
 from traffic import ACTIVE, ENDED, REJECTED, SESSION_OPTIONS, STARTED, UPSTREAM_ERRORS, Traffic, bot_app, run
 
@@ -35,7 +36,7 @@ async def scrape_after_traffic(aiohttp_server: Any, aiohttp_client: Any) -> tupl
     bot = await aiohttp_server(bot_app())
     registry = CollectorRegistry()
     app = create_app(make_config(f"http://127.0.0.1:{bot.port}", session=SESSION_OPTIONS), registry=registry)
-    client = await aiohttp_client(app, cookie_jar=aiohttp.DummyCookieJar())
+    client = await aiohttp_client(GatewayTestServer(app), cookie_jar=aiohttp.DummyCookieJar())
     admin = await aiohttp_client(admin_app_for(app))
     traffic = Traffic(client, registry)
     await run(traffic)

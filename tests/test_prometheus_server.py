@@ -41,6 +41,7 @@ from traffic import (
 from gateway import __version__
 from gateway import metrics as m
 from gateway.app import admin_app_for, create_app
+from gateway.frontend import GatewayRunner
 
 LOOPBACK = "127.0.0.1"
 SCRAPE_INTERVAL = 1  # seconds; rules are evaluated as often
@@ -117,8 +118,8 @@ async def gateway_server(registry: CollectorRegistry) -> AsyncIterator[tuple[str
         await web.TCPSite(bot, LOOPBACK, 0).start()
         config = make_config(f"http://{LOOPBACK}:{bot.addresses[0][1]}", session=SESSION_OPTIONS)
         app = create_app(config, registry=registry)
-        for application in (app, admin_app_for(app)):
-            runner = web.AppRunner(application, access_log=None, shutdown_timeout=1.0)
+        for application, runner_class in ((app, GatewayRunner), (admin_app_for(app), web.AppRunner)):
+            runner = runner_class(application, access_log=None, shutdown_timeout=1.0)
             runners.append(runner)
             await runner.setup()
             await web.TCPSite(runner, LOOPBACK, 0).start()

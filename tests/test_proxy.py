@@ -723,11 +723,6 @@ async def test_utf8_response_header_bytes_reach_the_client_byte_exact(
     assert [v for k, v in response.raw_headers if k.lower() == b"x-name"] == [value]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="aiohttp's web.StreamResponse sets Content-Type: application/octet-stream on every response "
-    "without one as it prepares the headers, so the client sees a type the bot never sent",
-)
 @pytest.mark.parametrize("size", [2, 300_000], ids=["small", "large"])
 async def test_no_content_type_is_added_to_a_response_without_one(
     start_raw_upstream: StartRawUpstream, start_gateway: StartGateway, size: int

@@ -1,0 +1,51 @@
+"""What a request and a response look like to the proxy, whichever server parsed or writes them:
+aiohttp's (web.Request, web.StreamResponse) or the fast front end's (frontend.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+
+class Incoming(Protocol):
+    """What the proxy reads of a request: aiohttp's web.Request, or the fast front end's (frontend.py)."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def raw_path(self) -> str: ...
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
+    @property
+    def remote(self) -> str | None: ...
+    @property
+    def scheme(self) -> str: ...
+    @property
+    def content_length(self) -> int | None: ...
+    @property
+    def body_exists(self) -> bool: ...
+    @property
+    def content(self) -> Any: ...  # readexactly(n) and iter_any(), as aiohttp's StreamReader
+    @property
+    def transport(self) -> asyncio.Transport | None: ...
+
+
+class Outgoing(Protocol):
+    """A streamed response: aiohttp's web.StreamResponse, or the fast front end's."""
+
+    @property
+    def status(self) -> int: ...
+    @property
+    def headers(self) -> CIMultiDict[str]: ...
+
+    async def prepare(self, request: Any) -> Any: ...
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def write_eof(self, data: bytes = b"") -> None: ...
+
+
+NewStream = Callable[[int, str, CIMultiDict[str]], Outgoing]
