@@ -23,6 +23,7 @@ from typing import Any, Final, cast
 
 import httptools
 from aiohttp import web
+from aiohttp.http_parser import SINGLETON_HEADERS
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.errors import GatewayError, error_response, unexpected_error
@@ -221,10 +222,9 @@ class FastConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def eof_received(self) -> bool | None:
-        if self._task is None:
-            return False  # idle: close
-        self.closing = True  # half-closed while a request runs: answer it, then close
-        return True
+        # As aiohttp: a client that closes its side has left, so its request (if any) is abandoned.
+        # Browsers never half-close to wait for an answer; a bot generating tokens for nobody should stop.
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -316,14 +316,23 @@ class FastConnection(asyncio.Protocol):
         if len(self._headers) > self._front.max_headers:
             return False
         declared: int | None = None
+        hosts = 0
+        seen: set[str] = set()
         for name, value in self._headers:
             lower = name.lower()
+            if lower in SINGLETON_HEADERS:  # aiohttp refuses a repeated one with 400: its lane answers
+                if lower in seen:
+                    return False
+                seen.add(lower)
+                hosts += lower == "host"
             if lower == "content-length":
                 if declared is not None or not value.isdigit():
                     return False
                 declared = int(value)
             elif lower in ("transfer-encoding", "expect", "upgrade"):
                 return False
+        if not hosts:
+            return False  # RFC 9112 §3.2: 400 for a request without Host, as aiohttp answers
         if declared is not None and (declared > SMALL_BODY or declared > self._front.max_body):
             return False  # streamed, or refused early with 413 by aiohttp's lane
         if self._front.routed(url):

@@ -532,12 +532,6 @@ async def test_header_line_over_max_field_size_is_refused_with_aiohttps_status(
     assert recorder.last.headers["Authorization"] == "Bearer " + "j" * (limit - len("Bearer "))
 
 
-HOST_BUG = (
-    "FastConnection._fast() checks the limits and the framing headers but not aiohttp's other request checks: "
-    "an HTTP/1.1 request with no Host, or with a repeated singleton header (Host, Content-Type, User-Agent, "
-    "ETag..., aiohttp's SINGLETON_HEADERS) is forwarded by the fast lane, while aiohttp's lane answers 400 "
-    "(for Host, RFC 9112 section 3.2 requires the 400)"
-)
 SINGLETONS = {
     "no-host": b"GET /r HTTP/1.1\r\nConnection: close\r\n\r\n",
     "two-hosts": _request("Host: evil.example"),
@@ -545,7 +539,6 @@ SINGLETONS = {
 }
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=HOST_BUG)
 @pytest.mark.parametrize("raw", list(SINGLETONS.values()), ids=list(SINGLETONS))
 async def test_host_and_singleton_header_refusals_are_the_same_as_aiohttps(
     start_raw_upstream: StartRawUpstream,
@@ -569,21 +562,10 @@ async def test_host_and_singleton_header_refusals_are_the_same_as_aiohttps(
 # --- clients that leave ---------------------------------------------------------------------------------
 
 
-FIN_BUG = (
-    "FastConnection.eof_received treats the client's FIN while a request runs as a half-close (closing=True, "
-    "keep the transport open): connection_lost never comes until the gateway writes, so a client that closes "
-    "its socket mid-request is not noticed. The upstream request runs to its end (not abandoned), "
-    "client_disconnects is not counted and the request is counted 200, not 499. aiohttp's lane (eof -> "
-    "transport closed -> handler cancelled) abandons it at once, as does a reset in either lane."
-)
-
-
 @pytest.mark.parametrize(
     ("lane", "how"),
     [
-        pytest.param(
-            "fast", "close", marks=pytest.mark.xfail(strict=True, raises=TimeoutError, reason=FIN_BUG)
-        ),
+        ("fast", "close"),
         ("fast", "reset"),
         ("aiohttp", "close"),
         ("aiohttp", "reset"),
