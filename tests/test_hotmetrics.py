@@ -1,0 +1,68 @@
+"""The lock-free metrics expose exactly what prometheus_client's own would for the same updates."""
+
+from __future__ import annotations
+
+import re
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from gateway.hotmetrics import HotMetrics
+
+BUCKETS = (0.005, 0.1, 1, 5, 300)
+VALUES = (0.0, 0.005, 0.0051, 0.1, 0.5, 1.0, 4.99, 5.0, 299.0, 301.0, 1e9)
+
+
+def _without_created(text: bytes) -> str:
+    # _created holds the creation time, which differs between two registries by construction.
+    return re.sub(r"^\w+_created(\{[^}]*\})? \S+\n", "", text.decode(), flags=re.MULTILINE)
+
+
+def test_exposition_matches_prometheus_client_for_the_same_updates() -> None:
+    theirs, ours = CollectorRegistry(), CollectorRegistry()
+    hot = HotMetrics(ours)
+    counter = (Counter("x_requests", "Requests.", registry=theirs), hot.counter("x_requests", "Requests."))
+    family = (
+        Counter("x_by", "By method.", ["method", "code"], registry=theirs),
+        hot.labelled_counter("x_by", "By method.", ["method", "code"]),
+    )
+    gauge = (Gauge("x_in_flight", "In flight.", registry=theirs), hot.gauge("x_in_flight", "In flight."))
+    histogram = (
+        Histogram("x_seconds", "Durations.", buckets=BUCKETS, registry=theirs),
+        hot.histogram("x_seconds", "Durations.", BUCKETS),
+    )
+    for c in counter:
+        c.inc()
+        c.inc(2.5)
+    for f in family:
+        f.labels(method="GET", code="200").inc()
+        f.labels(method="GET", code="200").inc()
+        f.labels(method="POST", code="502").inc()
+    for g in gauge:
+        g.inc()
+        g.inc()
+        g.dec()
+        g.set(7)
+        g.dec(2)
+    for h in histogram:
+        for value in VALUES:
+            h.observe(value)
+
+    assert _without_created(generate_latest(ours)) == _without_created(generate_latest(theirs))
+    assert ours.get_sample_value("x_seconds_bucket", {"le": "5.0"}) == 8.0  # le is inclusive
+    assert ours.get_sample_value("x_seconds_created") is not None
+    assert ours.get_sample_value("x_by_created", {"method": "GET", "code": "200"}) is not None
+
+
+def test_declared_names_types_and_labels_before_any_sample() -> None:
+    hot = HotMetrics(CollectorRegistry())
+    hot.counter("a", "A.")
+    hot.labelled_counter("b", "B.", ["replica"])
+    hot.gauge("c", "C.")
+    hot.histogram("d_seconds", "D.", BUCKETS)
+
+    assert hot.declared() == {
+        "a_total": ("counter", set()),
+        "b_total": ("counter", {"replica"}),
+        "c": ("gauge", set()),
+        "d_seconds": ("histogram", set()),
+    }
