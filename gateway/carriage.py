@@ -94,8 +94,12 @@ def extract(target: str, headers: CIMultiDictProxy[str], config: SessionConfig) 
     order: Pairs = []
     for value in headers.getall(hdrs.COOKIE, ()):
         order.extend(parse_cookie_header(value))
-    from_cookie = next((v for n, v in reversed(order) if n == config.cookie), None)
-    affinity = next((v for n, v in reversed(order) if n == config.affinity_cookie), None)
+    from_cookie = affinity = None
+    for name, value in order:  # the last of each wins
+        if name == config.cookie:
+            from_cookie = value
+        elif name == config.affinity_cookie:
+            affinity = value
 
     from_header = None
     raw_header = headers.get(config.header)
@@ -117,7 +121,7 @@ def extract(target: str, headers: CIMultiDictProxy[str], config: SessionConfig) 
     else:
         cookies = [(n, v) for n, v in order if n not in own]
 
-    is_end = last_segment(path) == config.end_path
+    is_end = config.end_path in path and last_segment(path) == config.end_path
     # An empty value is no session: a browser stuck with `JSESSIONID=` must still be able to chat.
     if from_header:
         return Carried(

@@ -114,14 +114,17 @@ class FastRequest:
         self.transport: asyncio.Transport | None = transport
 
 
-def _head(status: int, reason: str, headers: CIMultiDict[str], close: bool) -> list[str]:
+def _head(status: int, reason: str, headers: CIMultiDict[str], close: bool) -> bytes:
+    """The status line and header block, blank line included."""
     lines = [f"HTTP/1.1 {status} {reason or _reason(status)}\r\n"]
     lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
     if "Date" not in headers:
         lines.append(f"Date: {_date()}\r\n")
     if close:
         lines.append("Connection: close\r\n")
-    return lines
+    lines.append("\r\n")
+    # Header values were decoded with surrogateescape (ours and aiohttp's parsers): the same bytes go back.
+    return "".join(lines).encode("utf-8", "surrogateescape")
 
 
 def _reason(status: int) -> str:
@@ -131,11 +134,6 @@ def _reason(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return ""
-
-
-def _encode(lines: list[str]) -> bytes:
-    # Header values were decoded with surrogateescape (ours and aiohttp's parsers): the same bytes go back.
-    return "".join(lines).encode("utf-8", "surrogateescape")
 
 
 class FastStream:
@@ -159,7 +157,7 @@ class FastStream:
             self._chunked = True  # an unsized body (SSE, chunked or close-delimited upstream): chunk it
             headers["Transfer-Encoding"] = "chunked"
         self.prepared = True
-        conn.send(_encode([*_head(self.status, self.reason, headers, conn.closing), "\r\n"]))
+        conn.send(_head(self.status, self.reason, headers, conn.closing))
         await conn.drain()
 
     async def write(self, data: bytes) -> None:
@@ -184,7 +182,9 @@ class FastConnection(asyncio.Protocol):
         self._loop = front.loop
         self.transport: asyncio.Transport | None = None
         self._remote: str | None = None
-        self._buffer = bytearray()
+        # Bytes not yet served: usually a whole request as received (bytes, no copy), a bytearray when
+        # data accumulates across reads.
+        self._buffer: bytes | bytearray = b""
         self._parser = httptools.HttpRequestParser(self)
         self._task: asyncio.Task[None] | None = None
         self._reading_paused = False
@@ -214,7 +214,12 @@ class FastConnection(asyncio.Protocol):
         self._front.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        self._buffer += data
+        if not self._buffer:
+            self._buffer = data
+        else:
+            if isinstance(self._buffer, bytes):
+                self._buffer = bytearray(self._buffer)
+            self._buffer += data
         if self._task is None:
             self._advance()
         elif len(self._buffer) > BUFFER_LIMIT and not self._reading_paused and self.transport is not None:
@@ -275,7 +280,7 @@ class FastConnection(asyncio.Protocol):
         head_end = end + 4
         if not self._head_done:
             try:
-                self._parser.feed_data(bytes(buffer[:head_end]))
+                self._parser.feed_data(buffer if head_end == len(buffer) else bytes(buffer[:head_end]))
             except (httptools.HttpParserError, httptools.HttpParserUpgrade):
                 self._handoff()  # upgrades, and malformed requests (aiohttp answers those with its 400)
                 return
@@ -285,8 +290,9 @@ class FastConnection(asyncio.Protocol):
         length = self._content_length
         if len(buffer) < head_end + length:
             return  # the rest of the body is on its way
-        body = bytes(buffer[head_end : head_end + length])
-        del buffer[: head_end + length]
+        end = head_end + length
+        body = bytes(buffer[head_end:end]) if length else b""
+        self._buffer = buffer[end:] if end < len(buffer) else b""
         if length:
             self._parser.feed_data(body)  # the parser completes the message and is ready for the next
         request = FastRequest(
@@ -353,7 +359,7 @@ class FastConnection(asyncio.Protocol):
         handler.connection_made(transport)
         if self._reading_paused:
             transport.resume_reading()
-        data, self._buffer = bytes(self._buffer), bytearray()
+        data, self._buffer = bytes(self._buffer), b""
         if data:
             handler.data_received(data)
 
@@ -399,7 +405,7 @@ class FastConnection(asyncio.Protocol):
     def _send_whole(self, response: web.Response) -> None:
         body = response.body
         assert body is None or isinstance(body, bytes), "the proxy's whole responses are bytes"
-        headers = CIMultiDict(response.headers)
+        headers = response.headers  # the response is the proxy's own, made for this request
         status = response.status
         if status in NO_BODY_STATUS or status < 200:
             headers.popall("Content-Length", None)
@@ -408,7 +414,7 @@ class FastConnection(asyncio.Protocol):
             body = body or b""
             headers["Content-Length"] = str(len(body))
         closing = self.closing or self._front.closing
-        self.send(_encode([*_head(status, response.reason, headers, closing), "\r\n"]) + body)
+        self.send(_head(status, response.reason, headers, closing) + body)
 
     # -- writing ---------------------------------------------------------------------------------------
 

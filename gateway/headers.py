@@ -102,10 +102,9 @@ def set_forwarded(
 
 def is_websocket_upgrade(headers: Headers) -> bool:
     """An HTTP/1.1 WebSocket handshake (RFC 6455 §4.1)."""
-    return (
-        "upgrade" in {t.lower() for t in connection_tokens(headers)}
-        and headers.get(hdrs.UPGRADE, "").lower() == "websocket"
-    )
+    return headers.get(hdrs.UPGRADE, "").lower() == "websocket" and "upgrade" in {
+        t.lower() for t in connection_tokens(headers)
+    }
 
 
 def redact_path(path: str) -> str:
