@@ -36,6 +36,7 @@ WEBSOCKET_HANDSHAKE: Final = frozenset(
         "Sec-WebSocket-Accept",
     )
 )
+_HOP_LOWER: Final = frozenset({"keep-alive", "close", *(str(name).lower() for name in HOP_BY_HOP)})
 X_FORWARDED_FOR: Final = istr("X-Forwarded-For")
 X_FORWARDED_PROTO: Final = istr("X-Forwarded-Proto")
 X_FORWARDED_HOST: Final = istr("X-Forwarded-Host")
@@ -58,9 +59,12 @@ def strip_hop_by_hop(headers: Headers, extra: Iterable[istr] = ()) -> CIMultiDic
     """A copy without hop-by-hop fields, the fields `Connection` names, and `extra`; repeats are kept."""
     # Copy in C, then delete by name: measured ~3x faster than filtering item by item in Python.
     out = CIMultiDict(headers)
-    if hdrs.CONNECTION in out:
-        for name in connection_tokens(out):
-            out.popall(name, None)
+    for value in out.getall(hdrs.CONNECTION, ()):
+        for token in value.split(","):
+            token = token.strip()
+            # "keep-alive" and "close", by far the commonest, are hop-by-hop anyway: popped below.
+            if token and token.lower() not in _HOP_LOWER:
+                out.popall(token, None)
     for name in HOP_BY_HOP:
         out.popall(name, None)
     for name in extra:

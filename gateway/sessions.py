@@ -43,6 +43,7 @@ X_GATEWAY_SESSION: Final = istr("X-Gateway-Session")
 _MAX_SUCCESSOR_HOPS: Final = 3
 _CLAIM_POLL: Final = 0.02  # seconds between asks while another request holds a claim
 _BATCH_SECONDS: Final = 0.002  # event-loop time one sweep batch may take before yielding
+_AFFINITY_CACHE_SIZE: Final = 4096
 LOGOUT: Final = {"status": 1, "message": "logout"}
 
 # Why a dead session's tombstone says it ended, as the reason its successor started.
@@ -110,6 +111,7 @@ class SessionManager:
         self._active_max = 0
         self._batch = min(64, config.sweep_batch)  # grows while batches stay under _BATCH_SECONDS
         self.store_healthy = True
+        self._affinity_cache: dict[str, tuple[str, str]] = {}  # signed value -> (header pair, Set-Cookie)
         owned = [X_SESSION_NEW, X_SESSION_PREVIOUS, istr(config.header)]
         if config.issuer == "gateway":
             owned.append(X_SESSION_ID)
@@ -571,9 +573,16 @@ class SessionManager:
     def _affinity_headers(self, headers: CIMultiDict[str], session_id: str, replica: Replica | None) -> None:
         """X-Gateway-Session and its Set-Cookie; Teneo Web Chat keeps `value.split(';')[0]`, so the pair comes first."""
         name = (replica or self.upstreams.replicas[0]).name
-        pair = f"{self.config.affinity_cookie}={self.signer.sign(name, session_id)}"
-        headers[X_GATEWAY_SESSION] = pair
-        headers.add(hdrs.SET_COOKIE, self._cookie(self.config.affinity_cookie, pair.partition("=")[2]))
+        value = self.signer.sign(name, session_id)
+        # Every response carries both: built once per value (the signer caches the same way).
+        cached = self._affinity_cache.get(value)
+        if cached is None:
+            if len(self._affinity_cache) >= _AFFINITY_CACHE_SIZE:
+                self._affinity_cache.clear()
+            pair = f"{self.config.affinity_cookie}={value}"
+            cached = self._affinity_cache[value] = (pair, self._cookie(self.config.affinity_cookie, value))
+        headers[X_GATEWAY_SESSION] = cached[0]
+        headers.add(hdrs.SET_COOKIE, cached[1])
         if self.config.issuer == "gateway" and session_id:
             headers.add(hdrs.SET_COOKIE, self._cookie(self.config.cookie, session_id))
 
