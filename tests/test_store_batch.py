@@ -1,0 +1,101 @@
+"""ScriptBatcher against a real redis-server: concurrent calls share round trips, results stay per call."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.errors import StoreUnavailable
+from gateway.store.batch import ScriptBatcher
+from tests.redis_server import RedisServer
+
+ECHO = "return {KEYS[1], ARGV[1], redis.call('INCR', KEYS[1])}"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def client(server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    server.flush()
+    client = aioredis.Redis.from_url(server.url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+async def _reads(client: aioredis.Redis) -> int:
+    """Read events the server processed: one per round trip a client makes (fewer when batched)."""
+    return int((await client.info("stats"))["total_reads_processed"])
+
+
+async def test_concurrent_calls_get_their_own_results_in_fewer_round_trips(client: aioredis.Redis) -> None:
+    batcher = ScriptBatcher(client, client.register_script(ECHO), timeout=2.0)
+    await batcher(["warm"], ["x"])  # loads the script (the first EVALSHA meets NOSCRIPT)
+    before = await _reads(client)
+
+    results = await asyncio.gather(*(batcher([f"k{i}"], [f"v{i}"]) for i in range(50)))
+
+    assert results == [[f"k{i}", f"v{i}", 1] for i in range(50)]
+    after = await _reads(client)
+    assert after - before - 1 < 10, "50 concurrent calls should share a few round trips"  # -1: the INFO
+    await batcher.close()
+
+
+async def test_a_server_that_lost_its_scripts_still_answers(client: aioredis.Redis) -> None:
+    batcher = ScriptBatcher(client, client.register_script(ECHO), timeout=2.0)
+    assert await batcher(["a"], ["1"]) == ["a", "1", 1]
+    await client.script_flush()
+
+    assert await asyncio.gather(batcher(["a"], ["2"]), batcher(["b"], ["3"])) == [
+        ["a", "2", 2],
+        ["b", "3", 1],
+    ]
+    await batcher.close()
+
+
+async def test_a_script_error_fails_only_its_own_call(client: aioredis.Redis) -> None:
+    script = client.register_script("if ARGV[1] == 'bad' then return redis.error_reply('nope') end return 1")
+    batcher = ScriptBatcher(client, script, timeout=2.0)
+    await batcher(["k"], ["ok"])
+
+    good, bad = await asyncio.gather(batcher(["k"], ["ok"]), batcher(["k"], ["bad"]), return_exceptions=True)
+
+    assert good == 1
+    assert isinstance(bad, StoreUnavailable)
+    await batcher.close()
+
+
+async def test_an_unreachable_server_fails_every_waiting_call_within_the_timeout(server: RedisServer) -> None:
+    client = aioredis.Redis.from_url("redis://127.0.0.1:1/0", decode_responses=True)  # nothing listens there
+    batcher = ScriptBatcher(client, client.register_script(ECHO), timeout=0.5)
+
+    results = await asyncio.wait_for(
+        asyncio.gather(*(batcher([f"k{i}"], ["v"]) for i in range(5)), return_exceptions=True), 5
+    )
+
+    assert all(isinstance(r, StoreUnavailable) for r in results), results
+    assert len({id(r) for r in results}) == 5  # one exception each, not one shared instance
+    await batcher.close()
+    await client.aclose()
+
+
+async def test_a_cancelled_caller_leaves_the_others_their_results(client: aioredis.Redis) -> None:
+    batcher = ScriptBatcher(client, client.register_script(ECHO), timeout=2.0)
+    await batcher(["warm"], ["x"])
+    leaving = asyncio.ensure_future(batcher(["gone"], ["x"]))
+    staying = asyncio.ensure_future(batcher(["here"], ["y"]))
+    await asyncio.sleep(0)
+    leaving.cancel()
+
+    assert await staying == ["here", "y", 1]
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    await batcher.close()
