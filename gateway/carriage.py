@@ -35,7 +35,7 @@ def validate_id(value: str, where: str, max_length: int) -> str:
     """A session id as presented; 400 bad_session_header when it cannot be one."""
     if not value:
         raise BadSessionCarrier(f"The session id in the {where} is empty.")
-    if len(value) > max_length or len(value.encode()) > max_length:
+    if len(value) > max_length or (not value.isascii() and len(value.encode()) > max_length):
         raise BadSessionCarrier(f"The session id in the {where} is longer than {max_length} bytes.")
     if not COOKIE_OCTETS.fullmatch(value):
         if CONTROL.search(value):
@@ -85,9 +85,13 @@ def last_segment(path: str) -> str:
 def extract(target: str, headers: CIMultiDictProxy[str], config: SessionConfig) -> Carried:
     """Resolve the session by precedence header > Cookie > path parameter > query parameter."""
     path, qsep, query = target.partition("?")
-    path, from_path = _split_path_param(path, config.path_param.lower())
-    query, from_query = _split_query_param(query, config.query_param)
-    new_target = path + (qsep + query if query else "")
+    from_path = from_query = None
+    if ";" in path or (config.query_param and query):
+        path, from_path = _split_path_param(path, config.path_param.lower())
+        query, from_query = _split_query_param(query, config.query_param)
+        new_target = path + (qsep + query if query else "")
+    else:  # nothing to take out (the common case): the target as it came, but for an empty "?"
+        new_target = target if query else path
 
     own = {config.cookie, config.affinity_cookie}
     merged: dict[str, str] = {}

@@ -282,7 +282,9 @@ class SessionManager:
         """Continue the presented session, its successor, or decide why a new one starts (holding the claim)."""
         current = presented
         for _ in range(_MAX_SUCCESSOR_HOPS):
-            touch = await self._touch_waiting(current)
+            touch = await self.store.touch(current, now)
+            if touch.outcome is Outcome.PENDING:
+                touch = await self._touch_waiting(current)
             if touch.outcome is Outcome.LIVE:
                 self._continued(turn, touch)
                 return
@@ -312,13 +314,13 @@ class SessionManager:
             turn.reason = "expired" if touch.outcome is Outcome.EXPIRED else "lifetime"
 
     async def _touch_waiting(self, session_id: str) -> Touch:
-        """touch(), waiting while another request holds the claim on this id (bounded by the claim's life)."""
+        """touch() again while another request holds the claim on this id (bounded by the claim's life)."""
         deadline = time.monotonic() + self.claim_wait
         while True:
+            await asyncio.sleep(_CLAIM_POLL)
             touch = await self.store.touch(session_id, self.clock())
             if touch.outcome is not Outcome.PENDING or time.monotonic() >= deadline:
                 return touch
-            await asyncio.sleep(_CLAIM_POLL)
 
     def _affinity_replica(self, carried: Carried) -> Replica | None:
         """The replica the client's signed affinity value names, if it verifies and is up."""
@@ -455,7 +457,7 @@ class SessionManager:
                 signal = turn.reason
             else:
                 session_id, signal = await self._follow_bot(turn, status, bot_id, bot_deleted, now)
-            if session_id is not None and not turn.untracked and not turn.ended:
+            if controls and session_id is not None and not turn.untracked and not turn.ended:
                 await self._apply_controls(session_id, controls, now)
         except SessionCapacity:
             # Full since prepare() checked (on_full = reject): the bot answered, so pass it on untracked.
@@ -465,7 +467,8 @@ class SessionManager:
             self._store_down("response", exc)
             session_id, signal = bot_id or turn.session_id, None
         finally:
-            await self.abandon(turn)  # a no-op when create() released the claim
+            if turn.claimed is not None:  # None when create() released it
+                await self.abandon(turn)
         if turn.ended:
             self._end_headers(headers)
             return
