@@ -111,6 +111,7 @@ class SessionManager:
         self._active_max = 0
         self._batch = min(64, config.sweep_batch)  # grows while batches stay under _BATCH_SECONDS
         self.store_healthy = True
+        self._only_replica = upstreams.replicas[0] if len(upstreams.replicas) == 1 else None
         self._affinity_cache: dict[str, tuple[str, str]] = {}  # signed value -> (header pair, Set-Cookie)
         owned = [X_SESSION_NEW, X_SESSION_PREVIOUS, istr(config.header)]
         if config.issuer == "gateway":
@@ -249,6 +250,10 @@ class SessionManager:
             turn.reason = "first"
         else:
             await self._resolve(turn, carried.session_id, now)
+            only = self._only_replica
+            if turn.live and only is not None and turn.pinned_name == only.name:
+                turn.replica = only  # the common case, decided without _place
+                return
         await self._place(turn, now)
         if turn.reason is not None and self.config.issuer == "gateway":
             await self._mint(turn, now)
