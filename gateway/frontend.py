@@ -20,6 +20,7 @@ import contextlib
 import email.utils
 import time
 from typing import Any, Final, cast
+from urllib.parse import unquote_to_bytes
 
 import httptools
 from aiohttp import web
@@ -157,7 +158,7 @@ class FastStream:
             self._chunked = True  # an unsized body (SSE, chunked or close-delimited upstream): chunk it
             headers["Transfer-Encoding"] = "chunked"
         self.prepared = True
-        conn.send(_head(self.status, self.reason, headers, conn.closing))
+        conn.send(_head(self.status, self.reason, headers, conn.closing or conn.front_closing))
         await conn.drain()
 
     async def write(self, data: bytes) -> None:
@@ -213,6 +214,10 @@ class FastConnection(asyncio.Protocol):
         self._remote = peer[0] if isinstance(peer, tuple) else None
         self._front.connections.add(self)
 
+    @property
+    def front_closing(self) -> bool:
+        return self._front.closing
+
     def data_received(self, data: bytes) -> None:
         if not self._buffer:
             self._buffer = data
@@ -221,6 +226,7 @@ class FastConnection(asyncio.Protocol):
                 self._buffer = bytearray(self._buffer)
             self._buffer += data
         if self._task is None:
+            self.idle_since = self._loop.time()  # a request arriving slowly is not idle
             self._advance()
         elif len(self._buffer) > BUFFER_LIMIT and not self._reading_paused and self.transport is not None:
             self._reading_paused = True  # a pipelining client is far ahead of us: let TCP push back
@@ -257,6 +263,7 @@ class FastConnection(asyncio.Protocol):
         limit = self._front.max_field_size
         if len(name) > limit or len(value) > limit:
             self._unusual = True
+        value = value.rstrip(b" \t")  # httptools keeps a value's trailing whitespace; aiohttp strips it
         self._headers.append(
             (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
         )
@@ -375,6 +382,7 @@ class FastConnection(asyncio.Protocol):
             if isinstance(response, web.Response):
                 await self.decorate(request, response)
                 self._send_whole(response)
+                await self.drain()  # a client that pipelines and never reads must not grow our buffers
             elif not getattr(response, "prepared", True):
                 self.closing = True  # a stream that never started (its client left): nothing more to say
         except asyncio.CancelledError:
@@ -413,7 +421,7 @@ class FastConnection(asyncio.Protocol):
         else:
             body = body or b""
             headers["Content-Length"] = str(len(body))
-        closing = self.closing or self._front.closing
+        closing = self.closing or self.front_closing
         self.send(_head(status, response.reason, headers, closing) + body)
 
     # -- writing ---------------------------------------------------------------------------------------
@@ -481,7 +489,9 @@ class FrontEnd:
 
     def routed(self, target: bytes) -> bool:
         """Whether the target is one of the app's own routes (the JS client, the demo widget)."""
-        path = target.split(b"?", 1)[0]
+        path = target.split(b"?", 1)[0].split(b"#", 1)[0]
+        if b"%" in path:
+            path = unquote_to_bytes(path)  # aiohttp's router matches the decoded path
         return path in self._exact or any(path.startswith(prefix) for prefix in self._prefixes)
 
     async def _reap_idle(self) -> None:

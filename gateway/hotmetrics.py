@@ -15,7 +15,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import metrics as prometheus_metrics
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -84,22 +84,27 @@ class CounterFamily:
             child = self.children[key] = HotCounter()
         return child
 
-    def collect(self) -> Metric:
+    def collect(self, created: bool) -> Metric:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
         for key, child in self.children.items():
-            family.add_metric(key, child.value, created=child.created)
+            family.add_metric(key, child.value, created=child.created if created else None)
         return family
 
 
-class HotMetrics(Collector):
-    """Builds hot metrics and exposes them on the registry it is registered with."""
+def _created() -> bool:
+    # prometheus_client's switch (disable_created_metrics(), PROMETHEUS_DISABLE_CREATED_SERIES): no public
+    # getter, and the exposition must follow it as its own metrics do.
+    return bool(getattr(prometheus_metrics, "_use_created", True))
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+
+class HotMetrics(Collector):
+    """Builds hot metrics; register it on a registry once they are built (describe() names them all)."""
+
+    def __init__(self) -> None:
         self._counters: list[tuple[str, str, HotCounter]] = []
         self._families: list[CounterFamily] = []
         self._gauges: list[tuple[str, str, HotGauge]] = []
         self._histograms: list[tuple[str, str, HotHistogram, tuple[str, ...]]] = []
-        registry.register(self)
 
     def counter(self, name: str, documentation: str) -> HotCounter:
         counter = HotCounter()
@@ -131,13 +136,25 @@ class HotMetrics(Collector):
         out.update({name: ("histogram", set()) for name, _, _, _ in self._histograms})
         return out
 
+    def describe(self) -> Iterator[Metric]:
+        """Every family, without samples: the registry learns the names (and refuses duplicates)."""
+        for name, documentation, _ in self._counters:
+            yield CounterMetricFamily(name, documentation)
+        for labelled in self._families:
+            yield CounterMetricFamily(labelled.name, labelled.documentation, labels=labelled.labelnames)
+        for name, documentation, _ in self._gauges:
+            yield GaugeMetricFamily(name, documentation)
+        for name, documentation, _, _ in self._histograms:
+            yield HistogramMetricFamily(name, documentation)
+
     def collect(self) -> Iterator[Metric]:
+        created = _created()
         for name, documentation, counter in self._counters:
             family = CounterMetricFamily(name, documentation)
-            family.add_metric((), counter.value, created=counter.created)
+            family.add_metric((), counter.value, created=counter.created if created else None)
             yield family
         for labelled in self._families:
-            yield labelled.collect()
+            yield labelled.collect(created)
         for name, documentation, gauge in self._gauges:
             yield GaugeMetricFamily(name, documentation, value=gauge.value)
         for name, documentation, histogram, les in self._histograms:
@@ -148,5 +165,6 @@ class HotMetrics(Collector):
             histogram_family = HistogramMetricFamily(
                 name, documentation, buckets=buckets, sum_value=histogram.sum
             )
-            histogram_family.samples.append(Sample(f"{name}_created", {}, histogram.created))
+            if created:
+                histogram_family.samples.append(Sample(f"{name}_created", {}, histogram.created))
             yield histogram_family

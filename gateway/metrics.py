@@ -63,7 +63,7 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         # Updated on every request: lock-free (hotmetrics.py says why), exposed as prometheus_client would.
-        self.hot = hot = HotMetrics(r)
+        self.hot = hot = HotMetrics()
         self.requests = hot.labelled_counter(
             f"{PREFIX}_requests", "Proxied requests by method and status code.", ["method", "code"]
         )
@@ -94,6 +94,7 @@ class Metrics:
             "Time between consecutive requests of a session: which idle timeout fits the traffic.",
             IDLE_GAP_BUCKETS,
         )
+        r.register(hot)  # after they exist: the registry learns every name from describe()
         self.upstream_errors = Counter(
             f"{PREFIX}_upstream_errors", "Failed upstream exchanges by reason.", ["reason"], registry=r
         )

@@ -117,7 +117,7 @@ class Body:
                 raise asyncio.IncompleteReadError(b"".join(parts), n)
             parts.append(data)
             got += len(data)
-        return b"".join(parts)[:n] if len(parts) > 1 else parts[0][:n]
+        return parts[0][:n] if len(parts) == 1 else b"".join(parts)[:n]  # n == 0: no parts, b""
 
     @property
     def at_eof(self) -> bool:

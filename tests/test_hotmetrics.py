@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
+import prometheus_client
+import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from gateway.hotmetrics import HotMetrics
@@ -19,7 +22,7 @@ def _without_created(text: bytes) -> str:
 
 def test_exposition_matches_prometheus_client_for_the_same_updates() -> None:
     theirs, ours = CollectorRegistry(), CollectorRegistry()
-    hot = HotMetrics(ours)
+    hot = HotMetrics()
     counter = (Counter("x_requests", "Requests.", registry=theirs), hot.counter("x_requests", "Requests."))
     family = (
         Counter("x_by", "By method.", ["method", "code"], registry=theirs),
@@ -46,6 +49,7 @@ def test_exposition_matches_prometheus_client_for_the_same_updates() -> None:
     for h in histogram:
         for value in VALUES:
             h.observe(value)
+    ours.register(hot)
 
     assert _without_created(generate_latest(ours)) == _without_created(generate_latest(theirs))
     assert ours.get_sample_value("x_seconds_bucket", {"le": "5.0"}) == 8.0  # le is inclusive
@@ -54,7 +58,7 @@ def test_exposition_matches_prometheus_client_for_the_same_updates() -> None:
 
 
 def test_declared_names_types_and_labels_before_any_sample() -> None:
-    hot = HotMetrics(CollectorRegistry())
+    hot = HotMetrics()
     hot.counter("a", "A.")
     hot.labelled_counter("b", "B.", ["replica"])
     hot.gauge("c", "C.")
@@ -66,3 +70,44 @@ def test_declared_names_types_and_labels_before_any_sample() -> None:
         "c": ("gauge", set()),
         "d_seconds": ("histogram", set()),
     }
+
+
+# --- prometheus_client's switches and registry checks ----------------------------------------
+
+
+@pytest.fixture
+def created_series_disabled() -> Iterator[None]:
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+    try:
+        yield
+    finally:
+        prometheus_client.enable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+def test_hot_metrics_honour_disabled_created_series(created_series_disabled: None) -> None:
+    theirs, ours = CollectorRegistry(), CollectorRegistry()
+    hot = HotMetrics()
+    Counter("x_requests", "Requests.", registry=theirs).inc()
+    hot.counter("x_requests", "Requests.").inc()
+    Histogram("x_seconds", "Durations.", buckets=(1.0,), registry=theirs).observe(0.5)
+    hot.histogram("x_seconds", "Durations.", (1.0,)).observe(0.5)
+    ours.register(hot)
+
+    assert b"_created" not in generate_latest(theirs)
+    assert generate_latest(ours) == generate_latest(theirs)
+
+
+def test_registry_refuses_a_second_metric_with_a_hot_metrics_name() -> None:
+    registry = CollectorRegistry()
+    hot = HotMetrics()
+    hot.counter("x_requests", "Requests.")
+    registry.register(hot)
+    with pytest.raises(ValueError, match="Duplicated"):  # what prometheus_client does for its own Counter
+        Counter("x_requests", "Again.", registry=registry)
+
+
+def test_control_registry_refuses_a_duplicate_prometheus_client_name() -> None:
+    registry = CollectorRegistry()
+    Counter("x_requests", "Requests.", registry=registry)
+    with pytest.raises(ValueError, match="Duplicated"):
+        Counter("x_requests", "Again.", registry=registry)

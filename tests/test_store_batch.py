@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -54,10 +55,8 @@ async def test_a_server_that_lost_its_scripts_still_answers(client: aioredis.Red
     assert await batcher(["a"], ["1"]) == ["a", "1", 1]
     await client.script_flush()
 
-    assert await asyncio.gather(batcher(["a"], ["2"]), batcher(["b"], ["3"])) == [
-        ["a", "2", 2],
-        ["b", "3", 1],
-    ]
+    results = list(await asyncio.gather(batcher(["a"], ["2"]), batcher(["b"], ["3"])))
+    assert results == [["a", "2", 2], ["b", "3", 1]]
     await batcher.close()
 
 
@@ -66,7 +65,10 @@ async def test_a_script_error_fails_only_its_own_call(client: aioredis.Redis) ->
     batcher = ScriptBatcher(client, script, timeout=2.0)
     await batcher(["k"], ["ok"])
 
-    good, bad = await asyncio.gather(batcher(["k"], ["ok"]), batcher(["k"], ["bad"]), return_exceptions=True)
+    results: list[object] = list(
+        await asyncio.gather(batcher(["k"], ["ok"]), batcher(["k"], ["bad"]), return_exceptions=True)
+    )
+    good, bad = results
 
     assert good == 1
     assert isinstance(bad, StoreUnavailable)
@@ -99,3 +101,25 @@ async def test_a_cancelled_caller_leaves_the_others_their_results(client: aiored
     with pytest.raises(asyncio.CancelledError):
         await leaving
     await batcher.close()
+
+
+# --- calls whose callers already left ----------------------------------------------------
+
+INCR = "return redis.call('INCR', KEYS[1])"
+
+
+async def test_a_call_cancelled_before_its_flush_is_not_run(client: aioredis.Redis) -> None:
+    batcher = ScriptBatcher(client, client.register_script(INCR), timeout=2.0)
+    try:
+        assert await batcher(["warm"], []) == 1  # the script is loaded
+        leaving = asyncio.ensure_future(batcher(["gone"], []))
+        staying = asyncio.ensure_future(batcher(["here"], []))
+        await asyncio.sleep(0)  # both queued, the flush not yet run
+        leaving.cancel()
+        assert await asyncio.wait_for(staying, 5) == 1
+        with contextlib.suppress(asyncio.CancelledError):
+            await leaving
+        # In the store: a touch of an abandoned request still counts, extends, or claims the session.
+        assert await client.get("gone") is None
+    finally:
+        await batcher.close()

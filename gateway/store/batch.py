@@ -51,6 +51,9 @@ class ScriptBatcher:
         task.add_done_callback(self._flushing.discard)
 
     async def _send(self, batch: list[Call]) -> None:
+        batch = [call for call in batch if not call[2].done()]  # callers that left: their call is not run
+        if not batch:
+            return
         sha = self._script.sha
         try:
             async with asyncio.timeout(self._timeout):
