@@ -66,8 +66,8 @@ class ListenConfig:
     max_field_size: int = 16384  # bytes per request header line; chat widgets send big cookies and JWTs
     max_headers: int = 128
     backlog: int = 1024  # pending connections the kernel queues; aiohttp's 128 drops SYNs under bursts
-    # auto: uvloop when installed. Measured (bench/): ~15% more requests/s, but after a burst of client
-    # disconnects the next burst of connections sees ~1 s tails (aiohttp's server on uvloop, plain proxy too).
+    # auto: uvloop when installed. Measured (bench/): a few percent more requests/s with the front end. Its
+    # one-accept-per-iteration tail under connection bursts is worked around in listener.py.
     event_loop: EventLoop = "auto"
 
     def __post_init__(self) -> None:

@@ -12,6 +12,7 @@ from aiohttp import web
 from gateway.app import READINESS, admin_app_for, create_app
 from gateway.config import Config
 from gateway.frontend import GatewayRunner
+from gateway.listener import GatewaySite
 
 log = logging.getLogger("gateway")
 
@@ -37,7 +38,7 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await web.TCPSite(
+        await GatewaySite(
             runner, config.listen.host, config.listen.port, backlog=config.listen.backlog
         ).start()
         await web.TCPSite(admin_runner, config.admin.host, config.admin.port).start()
