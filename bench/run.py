@@ -301,6 +301,9 @@ def main() -> None:
     parser.add_argument("--connections", default="1,32,256")
     parser.add_argument("--mixes", default=",".join(MIXES))
     parser.add_argument("--skip-sessions", action="store_true", help="skip the memory/expiry/1M measurements")
+    parser.add_argument(
+        "--skip-justify", action="store_true", help="skip the measurements behind the hand-written parts"
+    )
     args = parser.parse_args()
     connections = [int(c) for c in args.connections.split(",")]
     mixes = args.mixes.split(",")
@@ -337,6 +340,10 @@ def main() -> None:
             extras["redis_round_trips_per_request"] = measure_redis_round_trips(rig)
         if not args.skip_sessions:
             extras["throughput_1m_sessions_over_64"] = measure_many_sessions(rig, args.seconds, args.rounds)
+        if not args.skip_justify:
+            from bench.justify import run_all as justify
+
+            extras["hand_written_over_library"] = justify(rig, args.seconds, args.rounds)
     if not args.skip_sessions:
         from bench.sessions_bench import run_all
 
