@@ -193,7 +193,7 @@ class Gateway:
         value = self.registry.get_sample_value(name, labels)
         if value is not None:
             return value
-        known = set()
+        known: set[str] = set()
         for family in self.registry.collect():  # a labelled counter no request has touched has no samples
             known.update({family.name, f"{family.name}_total"}, (sample.name for sample in family.samples))
         if name not in known:
@@ -213,6 +213,21 @@ async def start_gateway(aiohttp_client: Any) -> StartGateway:
         app = create_app(config, registry=registry)
         client = await aiohttp_client(GatewayTestServer(app), **client_kwargs)
         return Gateway(client, app, registry, config)
+
+    return start
+
+
+StartReference = Callable[[Config], Awaitable[int]]
+
+
+@pytest.fixture
+async def start_reference(aiohttp_server: Any) -> StartReference:
+    """start(config) -> the port of the same app on aiohttp's own server: the reference for the front end."""
+
+    async def start(config: Config) -> int:
+        server = await aiohttp_server(create_app(config, registry=CollectorRegistry()))
+        port: int = server.port
+        return port
 
     return start
 

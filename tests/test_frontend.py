@@ -15,7 +15,6 @@ import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 import pytest
@@ -26,6 +25,7 @@ from conftest import (
     Recorder,
     StartGateway,
     StartRawUpstream,
+    StartReference,
     StartUpstream,
     assert_no_errors,
     closed_url,
@@ -35,10 +35,7 @@ from conftest import (
     wait,
 )
 from multidict import CIMultiDict
-from prometheus_client import CollectorRegistry
 
-from gateway.app import create_app
-from gateway.config import Config
 from gateway.frontend import FastConnection, FrontEnd
 
 MiB = 1024 * 1024
@@ -448,21 +445,6 @@ async def test_malformed_request_line_is_aiohttps_400_and_others_are_served(
     assert (fresh.status, fresh.body) == (200, b"GET /fresh ")
     assert [t for _, t, _ in echo.seen] == ["/before", "/after", "/fresh"]
     assert_no_errors(caplog, "gateway")
-
-
-StartReference = Callable[[Config], Awaitable[int]]
-
-
-@pytest.fixture
-async def start_reference(aiohttp_server: Any) -> StartReference:
-    """start(config) -> the port of the same app served by aiohttp's own server (no front end)."""
-
-    async def start(config: Config) -> int:
-        server = await aiohttp_server(create_app(config, registry=CollectorRegistry()))
-        port: int = server.port
-        return port
-
-    return start
 
 
 def _request(*headers: str, target: str = "/r") -> bytes:

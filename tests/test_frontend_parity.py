@@ -9,27 +9,22 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from conftest import LOOPBACK, StartGateway, StartRawUpstream, StartUpstream, make_config, raw_exchange
+from conftest import (
+    LOOPBACK,
+    StartGateway,
+    StartRawUpstream,
+    StartReference,
+    StartUpstream,
+    make_config,
+    raw_exchange,
+)
 from prometheus_client import CollectorRegistry
 from test_frontend import front_end
 
 from gateway.app import create_app
-from gateway.config import Config
 
 MiB = 1024 * 1024
 SHOP = "https://shop.example"
-
-
-@pytest.fixture
-async def start_reference(aiohttp_server: Any) -> Any:
-    """start(config) -> the port of the same app served by aiohttp's own server (the aiohttp lane only)."""
-
-    async def start(config: Config) -> int:
-        server = await aiohttp_server(create_app(config, registry=CollectorRegistry()))
-        port: int = server.port
-        return port
-
-    return start
 
 
 # --- an upstream answer with Content-Length: 0 (was a 500 in both lanes) ---------------------------
@@ -37,7 +32,7 @@ async def start_reference(aiohttp_server: Any) -> Any:
 
 @pytest.mark.parametrize("lane", ["fast", "aiohttp"])
 async def test_empty_sized_upstream_body_is_forwarded(
-    start_upstream: StartUpstream, start_gateway: StartGateway, start_reference: Any, lane: str
+    start_upstream: StartUpstream, start_gateway: StartGateway, start_reference: StartReference, lane: str
 ) -> None:
     async def empty(request: web.Request) -> web.Response:
         return web.Response(status=201)  # aiohttp sends Content-Length: 0
@@ -116,7 +111,7 @@ async def test_control_aiohttp_lane_whole_responses_respect_back_pressure(
 
 
 async def test_trailing_whitespace_of_header_values_is_not_forwarded(
-    start_raw_upstream: StartRawUpstream, start_gateway: StartGateway, start_reference: Any
+    start_raw_upstream: StartRawUpstream, start_gateway: StartGateway, start_reference: StartReference
 ) -> None:
     upstream = await start_raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
     config = make_config(upstream.url)
@@ -131,7 +126,7 @@ async def test_trailing_whitespace_of_header_values_is_not_forwarded(
 
 
 async def test_preflight_answer_is_the_same_in_both_lanes_for_an_origin_with_trailing_space(
-    start_raw_upstream: StartRawUpstream, start_gateway: StartGateway, start_reference: Any
+    start_raw_upstream: StartRawUpstream, start_gateway: StartGateway, start_reference: StartReference
 ) -> None:
     upstream = await start_raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
     config = make_config(upstream.url, cors={"allow_origins": (SHOP,)})
@@ -153,7 +148,10 @@ async def test_preflight_answer_is_the_same_in_both_lanes_for_an_origin_with_tra
 
 @pytest.mark.parametrize("target", ["/_gateway/session-client%2Ejs", "/_gateway/session-client.js#x"])
 async def test_client_route_is_served_in_both_lanes_whatever_its_spelling(
-    start_raw_upstream: StartRawUpstream, start_gateway: StartGateway, start_reference: Any, target: str
+    start_raw_upstream: StartRawUpstream,
+    start_gateway: StartGateway,
+    start_reference: StartReference,
+    target: str,
 ) -> None:
     upstream = await start_raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nupstream")
     config = make_config(upstream.url)

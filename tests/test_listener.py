@@ -27,8 +27,18 @@ class Counting(asyncio.Protocol):
         Counting.transports.append(transport)
 
 
-def _finish(loop: asyncio.AbstractEventLoop, server: BatchListener, clients: list[socket.socket]) -> None:
-    """Close everything while the loop still runs, so no transport outlives it."""
+def _settle(loop: asyncio.AbstractEventLoop, server: BatchListener, clients: list[socket.socket]) -> int:
+    """Run the loop until the burst is served (at most 2 s); close everything; the connections made."""
+
+    async def served() -> None:
+        for _ in range(200):
+            if Counting.made >= BURST:
+                return
+            await asyncio.sleep(0.01)
+
+    loop.run_until_complete(served())
+    made = Counting.made
+    # Closed while the loop still runs, so no transport outlives it.
     server.close()
     for transport in Counting.transports:
         transport.close()
@@ -36,6 +46,7 @@ def _finish(loop: asyncio.AbstractEventLoop, server: BatchListener, clients: lis
     for client in clients:
         client.close()
     loop.run_until_complete(asyncio.sleep(0.05))
+    return made
 
 
 def _burst(port: int) -> list[socket.socket]:
@@ -68,15 +79,7 @@ def _serve_burst() -> tuple[int, int]:
         loop.add_reader(sock.fileno(), counted)
         clients = _burst(sock.getsockname()[1])
 
-        async def settle() -> None:
-            for _ in range(200):
-                if Counting.made >= BURST:
-                    return
-                await asyncio.sleep(0.01)
-
-        loop.run_until_complete(settle())
-        made = Counting.made
-        _finish(loop, server, clients)
+        made = _settle(loop, server, clients)
     finally:
         loop.close()
     return calls, made
@@ -116,15 +119,7 @@ def test_running_out_of_descriptors_pauses_accepting_then_resumes(monkeypatch: p
         server = BatchListener(loop, Flaky(), Counting)  # type: ignore[arg-type]
         clients = _burst(sock.getsockname()[1])
 
-        async def settle() -> None:
-            for _ in range(200):
-                if Counting.made >= BURST:
-                    return
-                await asyncio.sleep(0.01)
-
-        loop.run_until_complete(settle())
-        made = Counting.made
-        _finish(loop, server, clients)
+        made = _settle(loop, server, clients)
     finally:
         loop.close()
 
