@@ -57,7 +57,7 @@ def measure_metrics() -> float:
     counter = Counter("x", "x", registry=registry)
     histogram = Histogram("y", "y", buckets=DURATION_BUCKETS, registry=registry)
     hot = HotMetrics()
-    hot_counter, hot_histogram = hot.counter("x", "x"), hot.histogram("y", "y", DURATION_BUCKETS)
+    hot_counter, hot_histogram = hot.counter("x", "x").labels(), hot.histogram("y", "y", DURATION_BUCKETS)
 
     def theirs() -> None:
         counter.inc()

@@ -8,9 +8,9 @@ import sys
 from aiohttp import web
 from multidict import CIMultiDict
 
+from bench.plain_proxy import HOP
 from gateway.upstream_client import Origin, Pool
 
-HOP = {"connection", "keep-alive", "transfer-encoding", "upgrade", "te", "trailer", "content-length", "host"}
 POOL = web.AppKey("pool", Pool)
 
 

@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import functools
 import time
+from http import HTTPStatus
 from typing import Any, Final, cast
 from urllib.parse import unquote_to_bytes
 
@@ -39,24 +41,10 @@ NO_BODY_STATUS: Final = frozenset({204, 304})
 _FALLBACK_METHODS: Final = frozenset({"HEAD", "CONNECT"})
 
 
-class _Date:
+@functools.lru_cache(maxsize=1)
+def _date(second: int) -> str:
     """The Date header value, formatted once a second."""
-
-    __slots__ = ("_second", "_value")
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._value = ""
-
-    def __call__(self) -> str:
-        now = int(time.time())
-        if now != self._second:
-            self._second = now
-            self._value = email.utils.formatdate(now, usegmt=True)
-        return self._value
-
-
-_date = _Date()
+    return email.utils.formatdate(second, usegmt=True)
 
 
 class _Body:
@@ -120,7 +108,7 @@ def _head(status: int, reason: str, headers: CIMultiDict[str], close: bool) -> b
     lines = [f"HTTP/1.1 {status} {reason or _reason(status)}\r\n"]
     lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
     if "Date" not in headers:
-        lines.append(f"Date: {_date()}\r\n")
+        lines.append(f"Date: {_date(int(time.time()))}\r\n")
     if close:
         lines.append("Connection: close\r\n")
     lines.append("\r\n")
@@ -129,8 +117,6 @@ def _head(status: int, reason: str, headers: CIMultiDict[str], close: bool) -> b
 
 
 def _reason(status: int) -> str:
-    from http import HTTPStatus
-
     try:
         return HTTPStatus(status).phrase
     except ValueError:
@@ -158,7 +144,7 @@ class FastStream:
             self._chunked = True  # an unsized body (SSE, chunked or close-delimited upstream): chunk it
             headers["Transfer-Encoding"] = "chunked"
         self.prepared = True
-        conn.send(_head(self.status, self.reason, headers, conn.closing or conn.front_closing))
+        conn.send(_head(self.status, self.reason, headers, conn.last_response()))
         await conn.drain()
 
     async def write(self, data: bytes) -> None:
@@ -198,8 +184,7 @@ class FastConnection(asyncio.Protocol):
 
     def _begin(self) -> None:
         self._method = ""
-        self._declared: int | None = None
-        self._content_length = 0
+        self._declared: int | None = None  # the request's Content-Length
         self._url = b""
         self._headers: list[tuple[str, str]] = []
         self._head_done = False
@@ -214,9 +199,13 @@ class FastConnection(asyncio.Protocol):
         self._remote = peer[0] if isinstance(peer, tuple) else None
         self._front.connections.add(self)
 
+    def last_response(self) -> bool:
+        """Whether the response being written is this connection's last (it says Connection: close)."""
+        return self.closing or self._front.closing
+
     @property
-    def front_closing(self) -> bool:
-        return self._front.closing
+    def busy(self) -> bool:
+        return self._task is not None
 
     def data_received(self, data: bytes) -> None:
         if not self._buffer:
@@ -294,7 +283,7 @@ class FastConnection(asyncio.Protocol):
             if not self._head_done or not self._fast():
                 self._handoff()
                 return
-        length = self._content_length
+        length = self._declared or 0
         if len(buffer) < head_end + length:
             return  # the rest of the body is on its way
         end = head_end + length
@@ -352,7 +341,6 @@ class FastConnection(asyncio.Protocol):
             return False
         self._method = method
         self._declared = declared
-        self._content_length = declared or 0
         return True
 
     def _handoff(self) -> None:
@@ -371,10 +359,9 @@ class FastConnection(asyncio.Protocol):
             handler.data_received(data)
 
     async def _serve(self, request: FastRequest) -> None:
-        front = self._front
         try:
             try:
-                response = await front.proxy.handle(request, self._new_stream)
+                response = await self._front.proxy.handle(request, self._new_stream)
             except GatewayError as exc:
                 response = error_response(exc.status, exc.code, exc.message)
             except Exception:
@@ -383,7 +370,7 @@ class FastConnection(asyncio.Protocol):
                 await self.decorate(request, response)
                 self._send_whole(response)
                 await self.drain()  # a client that pipelines and never reads must not grow our buffers
-            elif not getattr(response, "prepared", True):
+            elif isinstance(response, FastStream) and not response.prepared:
                 self.closing = True  # a stream that never started (its client left): nothing more to say
         except asyncio.CancelledError:
             return  # the client left; connection_lost has run
@@ -392,7 +379,7 @@ class FastConnection(asyncio.Protocol):
         finally:
             self._task = None
         self.idle_since = self._loop.time()
-        if self.closing or front.closing:
+        if self.last_response():
             self._close()
             return
         if self._reading_paused and self.transport is not None:
@@ -421,8 +408,7 @@ class FastConnection(asyncio.Protocol):
         else:
             body = body or b""
             headers["Content-Length"] = str(len(body))
-        closing = self.closing or self.front_closing
-        self.send(_head(status, response.reason, headers, closing) + body)
+        self.send(_head(status, response.reason, headers, self.last_response()) + body)
 
     # -- writing ---------------------------------------------------------------------------------------
 
@@ -499,7 +485,7 @@ class FrontEnd:
             await asyncio.sleep(60)
             now = self.loop.time()
             for conn in list(self.connections):
-                if conn._task is None and now - conn.idle_since > IDLE_TIMEOUT:
+                if not conn.busy and now - conn.idle_since > IDLE_TIMEOUT:
                     conn.close_when_idle()
 
     def pre_shutdown(self) -> None:

@@ -45,10 +45,10 @@ Headers = CIMultiDict[str] | CIMultiDictProxy[str]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def connection_tokens(headers: Headers) -> frozenset[istr]:
-    """Header names listed in every `Connection` field (RFC 9110 §7.6.1)."""
+def connection_tokens(headers: Headers) -> frozenset[str]:
+    """Header names listed in every `Connection` field (RFC 9110 §7.6.1), lowercased."""
     return frozenset(
-        istr(token.strip())
+        token.strip().lower()
         for value in headers.getall(hdrs.CONNECTION, ())
         for token in value.split(",")
         if token.strip()
@@ -59,12 +59,10 @@ def strip_hop_by_hop(headers: Headers, extra: Iterable[istr] = ()) -> CIMultiDic
     """A copy without hop-by-hop fields, the fields `Connection` names, and `extra`; repeats are kept."""
     # Copy in C, then delete by name: measured ~3x faster than filtering item by item in Python.
     out = CIMultiDict(headers)
-    for value in out.getall(hdrs.CONNECTION, ()):
-        for token in value.split(","):
-            token = token.strip()
-            # "keep-alive" and "close", by far the commonest, are hop-by-hop anyway: popped below.
-            if token and token.lower() not in _HOP_LOWER:
-                out.popall(token, None)
+    if hdrs.CONNECTION in out:
+        # "keep-alive" and "close", by far the commonest tokens, are hop-by-hop anyway: popped below.
+        for name in connection_tokens(out) - _HOP_LOWER:
+            out.popall(name, None)
     for name in HOP_BY_HOP:
         out.popall(name, None)
     for name in extra:
@@ -106,9 +104,7 @@ def set_forwarded(
 
 def is_websocket_upgrade(headers: Headers) -> bool:
     """An HTTP/1.1 WebSocket handshake (RFC 6455 §4.1)."""
-    return headers.get(hdrs.UPGRADE, "").lower() == "websocket" and "upgrade" in {
-        t.lower() for t in connection_tokens(headers)
-    }
+    return headers.get(hdrs.UPGRADE, "").lower() == "websocket" and "upgrade" in connection_tokens(headers)
 
 
 def redact_path(path: str) -> str:

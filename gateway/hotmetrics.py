@@ -101,17 +101,11 @@ class HotMetrics(Collector):
     """Builds hot metrics; register it on a registry once they are built (describe() names them all)."""
 
     def __init__(self) -> None:
-        self._counters: list[tuple[str, str, HotCounter]] = []
         self._families: list[CounterFamily] = []
         self._gauges: list[tuple[str, str, HotGauge]] = []
         self._histograms: list[tuple[str, str, HotHistogram, tuple[str, ...]]] = []
 
-    def counter(self, name: str, documentation: str) -> HotCounter:
-        counter = HotCounter()
-        self._counters.append((name, documentation, counter))
-        return counter
-
-    def labelled_counter(self, name: str, documentation: str, labelnames: Iterable[str]) -> CounterFamily:
+    def counter(self, name: str, documentation: str, labelnames: Iterable[str] = ()) -> CounterFamily:
         family = CounterFamily(name, documentation, tuple(labelnames))
         self._families.append(family)
         return family
@@ -130,7 +124,6 @@ class HotMetrics(Collector):
     def declared(self) -> dict[str, tuple[str, set[str]]]:
         """Exposed sample-family name -> (type, label names), whether or not a sample exists yet."""
         out: dict[str, tuple[str, set[str]]] = {}
-        out.update({f"{name}_total": ("counter", set()) for name, _, _ in self._counters})
         out.update({f"{f.name}_total": ("counter", set(f.labelnames)) for f in self._families})
         out.update({name: ("gauge", set()) for name, _, _ in self._gauges})
         out.update({name: ("histogram", set()) for name, _, _, _ in self._histograms})
@@ -138,8 +131,6 @@ class HotMetrics(Collector):
 
     def describe(self) -> Iterator[Metric]:
         """Every family, without samples: the registry learns the names (and refuses duplicates)."""
-        for name, documentation, _ in self._counters:
-            yield CounterMetricFamily(name, documentation)
         for labelled in self._families:
             yield CounterMetricFamily(labelled.name, labelled.documentation, labels=labelled.labelnames)
         for name, documentation, _ in self._gauges:
@@ -149,10 +140,6 @@ class HotMetrics(Collector):
 
     def collect(self) -> Iterator[Metric]:
         created = _created()
-        for name, documentation, counter in self._counters:
-            family = CounterMetricFamily(name, documentation)
-            family.add_metric((), counter.value, created=counter.created if created else None)
-            yield family
         for labelled in self._families:
             yield labelled.collect(created)
         for name, documentation, gauge in self._gauges:

@@ -77,9 +77,6 @@ class BatchListener:
             self._loop.remove_reader(self._sock.fileno())
             self._sock.close()
 
-    async def wait_closed(self) -> None:
-        return None
-
 
 def _is_uvloop(loop: asyncio.AbstractEventLoop) -> bool:
     return type(loop).__module__.startswith("uvloop")

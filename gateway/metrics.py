@@ -64,7 +64,7 @@ class Metrics:
         r = self.registry
         # Updated on every request: lock-free (hotmetrics.py says why), exposed as prometheus_client would.
         self.hot = hot = HotMetrics()
-        self.requests = hot.labelled_counter(
+        self.requests = hot.counter(
             f"{PREFIX}_requests", "Proxied requests by method and status code.", ["method", "code"]
         )
         self.request_duration = hot.histogram(
@@ -83,10 +83,10 @@ class Metrics:
             OVERHEAD_BUCKETS,
         )
         self.in_flight = hot.gauge(f"{PREFIX}_requests_in_flight", "Requests being proxied now.")
-        self.replica_requests = hot.labelled_counter(
+        self.replica_requests = hot.counter(
             f"{PREFIX}_upstream_requests", "Requests sent to each bot replica.", ["replica"]
         )
-        self.carrier = hot.labelled_counter(
+        self.carrier = hot.counter(
             f"{PREFIX}_session_carrier", "Requests by how they carried their session.", ["carrier"]
         )
         self.idle_gap = hot.histogram(

@@ -50,7 +50,7 @@ def aiohttp_stream(status: int, reason: str, headers: CIMultiDict[str]) -> Outgo
 class Exchange:
     """What one proxied request did, for the access log and metrics."""
 
-    new_stream: NewStream = aiohttp_stream  # how a streamed response is opened on this request's connection
+    new_stream: NewStream  # how a streamed response is opened on this request's connection
     started: float = field(default_factory=time.perf_counter)
     upstream_status: int | None = None
     session: str | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -111,8 +112,10 @@ class SessionManager:
         self._active_max = 0
         self._batch = min(64, config.sweep_batch)  # grows while batches stay under _BATCH_SECONDS
         self.store_healthy = True
-        self._only_replica = upstreams.replicas[0] if len(upstreams.replicas) == 1 else None
-        self._affinity_cache: dict[str, tuple[str, str]] = {}  # signed value -> (header pair, Set-Cookie)
+        # Every response carries the affinity Set-Cookie: built once per signed value.
+        self._affinity_set_cookie = functools.lru_cache(maxsize=_AFFINITY_CACHE_SIZE)(
+            lambda value: self._cookie(config.affinity_cookie, value)
+        )
         owned = [X_SESSION_NEW, X_SESSION_PREVIOUS, istr(config.header)]
         if config.issuer == "gateway":
             owned.append(X_SESSION_ID)
@@ -250,10 +253,6 @@ class SessionManager:
             turn.reason = "first"
         else:
             await self._resolve(turn, carried.session_id, now)
-            only = self._only_replica
-            if turn.live and only is not None and turn.pinned_name == only.name:
-                turn.replica = only  # the common case, decided without _place
-                return
         await self._place(turn, now)
         if turn.reason is not None and self.config.issuer == "gateway":
             await self._mint(turn, now)
@@ -472,8 +471,7 @@ class SessionManager:
             self._store_down("response", exc)
             session_id, signal = bot_id or turn.session_id, None
         finally:
-            if turn.claimed is not None:  # None when create() released it
-                await self.abandon(turn)
+            await self.abandon(turn)  # a no-op when create() released the claim
         if turn.ended:
             self._end_headers(headers)
             return
@@ -582,15 +580,8 @@ class SessionManager:
         """X-Gateway-Session and its Set-Cookie; Teneo Web Chat keeps `value.split(';')[0]`, so the pair comes first."""
         name = (replica or self.upstreams.replicas[0]).name
         value = self.signer.sign(name, session_id)
-        # Every response carries both: built once per value (the signer caches the same way).
-        cached = self._affinity_cache.get(value)
-        if cached is None:
-            if len(self._affinity_cache) >= _AFFINITY_CACHE_SIZE:
-                self._affinity_cache.clear()
-            pair = f"{self.config.affinity_cookie}={value}"
-            cached = self._affinity_cache[value] = (pair, self._cookie(self.config.affinity_cookie, value))
-        headers[X_GATEWAY_SESSION] = cached[0]
-        headers.add(hdrs.SET_COOKIE, cached[1])
+        headers[X_GATEWAY_SESSION] = f"{self.config.affinity_cookie}={value}"
+        headers.add(hdrs.SET_COOKIE, self._affinity_set_cookie(value))
         if self.config.issuer == "gateway" and session_id:
             headers.add(hdrs.SET_COOKIE, self._cookie(self.config.cookie, session_id))
 

@@ -23,10 +23,13 @@ def _without_created(text: bytes) -> str:
 def test_exposition_matches_prometheus_client_for_the_same_updates() -> None:
     theirs, ours = CollectorRegistry(), CollectorRegistry()
     hot = HotMetrics()
-    counter = (Counter("x_requests", "Requests.", registry=theirs), hot.counter("x_requests", "Requests."))
+    counter = (
+        Counter("x_requests", "Requests.", registry=theirs),
+        hot.counter("x_requests", "Requests.").labels(),
+    )
     family = (
         Counter("x_by", "By method.", ["method", "code"], registry=theirs),
-        hot.labelled_counter("x_by", "By method.", ["method", "code"]),
+        hot.counter("x_by", "By method.", ["method", "code"]),
     )
     gauge = (Gauge("x_in_flight", "In flight.", registry=theirs), hot.gauge("x_in_flight", "In flight."))
     histogram = (
@@ -60,7 +63,7 @@ def test_exposition_matches_prometheus_client_for_the_same_updates() -> None:
 def test_declared_names_types_and_labels_before_any_sample() -> None:
     hot = HotMetrics()
     hot.counter("a", "A.")
-    hot.labelled_counter("b", "B.", ["replica"])
+    hot.counter("b", "B.", ["replica"])
     hot.gauge("c", "C.")
     hot.histogram("d_seconds", "D.", BUCKETS)
 
@@ -88,7 +91,7 @@ def test_hot_metrics_honour_disabled_created_series(created_series_disabled: Non
     theirs, ours = CollectorRegistry(), CollectorRegistry()
     hot = HotMetrics()
     Counter("x_requests", "Requests.", registry=theirs).inc()
-    hot.counter("x_requests", "Requests.").inc()
+    hot.counter("x_requests", "Requests.").labels().inc()
     Histogram("x_seconds", "Durations.", buckets=(1.0,), registry=theirs).observe(0.5)
     hot.histogram("x_seconds", "Durations.", (1.0,)).observe(0.5)
     ours.register(hot)
@@ -100,7 +103,7 @@ def test_hot_metrics_honour_disabled_created_series(created_series_disabled: Non
 def test_registry_refuses_a_second_metric_with_a_hot_metrics_name() -> None:
     registry = CollectorRegistry()
     hot = HotMetrics()
-    hot.counter("x_requests", "Requests.")
+    hot.counter("x_requests", "Requests.").labels()
     registry.register(hot)
     with pytest.raises(ValueError, match="Duplicated"):  # what prometheus_client does for its own Counter
         Counter("x_requests", "Again.", registry=registry)

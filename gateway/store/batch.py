@@ -10,6 +10,7 @@ pipeline of one. The Redis commands are the same EVALSHA calls, so atomicity per
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -19,6 +20,16 @@ from redis.exceptions import NoScriptError, RedisError
 from gateway.errors import StoreUnavailable
 
 Call = tuple[list[str], list[Any], "asyncio.Future[Any]"]
+
+
+async def bounded(call: Awaitable[Any], timeout: float) -> Any:
+    """One Redis call within `timeout`; a failure or a timeout is StoreUnavailable (redis-py disconnects a
+    connection whose call was cut short)."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await call
+    except (TimeoutError, RedisError, OSError) as exc:
+        raise StoreUnavailable(f"The session store is unavailable ({type(exc).__name__}).") from exc
 
 
 class ScriptBatcher:
@@ -41,7 +52,7 @@ class ScriptBatcher:
         result = await future
         if isinstance(result, NoScriptError):
             # The server lost its scripts (a restart, a failover): the script object loads and runs it.
-            result = await self._direct(keys, args)
+            result = await bounded(self._script(keys=keys, args=args), self._timeout)
         return result
 
     def _flush(self) -> None:
@@ -54,17 +65,10 @@ class ScriptBatcher:
         batch = [call for call in batch if not call[2].done()]  # callers that left: their call is not run
         if not batch:
             return
-        sha = self._script.sha
         try:
-            async with asyncio.timeout(self._timeout):
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for keys, args, _ in batch:
-                        # evalsha directly, not through the script: a pipeline holding scripts first asks
-                        # SCRIPT EXISTS, a second round trip.
-                        pipe.evalsha(sha, len(keys), *keys, *args)
-                    results = await pipe.execute(raise_on_error=False)
-        except (TimeoutError, RedisError, OSError) as exc:
-            _fail(batch, f"The session store is unavailable ({type(exc).__name__}).")
+            results = await bounded(self._pipelined(batch), self._timeout)
+        except StoreUnavailable as exc:
+            _fail(batch, exc.message)
             return
         except BaseException as exc:  # cancelled at shutdown: nobody waits forever
             _fail(batch, f"The session store call was abandoned ({type(exc).__name__}).")
@@ -77,12 +81,13 @@ class ScriptBatcher:
             else:
                 future.set_result(result)
 
-    async def _direct(self, keys: list[str], args: list[Any]) -> Any:
-        try:
-            async with asyncio.timeout(self._timeout):
-                return await self._script(keys=keys, args=args)
-        except (TimeoutError, RedisError, OSError) as exc:
-            raise StoreUnavailable(f"The session store is unavailable ({type(exc).__name__}).") from exc
+    async def _pipelined(self, batch: list[Call]) -> list[Any]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for keys, args, _ in batch:
+                # evalsha directly, not through the script: a pipeline holding scripts first asks
+                # SCRIPT EXISTS, a second round trip.
+                pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+            return await pipe.execute(raise_on_error=False)
 
     async def close(self) -> None:
         for task in list(self._flushing):

@@ -13,7 +13,6 @@ same script, so exactly one replica counts each expiry. Key TTLs are a backstop 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import math
 from typing import Any, Final
@@ -23,9 +22,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
-from gateway.errors import StoreUnavailable
 from gateway.store import (
     CapacityExceeded,
     Created,
@@ -37,7 +34,7 @@ from gateway.store import (
     TombReason,
     Touch,
 )
-from gateway.store.batch import ScriptBatcher
+from gateway.store.batch import ScriptBatcher, bounded
 
 # Seconds a key outlives its deadline, so the sweeper (not Redis) ends it while any gateway runs.
 TTL_SLACK: Final = 60.0
@@ -257,11 +254,7 @@ class RedisStore:
         return digest, [f"{tag}:s:{digest}", f"{tag}:t:{digest}", f"{tag}:exp"]
 
     async def _call(self, coro: Any) -> Any:
-        try:
-            async with asyncio.timeout(self._timeout):
-                return await coro
-        except (TimeoutError, RedisError, OSError) as exc:
-            raise StoreUnavailable(f"The session store is unavailable ({type(exc).__name__}).") from exc
+        return await bounded(coro, self._timeout)
 
     async def ping(self) -> None:
         await self._call(self.client.ping())
