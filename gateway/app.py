@@ -15,6 +15,7 @@ from gateway.client import client_handler
 from gateway.config import Config
 from gateway.cors import Cors
 from gateway.errors import error_middleware
+from gateway.messages import Whole
 from gateway.metrics import Metrics
 from gateway.proxy import Proxy, Streams, build_client, build_pool
 from gateway.sessions import Clock, SessionManager
@@ -103,6 +104,10 @@ def create_app(
 
     async def handle(request: web.Request) -> web.StreamResponse:
         response = await app[PROXY].handle(request)
+        if isinstance(response, Whole):
+            return web.Response(
+                status=response.status, reason=response.reason, headers=response.headers, body=response.body
+            )
         assert isinstance(response, web.StreamResponse)  # aiohttp's own streams on aiohttp's requests
         return response
 

@@ -8,7 +8,7 @@ from aiohttp import hdrs, web
 
 from gateway.config import CorsConfig
 from gateway.errors import error_response
-from gateway.messages import Incoming, Outgoing
+from gateway.messages import Incoming, Outgoing, Whole
 
 EXPOSED: Final = "X-Gateway-Session, X-Session-Id, X-Session-New"
 
@@ -44,7 +44,9 @@ class Cors:
             return error_response(403, "cors_origin_not_allowed", "This origin may not call the gateway.")
         return web.Response(status=204)
 
-    async def on_response_prepare(self, request: Incoming, response: web.StreamResponse | Outgoing) -> None:
+    async def on_response_prepare(
+        self, request: Incoming, response: web.StreamResponse | Outgoing | Whole
+    ) -> None:
         """Every response, errors and streams included, gets its CORS headers just before they go out."""
         if not self.enabled:
             return

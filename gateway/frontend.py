@@ -30,7 +30,7 @@ from aiohttp.http_parser import SINGLETON_HEADERS
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.errors import GatewayError, error_response, unexpected_error
-from gateway.messages import Outgoing
+from gateway.messages import Outgoing, Whole
 from gateway.proxy import SMALL_BODY, Proxy
 
 BUFFER_LIMIT: Final = 256 * 1024  # bytes buffered ahead of the request being served before reading pauses
@@ -366,7 +366,7 @@ class FastConnection(asyncio.Protocol):
                 response = error_response(exc.status, exc.code, exc.message)
             except Exception:
                 response = unexpected_error(request.method, request.raw_path.split("?", 1)[0])
-            if isinstance(response, web.Response):
+            if isinstance(response, Whole | web.Response):
                 await self.decorate(request, response)
                 self._send_whole(response)
                 await self.drain()  # a client that pipelines and never reads must not grow our buffers
@@ -391,13 +391,13 @@ class FastConnection(asyncio.Protocol):
     def _new_stream(self, status: int, reason: str, headers: CIMultiDict[str]) -> Outgoing:
         return FastStream(self, status, reason, headers)
 
-    async def decorate(self, request: FastRequest, response: web.StreamResponse | FastStream) -> None:
+    async def decorate(self, request: FastRequest, response: web.StreamResponse | FastStream | Whole) -> None:
         """What aiohttp's on_response_prepare hooks did: CORS headers on every response."""
         cors = self._front.proxy.cors
         if cors.enabled:
             await cors.on_response_prepare(request, response)
 
-    def _send_whole(self, response: web.Response) -> None:
+    def _send_whole(self, response: Whole | web.Response) -> None:
         body = response.body
         assert body is None or isinstance(body, bytes), "the proxy's whole responses are bytes"
         headers = response.headers  # the response is the proxy's own, made for this request

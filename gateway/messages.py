@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -49,3 +50,15 @@ class Outgoing(Protocol):
 
 
 NewStream = Callable[[int, str, CIMultiDict[str]], Outgoing]
+
+
+@dataclass(slots=True)
+class Whole:
+    """A response the proxy holds complete (a chat turn's JSON), written head and body at once.
+
+    Not a web.Response: building one was ~4% of a proxied request's CPU on the fast lane (issue 6)."""
+
+    status: int
+    reason: str
+    headers: CIMultiDict[str]
+    body: bytes

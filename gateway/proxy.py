@@ -26,7 +26,7 @@ from gateway.headers import (
     set_forwarded,
     strip_hop_by_hop,
 )
-from gateway.messages import Incoming, NewStream, Outgoing
+from gateway.messages import Incoming, NewStream, Outgoing, Whole
 from gateway.metrics import Metrics
 from gateway.sessions import LOGOUT, SessionManager, Turn, short_id
 from gateway.upstream_client import Pool, Response, UpstreamConnectError
@@ -137,7 +137,7 @@ class Proxy:
 
     async def handle(
         self, request: Incoming, new_stream: NewStream = aiohttp_stream
-    ) -> web.StreamResponse | Outgoing:
+    ) -> web.StreamResponse | Outgoing | Whole:
         """Proxy one request; gateway errors raise and are rendered by the error middleware (or the front end)."""
         exchange = Exchange(new_stream)
         self.metrics.in_flight.inc()
@@ -193,7 +193,7 @@ class Proxy:
         )
         return headers
 
-    async def _proxy(self, request: Incoming, exchange: Exchange) -> web.StreamResponse | Outgoing:
+    async def _proxy(self, request: Incoming, exchange: Exchange) -> web.StreamResponse | Outgoing | Whole:
         preflight = self.cors.preflight(request)
         if preflight is not None:
             return preflight
@@ -346,7 +346,7 @@ class Proxy:
         *,
         overhead: float,
         received: float,
-    ) -> web.StreamResponse | Outgoing:
+    ) -> web.StreamResponse | Outgoing | Whole:
         if turn.ended and upstream.status in (404, 405):
             # A bot without an end-session endpoint: answer the Teneo logout ourselves.
             logout_headers: CIMultiDict[str] = CIMultiDict()
@@ -375,7 +375,7 @@ class Proxy:
                 raise error from None
             exchange.bytes_out = length
             self.metrics.overhead.observe(overhead + time.perf_counter() - received)
-            return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
+            return Whole(upstream.status, upstream.reason or "", headers, body)
         response = exchange.new_stream(upstream.status, upstream.reason or "", headers)
         try:
             await response.prepare(request)
