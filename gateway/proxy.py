@@ -134,6 +134,8 @@ class Proxy:
         self.cors = cors
         self._trusted = config.listen.trusted_networks()
         self._max_body = config.upstream.max_body_size
+        self._drop = REQUEST_ONLY_DROP | sessions.owned_request_headers | _COOKIE
+        self._drop_websocket = self._drop | WEBSOCKET_HANDSHAKE
 
     async def handle(
         self, request: Incoming, new_stream: NewStream = aiohttp_stream
@@ -180,8 +182,7 @@ class Proxy:
 
     def upstream_headers(self, request: Incoming, turn: Turn, *, websocket: bool = False) -> CIMultiDict[str]:
         """Request headers for the upstream: hop-by-hop and gateway-owned stripped, session and X-Forwarded-* set."""
-        extra = REQUEST_ONLY_DROP | turn.drop | _COOKIE
-        headers = strip_hop_by_hop(request.headers, extra | WEBSOCKET_HANDSHAKE if websocket else extra)
+        headers = strip_hop_by_hop(request.headers, self._drop_websocket if websocket else self._drop)
         headers.extend(turn.headers)
         peer = request.remote
         set_forwarded(

@@ -82,7 +82,6 @@ class Turn:
     replica: Replica | None = None  # where this request goes
     answer_logout: bool = False  # answer the logout JSON without forwarding
     headers: CIMultiDict[str] = field(default_factory=CIMultiDict)  # to add on the request to the bot
-    drop: frozenset[istr] = frozenset()
 
 
 class SessionManager:
@@ -119,7 +118,7 @@ class SessionManager:
         owned = [X_SESSION_NEW, X_SESSION_PREVIOUS, istr(config.header)]
         if config.issuer == "gateway":
             owned.append(X_SESSION_ID)
-        self._owned_request_headers = frozenset(owned)
+        self.owned_request_headers = frozenset(owned)  # a client's copies never reach the bot
         metrics.sessions_limit.set(config.max_sessions)
         metrics.store_shared.set(1 if store.shared else 0)
         metrics.idle_timeout.set(config.idle_timeout)
@@ -221,7 +220,7 @@ class SessionManager:
         """Resolve the session a request carries and decide what the bot is told."""
         carried = extract(target, headers, self.config)
         self.metrics.carriers[carried.carrier].inc()
-        turn = Turn(carried, drop=self._owned_request_headers)
+        turn = Turn(carried)
         if carried.session_id is None and self.config.store_failure == "closed" and not self.store_healthy:
             # Nothing to read before forwarding, but the session the bot starts could not be recorded.
             raise StoreUnavailable("The session store is unavailable.")
@@ -232,9 +231,7 @@ class SessionManager:
             if self.config.store_failure == "closed":
                 raise
             # Fail open: proxy as if the gateway were not there, and signal nothing we cannot know.
-            turn = Turn(
-                carried, drop=self._owned_request_headers, untracked=True, session_id=carried.session_id
-            )
+            turn = Turn(carried, untracked=True, session_id=carried.session_id)
             turn.replica = self._affinity_replica(carried) or self.upstreams.choose()
         except BaseException:
             await self.abandon(turn)  # e.g. refused at the cap: racing requests must not wait on our claim
