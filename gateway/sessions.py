@@ -44,7 +44,7 @@ X_GATEWAY_SESSION: Final = istr("X-Gateway-Session")
 _MAX_SUCCESSOR_HOPS: Final = 3
 _CLAIM_POLL: Final = 0.02  # seconds between asks while another request holds a claim
 _BATCH_SECONDS: Final = 0.002  # event-loop time one sweep batch may take before yielding
-_AFFINITY_CACHE_SIZE: Final = 4096
+_AFFINITY_CACHE_SIZE: Final = 16384  # sessions whose affinity headers are remembered (~6 MB at most)
 LOGOUT: Final = {"status": 1, "message": "logout"}
 
 # Why a dead session's tombstone says it ended, as the reason its successor started.
@@ -81,7 +81,7 @@ class Turn:
     pinned_name: str | None = None  # the replica the store says holds the session
     replica: Replica | None = None  # where this request goes
     answer_logout: bool = False  # answer the logout JSON without forwarding
-    headers: CIMultiDict[str] = field(default_factory=CIMultiDict)  # to add on the request to the bot
+    headers: list[tuple[str, str]] = field(default_factory=list)  # to add on the request to the bot
 
 
 class SessionManager:
@@ -111,10 +111,8 @@ class SessionManager:
         self._active_max = 0
         self._batch = min(64, config.sweep_batch)  # grows while batches stay under _BATCH_SECONDS
         self.store_healthy = True
-        # Every response carries the affinity Set-Cookie: built once per signed value.
-        self._affinity_set_cookie = functools.lru_cache(maxsize=_AFFINITY_CACHE_SIZE)(
-            lambda value: self._cookie(config.affinity_cookie, value)
-        )
+        # Every response carries both affinity headers: built once per replica and session.
+        self._affinity_values = functools.lru_cache(maxsize=_AFFINITY_CACHE_SIZE)(self._affinity_pair)
         owned = [X_SESSION_NEW, X_SESSION_PREVIOUS, istr(config.header)]
         if config.issuer == "gateway":
             owned.append(X_SESSION_ID)
@@ -250,7 +248,8 @@ class SessionManager:
             turn.reason = "first"
         else:
             await self._resolve(turn, carried.session_id, now)
-        await self._place(turn, now)
+        if not self._place(turn):
+            await self.repin(turn, now)
         if turn.reason is not None and self.config.issuer == "gateway":
             await self._mint(turn, now)
         elif turn.reason is not None or turn.adopting:
@@ -330,24 +329,25 @@ class SessionManager:
         replica = self.upstreams.get(self.signer.verify(carried.affinity, carried.session_id))
         return replica if replica is not None and self.upstreams.is_up(replica) else None
 
-    async def _place(self, turn: Turn, now: float) -> None:
-        """Choose the replica: the pinned one; the affinity value's for an id the store lost; else the least busy."""
+    def _place(self, turn: Turn) -> bool:
+        """Choose the replica: the pinned one; the affinity value's for an id the store lost; else the least
+        busy. False: the live session's replica is gone, so the session must move (repin)."""
         if turn.live or turn.ended:
             replica = self.upstreams.get(turn.pinned_name)
             if replica is None:
                 replica = self._affinity_replica(turn.carried)
             if replica is not None and (self.upstreams.is_up(replica) or len(self.upstreams.replicas) == 1):
                 turn.replica = replica
-                return
+                return True
             if self.strict_affinity:
                 raise ReplicaUnavailable("The bot replica holding this session is unavailable.")
             if turn.live:
-                await self.repin(turn, now)
-                return
+                return False
         elif turn.adopting:
             turn.replica = self._affinity_replica(turn.carried) or self.upstreams.choose()
-            return
+            return True
         turn.replica = self.upstreams.choose()
+        return True
 
     def can_repin(self, turn: Turn) -> bool:
         """Whether a failed live session may move to another replica (as a new session, reason upstream)."""
@@ -371,7 +371,7 @@ class SessionManager:
         turn.replica = min(candidates, key=lambda r: (not self.upstreams.is_up(r), r.in_flight))
         if self.config.issuer == "gateway":
             await self._mint(turn, now)
-        turn.headers = CIMultiDict()
+        turn.headers = []
         self._bot_headers(turn)
 
     def _continued(self, turn: Turn, touch: Touch) -> None:
@@ -399,14 +399,15 @@ class SessionManager:
         carried_on = turn.live or turn.adopting or turn.ended or turn.untracked
         if self.config.issuer == "upstream" and turn.session_id and carried_on:
             cookies.append((self.config.cookie, turn.session_id))
+        add = turn.headers.append
         if cookies:
-            turn.headers[hdrs.COOKIE] = render_cookie_header(cookies)
+            add((hdrs.COOKIE, render_cookie_header(cookies)))
         if self.config.issuer == "gateway" and turn.session_id:
-            turn.headers[X_SESSION_ID] = turn.session_id
+            add((X_SESSION_ID, turn.session_id))
         if turn.reason is not None:
-            turn.headers[X_SESSION_NEW] = turn.reason
+            add((X_SESSION_NEW, turn.reason))
             if turn.previous:
-                turn.headers[X_SESSION_PREVIOUS] = turn.previous
+                add((X_SESSION_PREVIOUS, turn.previous))
 
     async def _start(
         self, session_id: str, reason: StartReason, now: float, previous: str | None, replica: Replica | None
@@ -443,11 +444,11 @@ class SessionManager:
     async def finish(self, turn: Turn, status: int, headers: CIMultiDict[str]) -> None:
         """Record what the bot did, apply its controls, and add the gateway's headers to its response."""
         now = self.clock()
-        for name in (X_SESSION_NEW, X_SESSION_ID, X_GATEWAY_SESSION):
-            headers.popall(name, None)
-        controls = [
-            v.strip().lower() for raw in headers.popall(X_SESSION_CONTROL, ()) for v in raw.split(",")
-        ]
+        headers.popall(X_SESSION_NEW, None)
+        headers.popall(X_SESSION_ID, None)
+        headers.popall(X_GATEWAY_SESSION, None)
+        raw_controls = headers.popall(X_SESSION_CONTROL, None)
+        controls = [v.strip().lower() for raw in raw_controls for v in raw.split(",")] if raw_controls else []
         signal: StartReason | None = None
         session_id = turn.session_id
         bot_id, bot_deleted = (None, False) if self.config.issuer == "gateway" else self._bot_cookies(headers)
@@ -456,7 +457,7 @@ class SessionManager:
                 session_id = bot_id or session_id
             elif self.config.issuer == "gateway":
                 signal = turn.reason
-            else:
+            elif not (turn.live and bot_id is None and not bot_deleted):  # else: the bot continued it
                 session_id, signal = await self._follow_bot(turn, status, bot_id, bot_deleted, now)
             if controls and session_id is not None and not turn.untracked and not turn.ended:
                 await self._apply_controls(session_id, controls, now)
@@ -468,7 +469,8 @@ class SessionManager:
             self._store_down("response", exc)
             session_id, signal = bot_id or turn.session_id, None
         finally:
-            await self.abandon(turn)  # a no-op when create() released the claim
+            if turn.claimed is not None:  # None when create() released the claim
+                await self.abandon(turn)
         if turn.ended:
             self._end_headers(headers)
             return
@@ -575,12 +577,18 @@ class SessionManager:
 
     def _affinity_headers(self, headers: CIMultiDict[str], session_id: str, replica: Replica | None) -> None:
         """X-Gateway-Session and its Set-Cookie; Teneo Web Chat keeps `value.split(';')[0]`, so the pair comes first."""
-        name = (replica or self.upstreams.replicas[0]).name
-        value = self.signer.sign(name, session_id)
-        headers[X_GATEWAY_SESSION] = f"{self.config.affinity_cookie}={value}"
-        headers.add(hdrs.SET_COOKIE, self._affinity_set_cookie(value))
+        gateway_session, set_cookie = self._affinity_values(
+            (replica or self.upstreams.replicas[0]).name, session_id
+        )
+        headers[X_GATEWAY_SESSION] = gateway_session
+        headers.add(hdrs.SET_COOKIE, set_cookie)
         if self.config.issuer == "gateway" and session_id:
             headers.add(hdrs.SET_COOKIE, self._cookie(self.config.cookie, session_id))
+
+    def _affinity_pair(self, replica: str, session_id: str) -> tuple[str, str]:
+        """X-Gateway-Session's value and the affinity Set-Cookie."""
+        value = self.signer.sign(replica, session_id)
+        return f"{self.config.affinity_cookie}={value}", self._cookie(self.config.affinity_cookie, value)
 
     def _end_headers(self, headers: CIMultiDict[str]) -> None:
         headers[X_GATEWAY_SESSION] = ""
