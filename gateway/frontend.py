@@ -39,12 +39,17 @@ MAX_REQUEST_LINE: Final = 8190  # aiohttp's max_line_size: a longer target is it
 IDLE_TIMEOUT: Final = 3630.0  # seconds an idle keep-alive connection is kept: aiohttp's default
 NO_BODY_STATUS: Final = frozenset({204, 304})
 _FALLBACK_METHODS: Final = frozenset({"HEAD", "CONNECT"})
+_REFUSED: Final = frozenset({"transfer-encoding", "expect", "upgrade"})  # framing aiohttp's lane judges
+_JUDGED: Final = frozenset(SINGLETON_HEADERS) | _REFUSED
 
 
 @functools.lru_cache(maxsize=1)
 def _date(second: int) -> str:
     """The Date header value, formatted once a second."""
     return email.utils.formatdate(second, usegmt=True)
+
+
+_NO_FIELDS: Final[CIMultiDict[str]] = CIMultiDict()
 
 
 class _Body:
@@ -187,6 +192,7 @@ class FastConnection(asyncio.Protocol):
         self._declared: int | None = None  # the request's Content-Length
         self._url = b""
         self._headers: list[tuple[str, str]] = []
+        self._fields: CIMultiDict[str] = _NO_FIELDS
         self._head_done = False
         self._keep_alive = True
         self._unusual = False  # something aiohttp should judge (limits, unusual framing)
@@ -249,12 +255,10 @@ class FastConnection(asyncio.Protocol):
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        limit = self._front.max_field_size
-        if len(name) > limit or len(value) > limit:
-            self._unusual = True
-        value = value.rstrip(b" \t")  # httptools keeps a value's trailing whitespace; aiohttp strips it
+        # Field sizes are checked in _fast, only for a head longer than the limit. rstrip: httptools keeps a
+        # value's trailing whitespace, aiohttp strips it.
         self._headers.append(
-            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+            (name.decode("utf-8", "surrogateescape"), value.rstrip(b" \t").decode("utf-8", "surrogateescape"))
         )
 
     def on_headers_complete(self) -> None:
@@ -280,7 +284,7 @@ class FastConnection(asyncio.Protocol):
             except (httptools.HttpParserError, httptools.HttpParserUpgrade):
                 self._handoff()  # upgrades, and malformed requests (aiohttp answers those with its 400)
                 return
-            if not self._head_done or not self._fast():
+            if not self._head_done or not self._fast(head_end):
                 self._handoff()
                 return
         length = self._declared or 0
@@ -294,7 +298,7 @@ class FastConnection(asyncio.Protocol):
         request = FastRequest(
             self._method,
             self._url.decode("utf-8", "surrogateescape"),
-            CIMultiDictProxy(CIMultiDict(self._headers)),
+            CIMultiDictProxy(self._fields),
             body,
             self._declared,
             self._remote,
@@ -306,8 +310,8 @@ class FastConnection(asyncio.Protocol):
             self.closing = True
         self._task = self._loop.create_task(self._serve(request))
 
-    def _fast(self) -> bool:
-        """Whether the fast lane takes this request; sets its method and body length."""
+    def _fast(self, head_length: int) -> bool:
+        """Whether the fast lane takes this request; sets its method, fields and body length."""
         parser = self._parser
         if self._unusual or parser.should_upgrade() or parser.get_http_version() != "1.1":
             return False
@@ -315,32 +319,37 @@ class FastConnection(asyncio.Protocol):
         url = self._url
         if method in _FALLBACK_METHODS or not url.startswith(b"/") or len(url) > MAX_REQUEST_LINE:
             return False
-        if len(self._headers) > self._front.max_headers:
+        front = self._front
+        if len(self._headers) > front.max_headers:
             return False
-        declared: int | None = None
-        hosts = 0
-        seen: set[str] = set()
-        for name, value in self._headers:
+        limit = front.max_field_size
+        if head_length > limit and any(len(n) > limit or len(v) > limit for n, v in self._headers):
+            return False
+        fields = CIMultiDict(self._headers)
+        # The names to judge, found by multidict's case-insensitive intersection (C) rather than by a Python
+        # loop over every field (measured: 3x fewer bytecodes for a browser's 15 fields).
+        for name in fields.keys() & _JUDGED:
             lower = name.lower()
-            if lower in SINGLETON_HEADERS:  # aiohttp refuses a repeated one with 400: its lane answers
-                if lower in seen:
-                    return False
-                seen.add(lower)
-                hosts += lower == "host"
-            if lower == "content-length":
-                if declared is not None or not value.isdigit():
-                    return False
-                declared = int(value)
-            elif lower in ("transfer-encoding", "expect", "upgrade"):
+            if lower in _REFUSED:
                 return False
-        if not hosts:
+            if len(fields.getall(name)) > 1:  # a repeated singleton: aiohttp refuses it with 400
+                return False
+        host = fields.get("Host")
+        declared: int | None = None
+        length = fields.get("Content-Length")
+        if length is not None:
+            if not length.isdigit():
+                return False
+            declared = int(length)
+        if host is None:
             return False  # RFC 9112 §3.2: 400 for a request without Host, as aiohttp answers
-        if declared is not None and (declared > SMALL_BODY or declared > self._front.max_body):
+        if declared is not None and (declared > SMALL_BODY or declared > front.max_body):
             return False  # streamed, or refused early with 413 by aiohttp's lane
-        if self._front.routed(url):
+        if front.routed(url):
             return False
         self._method = method
         self._declared = declared
+        self._fields = fields
         return True
 
     def _handoff(self) -> None:
