@@ -24,6 +24,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from gateway.headers import redact_path
+
 log = logging.getLogger("gateway")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -124,4 +126,4 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         code = exc.reason.lower().replace(" ", "_")
         return error_response(exc.status, code, exc.reason + ".")
     except Exception:
-        return unexpected_error(request.method, request.path)
+        return unexpected_error(request.method, redact_path(request.raw_path))

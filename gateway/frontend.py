@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import email.utils
 import functools
+import logging
 import time
 from http import HTTPStatus
 from typing import Any, Final, cast
@@ -30,8 +31,11 @@ from aiohttp.http_parser import SINGLETON_HEADERS
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.errors import GatewayError, error_response, unexpected_error
+from gateway.headers import redact_path
 from gateway.messages import Outgoing, Whole
 from gateway.proxy import SMALL_BODY, Proxy
+
+log = logging.getLogger("gateway")
 
 BUFFER_LIMIT: Final = 256 * 1024  # bytes buffered ahead of the request being served before reading pauses
 HEAD_LIMIT: Final = 64 * 1024  # a head not complete by then goes to aiohttp, which applies its own limits
@@ -374,7 +378,7 @@ class FastConnection(asyncio.Protocol):
             except GatewayError as exc:
                 response = error_response(exc.status, exc.code, exc.message)
             except Exception:
-                response = unexpected_error(request.method, request.raw_path.split("?", 1)[0])
+                response = unexpected_error(request.method, redact_path(request.raw_path))
             if isinstance(response, Whole | web.Response):
                 await self.decorate(request, response)
                 self._send_whole(response)
@@ -384,6 +388,11 @@ class FastConnection(asyncio.Protocol):
         except asyncio.CancelledError:
             return  # the client left; connection_lost has run
         except (ConnectionError, RuntimeError):
+            self.closing = True
+        except Exception:  # a bug of ours while writing: one line, and the client sees the connection end
+            log.exception(
+                "failed to write the response to %s %s", request.method, redact_path(request.raw_path)
+            )
             self.closing = True
         finally:
             self._task = None
