@@ -60,8 +60,9 @@ def strip_hop_by_hop(headers: Headers, extra: Iterable[str] = ()) -> CIMultiDict
     # Copy in C, then delete by name: measured ~3x faster than filtering item by item in Python, and ~2x
     # faster than popping only the names found present (a popall of an absent name costs ~60 ns).
     out = CIMultiDict(headers)
-    if hdrs.CONNECTION in out:
-        # "keep-alive" and "close", by far the commonest tokens, are hop-by-hop anyway: popped below.
+    connection = out.getall(hdrs.CONNECTION, None)
+    # A lone "keep-alive" or "close", by far the commonest values, names nothing more to remove.
+    if connection and (len(connection) > 1 or connection[0].strip().lower() not in _HOP_LOWER):
         for name in connection_tokens(out) - _HOP_LOWER:
             out.popall(name, None)
     for name in HOP_BY_HOP:
