@@ -109,6 +109,10 @@ class Body:
             yield data, False
 
     async def readexactly(self, n: int) -> bytes:
+        if self._size == n and len(self._chunks) == 1:  # the common case: the whole body came in one read
+            self._size = 0
+            self._conn.resume_reading()  # a no-op unless a body over HIGH_WATER paused the socket
+            return self._chunks.popleft()
         parts: list[bytes] = []
         got = 0
         while got < n:
