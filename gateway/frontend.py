@@ -53,7 +53,7 @@ def _date(second: int) -> str:
     return email.utils.formatdate(second, usegmt=True)
 
 
-_NO_FIELDS: Final[CIMultiDict[str]] = CIMultiDict()
+_NO_FIELDS: Final[CIMultiDict[str]] = CIMultiDict()  # a placeholder: _fast sets the request's own
 
 
 class _Body:
@@ -74,6 +74,9 @@ class _Body:
         if self._data:
             data, self._data = self._data, b""
             yield data
+
+
+_NO_BODY: Final = _Body(b"")  # shared: reading an empty body changes nothing
 
 
 class FastRequest:
@@ -107,7 +110,7 @@ class FastRequest:
         self.headers = headers
         self.content_length = content_length
         self.body_exists = bool(body)
-        self.content = _Body(body)
+        self.content = _Body(body) if body else _NO_BODY
         self.remote = remote
         self.transport: asyncio.Transport | None = transport
 

@@ -70,11 +70,13 @@ class Body:
         self._size += len(data)
         if self._size > HIGH_WATER:
             self._conn.pause_reading()
-        self._wake()
+        if self._waiter is not None:  # usually None: a chat turn's body arrives with its head
+            self._wake()
 
     def feed_eof(self) -> None:
         self._eof = True
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     def set_exception(self, exc: BaseException) -> None:
         self._exc = exc
