@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 from bench.run import PYTHON, ROOT, backend, free_port, gateway_env, wait_port
 
@@ -78,7 +79,7 @@ def count(tree: str, port: int, env: dict[str, str], args: argparse.Namespace) -
         proc.terminate()
         proc.wait(timeout=60)
     dumps = sorted(glob.glob(f"{out}/cg.out.*"))  # the -d dump; the final one (on exit) has no suffix
-    text = open(dumps[0]).read()
+    text = Path(dumps[0]).read_text()
     shutil.rmtree(out, ignore_errors=True)
     summary = re.search(r"^summary: (\d+)", text, re.M)
     assert summary is not None, "no summary line in the callgrind dump"
