@@ -249,8 +249,8 @@ class SessionManager:
         else:
             await self._resolve(turn, carried.session_id, now)
         if not self._place(turn):
-            await self.repin(turn, now)
-        if turn.reason is not None and self.config.issuer == "gateway":
+            await self.repin(turn, now)  # mints the moved session's id when the gateway issues them
+        if turn.reason is not None and self.config.issuer == "gateway" and turn.session_id is None:
             await self._mint(turn, now)
         elif turn.reason is not None or turn.adopting:
             await self._check_capacity()

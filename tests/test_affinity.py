@@ -266,3 +266,45 @@ async def test_per_replica_metrics_after_a_scripted_scenario(
     # Health is each replica's own, passive observation: g2 has not tried b2 since it died.
     assert (g1.metric("upstream_up", replica="b2"), g2.metric("upstream_up", replica="b2")) == (0, 1)
     assert total([g1, g2], "sessions_started_total", reason="upstream") == 1
+
+
+async def test_a_gateway_issued_session_whose_replica_is_down_moves_as_one_new_session(
+    start_bots: StartBots, start_node: StartNode
+) -> None:
+    """issuer = gateway: a live session whose replica is already known down moves once, minting one id."""
+    bots = await start_bots(2)
+    node = await start_node(gateway_config([b.spec for b in bots], issuer="gateway"))
+    sessions = []
+    for _ in range(3):  # round-robin: b1, b2, b1
+        reply, (bot,) = await exchange(node, bots)
+        assert reply.status == 200 and reply.new == "first" and reply.session_id
+        sessions.append((reply.session_id, bot))
+    (s1, h1), (s2, h2), (s3, h3) = sessions
+    assert (h1, h2, h3) == ("b1", "b2", "b1")
+    store = node.app[SESSIONS].store
+    assert await store.count() == 3
+    await bots[0].server.close()  # b1 dies with both of its conversations
+    # s1: the refused connect moves it (the proxy's path) and marks b1 down.
+    first, hit = await exchange(node, bots, header=s1)
+    assert (first.status, first.new, hit) == (200, "upstream", ["b2"])
+    assert first.session_id and first.session_id != s1
+    assert node.metric("upstream_up", replica="b1") == 0
+    # s3: b1 is known down before forwarding, so the decision itself moves it: one new id, not two.
+    second, hit = await exchange(node, bots, header=s3)
+    assert (second.status, second.new, hit) == (200, "upstream", ["b2"])
+    moved = second.session_id
+    assert moved and moved not in (s1, s2, s3, first.session_id)
+    assert node.metric("sessions_started_total", reason="upstream") == 2  # was 3: an orphan minted too
+    assert node.metric("sessions_ended_total", reason="upstream") == 2
+    assert node.metric("upstream_errors_total", reason="connect") == 1  # s3 was never sent to b1
+    # Live: s2 and the two moved sessions; no orphan left in the store.
+    assert await store.count() == 3
+    assert node.metric("sessions_active") == 3
+    # The bot was told the id the client got (not an orphan's), and which conversation it replaces.
+    to_bot = bots[1].seen[-1].headers
+    assert (to_bot.get("X-Session-Id"), to_bot.get("X-Session-Previous")) == (moved, s3)
+    # The moved conversation continues under its new id; a late request with the old id follows it.
+    again, hit = await exchange(node, bots, header=moved)
+    assert (again.status, again.session_id, again.new, hit) == (200, moved, None, ["b2"])
+    late, hit = await exchange(node, bots, header=s3)
+    assert (late.status, late.session_id, late.new, hit) == (200, moved, None, ["b2"])
