@@ -31,7 +31,7 @@ from aiohttp.http_parser import SINGLETON_HEADERS
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.errors import GatewayError, error_response, unexpected_error
-from gateway.headers import redact_path
+from gateway.headers import encode_head, redact_path
 from gateway.messages import Outgoing, Whole
 from gateway.proxy import SMALL_BODY, Proxy
 
@@ -51,9 +51,6 @@ _JUDGED: Final = frozenset(SINGLETON_HEADERS) | _REFUSED
 def _date(second: int) -> str:
     """The Date header value, formatted once a second."""
     return email.utils.formatdate(second, usegmt=True)
-
-
-_NO_FIELDS: Final[CIMultiDict[str]] = CIMultiDict()  # a placeholder: _fast sets the request's own
 
 
 class _Body:
@@ -117,15 +114,10 @@ class FastRequest:
 
 def _head(status: int, reason: str, headers: CIMultiDict[str], close: bool) -> bytes:
     """The status line and header block, blank line included."""
-    # ": ".join in map: the loop runs in C (measured 2x faster than formatting each line in a generator).
-    lines = [f"HTTP/1.1 {status} {reason or _reason(status)}", *map(": ".join, headers.items())]
-    if "Date" not in headers:
-        lines.append(f"Date: {_date(int(time.time()))}")
+    tail = [] if "Date" in headers else [f"Date: {_date(int(time.time()))}"]
     if close:
-        lines.append("Connection: close")
-    lines += ("", "")
-    # Header values were decoded with surrogateescape (ours and aiohttp's parsers): the same bytes go back.
-    return "\r\n".join(lines).encode("utf-8", "surrogateescape")
+        tail.append("Connection: close")
+    return encode_head([f"HTTP/1.1 {status} {reason or _reason(status)}"], headers, *tail)
 
 
 def _reason(status: int) -> str:
@@ -199,7 +191,7 @@ class FastConnection(asyncio.Protocol):
         self._declared: int | None = None  # the request's Content-Length
         self._url = b""
         self._headers: list[tuple[str, str]] = []
-        self._fields: CIMultiDict[str] = _NO_FIELDS
+        self._fields: CIMultiDict[str] | None = None  # set once the head is judged; the body may follow later
         self._head_done = False
         self._keep_alive = True
         self._unusual = False  # something aiohttp should judge (limits, unusual framing)
@@ -291,13 +283,17 @@ class FastConnection(asyncio.Protocol):
             except (httptools.HttpParserError, httptools.HttpParserUpgrade):
                 self._handoff()  # upgrades, and malformed requests (aiohttp answers those with its 400)
                 return
-            if not self._head_done or not self._fast(head_end):
+            fields = self._fast(head_end) if self._head_done else None
+            if fields is None:
                 self._handoff()
                 return
+            self._fields = fields
         length = self._declared or 0
         if len(buffer) < head_end + length:
             return  # the rest of the body is on its way
         end = head_end + length
+        fields = self._fields
+        assert fields is not None  # the head was judged above, in this call or an earlier one
         body = bytes(buffer[head_end:end]) if length else b""
         self._buffer = buffer[end:] if end < len(buffer) else b""
         if length:
@@ -305,7 +301,7 @@ class FastConnection(asyncio.Protocol):
         request = FastRequest(
             self._method,
             self._url.decode("utf-8", "surrogateescape"),
-            CIMultiDictProxy(self._fields),
+            CIMultiDictProxy(fields),
             body,
             self._declared,
             self._remote,
@@ -317,47 +313,45 @@ class FastConnection(asyncio.Protocol):
             self.closing = True
         self._task = self._loop.create_task(self._serve(request))
 
-    def _fast(self, head_length: int) -> bool:
-        """Whether the fast lane takes this request; sets its method, fields and body length."""
+    def _fast(self, head_length: int) -> CIMultiDict[str] | None:
+        """The request's fields if the fast lane takes it (and its method and body length set), else None."""
         parser = self._parser
         if self._unusual or parser.should_upgrade() or parser.get_http_version() != "1.1":
-            return False
+            return None
         method = parser.get_method().decode("ascii", "replace")
         url = self._url
         if method in _FALLBACK_METHODS or not url.startswith(b"/") or len(url) > MAX_REQUEST_LINE:
-            return False
+            return None
         front = self._front
         if len(self._headers) > front.max_headers:
-            return False
+            return None
         limit = front.max_field_size
         if head_length > limit and any(len(n) > limit or len(v) > limit for n, v in self._headers):
-            return False
+            return None
         fields = CIMultiDict(self._headers)
         # The names to judge, found by multidict's case-insensitive intersection (C) rather than by a Python
         # loop over every field (measured: 3x fewer bytecodes for a browser's 15 fields).
         for name in fields.keys() & _JUDGED:
             lower = name.lower()
             if lower in _REFUSED:
-                return False
+                return None
             if len(fields.getall(name)) > 1:  # a repeated singleton: aiohttp refuses it with 400
-                return False
-        host = fields.get("Host")
+                return None
+        if "Host" not in fields:
+            return None  # RFC 9112 §3.2: 400 for a request without Host, as aiohttp answers
         declared: int | None = None
         length = fields.get("Content-Length")
         if length is not None:
             if not length.isdigit():
-                return False
+                return None
             declared = int(length)
-        if host is None:
-            return False  # RFC 9112 §3.2: 400 for a request without Host, as aiohttp answers
         if declared is not None and (declared > SMALL_BODY or declared > front.max_body):
-            return False  # streamed, or refused early with 413 by aiohttp's lane
+            return None  # streamed, or refused early with 413 by aiohttp's lane
         if front.routed(url):
-            return False
+            return None
         self._method = method
         self._declared = declared
-        self._fields = fields
-        return True
+        return fields
 
     def _handoff(self) -> None:
         """Give this connection, and every byte not yet parsed, to aiohttp's server."""

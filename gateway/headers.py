@@ -72,6 +72,14 @@ def strip_hop_by_hop(headers: Headers, extra: Iterable[str] = ()) -> CIMultiDict
     return out
 
 
+def encode_head(start: list[str], headers: Headers, *tail: str) -> bytes:
+    """A message head: start lines, a line per field, `tail` lines, the blank line; in the bytes it came in."""
+    # ": ".join in map: the loop runs in C (measured 2x faster than formatting each line in a generator).
+    # Header values were decoded with surrogateescape (ours and aiohttp's parsers): the same bytes go back.
+    lines = [*start, *map(": ".join, headers.items()), *tail, "", ""]
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape")
+
+
 def is_trusted(peer: str | None, trusted: tuple[Network, ...]) -> bool:
     """Whether the connecting peer may set X-Forwarded-* for us."""
     if not trusted or not peer:

@@ -457,7 +457,7 @@ class SessionManager:
                 session_id = bot_id or session_id
             elif self.config.issuer == "gateway":
                 signal = turn.reason
-            elif not (turn.live and bot_id is None and not bot_deleted):  # else: the bot continued it
+            else:
                 session_id, signal = await self._follow_bot(turn, status, bot_id, bot_deleted, now)
             if controls and session_id is not None and not turn.untracked and not turn.ended:
                 await self._apply_controls(session_id, controls, now)
@@ -469,8 +469,7 @@ class SessionManager:
             self._store_down("response", exc)
             session_id, signal = bot_id or turn.session_id, None
         finally:
-            if turn.claimed is not None:  # None when create() released the claim
-                await self.abandon(turn)
+            await self.abandon(turn)  # a no-op when create() released the claim
         if turn.ended:
             self._end_headers(headers)
             return

@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway.headers import encode_head
+
 HIGH_WATER: Final = 256 * 1024  # bytes of response body buffered before the upstream socket is paused
 LOW_WATER: Final = 64 * 1024
 IDEMPOTENT: Final = frozenset({"GET", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -429,15 +431,7 @@ class Pool:
             headers["Content-Length"] = str(len(body))
         elif streamed and "Content-Length" not in headers:
             headers["Transfer-Encoding"] = "chunked"
-        # ": ".join in map: the loop runs in C (measured 2x faster than formatting each line in a generator).
-        lines = [
-            f"{method} {target} HTTP/1.1",
-            f"Host: {origin.host_header}",
-            *map(": ".join, headers.items()),
-        ]
-        lines += ("", "")
-        # aiohttp's server decoded the client's bytes with surrogateescape; this gives the same bytes back.
-        head = "\r\n".join(lines).encode("utf-8", "surrogateescape")
+        head = encode_head([f"{method} {target} HTTP/1.1", f"Host: {origin.host_header}"], headers)
         # RFC 9110 §9.2.2: a request may be retried on a fresh connection only when repeating it is safe
         # and nothing of it could have been processed: a reused connection that closed before answering.
         retry_safe = method in IDEMPOTENT and not streamed
