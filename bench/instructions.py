@@ -7,7 +7,8 @@ the measure of the targets. Each tree (a checkout, e.g. `git worktree add /tmp/b
 `python -m gateway serve` under callgrind behind the bench's backend; counters are zeroed after a warm-up and
 read after exactly `--requests` requests on `--connections` keep-alive connections.
 
-    .venv/bin/python -m bench.instructions [--tree DIR ...] [--mix cookie|new|browser] [--requests 2000]
+    .venv/bin/python -m bench.instructions [--tree DIR ...] [--mix cookie|new|browser] [--store memory|redis]
+        [--requests 2000]
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.run import PYTHON, ROOT, backend, free_port, gateway_env, wait_port
+from bench.run import PYTHON, ROOT, backend, free_port, gateway_env, redis_server, wait_port
 
 SESSION = "82068651f3d9e128215189b348b0a5bb"
 REQUESTS = {
@@ -96,15 +97,19 @@ def main() -> None:
     parser.add_argument("--mix", choices=sorted(REQUESTS), default="cookie")
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--store", choices=["memory", "redis"], default="memory")
     args = parser.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
     trees = [os.path.abspath(t) for t in args.tree or [str(ROOT)]]
-    with backend() as rig:
+    with backend() as rig, redis_server() as redis_url:
+        if args.store == "redis" and redis_url is None:
+            raise SystemExit("redis-server is not installed")
+        rig.redis_url = redis_url
         for tree in trees:
             port, admin = free_port(), free_port()
-            per_request = count(tree, port, gateway_env(rig, port, admin, "memory"), args)
-            print(f"{tree}  mix={args.mix}  instructions/request={per_request:,.0f}")
+            per_request = count(tree, port, gateway_env(rig, port, admin, args.store), args)
+            print(f"{tree}  mix={args.mix}  store={args.store}  instructions/request={per_request:,.0f}")
 
 
 if __name__ == "__main__":

@@ -123,3 +123,29 @@ async def test_a_call_cancelled_before_its_flush_is_not_run(client: aioredis.Red
         assert await client.get("gone") is None
     finally:
         await batcher.close()
+
+
+async def test_a_batch_cut_short_leaves_no_reply_for_the_next_caller(client: aioredis.Redis) -> None:
+    # One connection, so the next batch would read the late replies if the cut-short one were reused.
+    single = aioredis.Redis(
+        connection_pool=aioredis.BlockingConnectionPool.from_url(
+            _url(client), max_connections=1, decode_responses=True
+        )
+    )
+    batcher = ScriptBatcher(single, single.register_script(ECHO), timeout=0.3)
+    try:
+        assert await batcher(["warm"], ["x"]) == ["warm", "x", 1]
+        await client.execute_command("CLIENT", "PAUSE", "800", "WRITE")  # the scripts write: they wait
+        late = await asyncio.gather(batcher(["a"], ["1"]), batcher(["b"], ["2"]), return_exceptions=True)
+        assert all(isinstance(r, StoreUnavailable) for r in late), late
+        await asyncio.sleep(0.7)  # the pause ends; the server runs the late calls and answers them
+
+        assert await asyncio.wait_for(batcher(["c"], ["3"]), 5) == ["c", "3", 1]
+    finally:
+        await batcher.close()
+        await single.aclose(close_connection_pool=True)
+
+
+def _url(client: aioredis.Redis) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    return f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"
