@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -338,6 +338,7 @@ def main() -> None:
             results.append(Result(name, mix, conns, rps, p50, p99, errors))
         if redis_url:
             extras["redis_round_trips_per_request"] = measure_redis_round_trips(rig)
+        extras["paired_targets"] = measure_paired_targets(rig, args.seconds, args.rounds)
         if not args.skip_sessions:
             extras["throughput_1m_sessions_over_64"] = measure_many_sessions(rig, args.seconds, args.rounds)
         if not args.skip_justify:
@@ -349,6 +350,42 @@ def main() -> None:
 
         extras.update(run_all())
     report(results, extras)
+
+
+def measure_paired_targets(rig: Rig, seconds: float, rounds: int) -> dict[str, float]:
+    """The target ratios of the 32-connection cookie cell, from rounds of back-to-back runs.
+
+    The table above restarts every contender per round, which leaves two rounds in a run of reasonable
+    length, and the machine drifts ±15% between minutes. Here the contenders stay up and take turns, a short
+    run each per round, and each ratio is the median over rounds of that round's ratio: drift between rounds
+    cancels.
+    """
+    names = (["nginx proxy"] if rig.nginx_proxy_port else []) + ["plain aiohttp proxy", "gateway memory"]
+    names += ["gateway redis"] if rig.redis_url else []
+    per_round: dict[str, list[float]] = {}
+    with ExitStack() as stack:
+        ports = {name: stack.enter_context(contender(name, rig)) for name in names}
+        sessions = {name: asyncio.run(_make_sessions(port, 64)) for name, port in ports.items()}
+        for name, port in ports.items():
+            load(port, "cookie", 32, 1.0, sessions[name])  # warm-up
+        for rnd in range(rounds * 4):
+            order = names[rnd % len(names) :] + names[: rnd % len(names)]
+            got = {name: load(ports[name], "cookie", 32, seconds / 2, sessions[name]) for name in order}
+            memory, plain = got["gateway memory"], got["plain aiohttp proxy"]
+            ratios = {
+                "memory_over_plain": memory[0] / plain[0],
+                "p99_memory_over_plain": memory[2] / plain[2],
+            }
+            if "nginx proxy" in got:
+                ratios["memory_over_nginx"] = memory[0] / got["nginx proxy"][0]
+            if "gateway redis" in got:
+                ratios["redis_over_memory"] = got["gateway redis"][0] / memory[0]
+            for key, value in ratios.items():
+                per_round.setdefault(key, []).append(value)
+    result = {key: round(statistics.median(values), 3) for key, values in per_round.items()}
+    result["rounds"] = rounds * 4
+    print(f"  paired target ratios (32 connections, cookie): {result}", flush=True)
+    return result
 
 
 def measure_many_sessions(rig: Rig, seconds: float, rounds: int) -> float:

@@ -66,6 +66,12 @@ def main() -> None:
         )
     for label, value, ok in checks:
         print(f"| {label} | {value:.2f} | {'yes' if ok(value) else 'no'} |")
+    paired = extras.get("paired_targets")
+    if paired:
+        print(f"\nPaired rounds ({paired['rounds']}, contenders kept up, median of per-round ratios):")
+        for key, value in paired.items():
+            if key != "rounds":
+                print(f"| {key} | {value:.2f} |")
 
 
 if __name__ == "__main__":
