@@ -42,9 +42,14 @@ class ScriptBatcher:
         self._timeout = timeout
         self._pending: list[Call] = []
         self._flushing: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def __call__(self, keys: list[str], args: list[Any]) -> Any:
-        loop = asyncio.get_running_loop()
+        # The loop is kept: on Python 3.11 asyncio.get_running_loop() costs a getpid(2) system call, and
+        # every request comes through here. Checked for a closed loop, as tests run one loop after another.
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._pending.append((keys, args, future))
         if len(self._pending) == 1:
@@ -58,7 +63,8 @@ class ScriptBatcher:
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
-        task = asyncio.get_running_loop().create_task(self._send(batch))
+        assert self._loop is not None  # set by the call that scheduled this flush
+        task = self._loop.create_task(self._send(batch))
         self._flushing.add(task)
         task.add_done_callback(self._flushing.discard)
 
