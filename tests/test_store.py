@@ -236,6 +236,21 @@ async def test_concurrent_touches_lose_no_update(make_store: StoreFactory) -> No
     assert touch.session is not None and touch.session.requests == 202
 
 
+async def test_concurrent_creates_each_count_once_and_respect_the_cap(make_store: StoreFactory) -> None:
+    # On Redis these share pipelined round trips (ScriptBatcher): each must still get its own answer.
+    store = make_store(max_sessions=5, on_full="reject")
+    ids = [f"c{i}" for i in range(5)] * 2 + ["late"]
+    results = await asyncio.gather(
+        *(store.create(sid, 1.0, idle_timeout=IDLE, replica="r") for sid in ids), return_exceptions=True
+    )
+    created = [r for r in results if not isinstance(r, BaseException) and r.created]
+    again = [r for r in results if not isinstance(r, BaseException) and not r.created]
+    assert sorted(r.session.id for r in created) == [f"c{i}" for i in range(5)]
+    assert sorted(r.session.id for r in again) == [f"c{i}" for i in range(5)]
+    assert isinstance(results[-1], CapacityExceeded)
+    assert await store.count() == 5
+
+
 async def test_a_dead_id_is_claimed_by_one_toucher_until_its_successor_exists(
     make_store: StoreFactory,
 ) -> None:

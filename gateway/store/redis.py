@@ -240,6 +240,7 @@ class RedisStore:
         self._touch = self.client.register_script(_TOUCH)
         self._touch_batch = ScriptBatcher(self.client, self._touch, timeout)  # every request touches
         self._create = self.client.register_script(_CREATE)
+        self._create_batch = ScriptBatcher(self.client, self._create, timeout)  # every new session creates
         self._succeed = self.client.register_script(_SUCCEED)
         self._release = self.client.register_script(_RELEASE)
         self._end = self.client.register_script(_END)
@@ -297,7 +298,7 @@ class RedisStore:
         ]
         evicted = None
         for _ in range(3):
-            result = await self._call(self._create(keys=keys, args=args))
+            result = await self._create_batch(keys, args)
             if result[0] != "full":
                 break
             if not self._evict or not result[1]:
@@ -366,6 +367,7 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._touch_batch.close()
+        await self._create_batch.close()
         await self.client.aclose()
         await self.client.connection_pool.disconnect()
         if self._sentinel is not None:
