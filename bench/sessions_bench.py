@@ -112,7 +112,13 @@ def run_all() -> dict[str, object]:
         per = _in_subprocess(f"b.memory_per_session({count})")
         results[f"memory_bytes_per_session_{count}"] = round(float(per), 1)  # type: ignore[arg-type]
         print(f"  memory per session at {count}: {float(per):.0f} bytes", flush=True)  # type: ignore[arg-type]
-    stall = _in_subprocess("b.expiry_stall(100_000)")
+    # The longest stall is a maximum, which one preemption of this shared machine can set: three runs, and
+    # the median of their longest stalls is the figure (the worst is kept beside it).
+    runs = [_in_subprocess("b.expiry_stall(100_000)") for _ in range(3)]
+    longest = sorted(float(run["longest_stall_ms"]) for run in runs)  # type: ignore[index]
+    stall = dict(runs[0])  # type: ignore[call-overload]
+    stall["longest_stall_ms"] = longest[1]
+    stall["worst_of_3_runs_ms"] = longest[-1]
     results["expiry_of_100k"] = stall
     print(f"  expiry of 100k at once: {stall}", flush=True)
     return results
