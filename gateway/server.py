@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -33,6 +34,12 @@ async def serve(
     admin_runner = web.AppRunner(admin_app_for(app), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     await admin_runner.setup()
+    # Everything built so far lives as long as the process: imports, config, the app, the session store's
+    # containers. Frozen, the cyclic GC never traverses it again. Why: a full collection walked all of it,
+    # the memory store's dict and heap included: 16-22 ms with 64 sessions, 53-62 ms with 1M. Ordinary
+    # traffic makes no cycles, but while the bot is down the 502s' exceptions do, and full collections ran
+    # twice a second. Frozen, they took 2-4 ms (measured with gc.callbacks on bench/preloaded_gateway.py).
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,8 +1,11 @@
-"""`session-gateway serve` as a subprocess: SIGTERM drains in-flight requests and ends open streams."""
+"""`session-gateway serve`: SIGTERM drains in-flight requests and ends open streams; startup objects are frozen."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
+import signal
 
 import aiohttp
 import pytest
@@ -106,3 +109,32 @@ async def test_sigterm_ends_an_open_sse_stream(
 
     assert await gw.exit_code(timeout=SHUTDOWN_TIMEOUT) == 0
     assert "Traceback" not in gw.stderr()
+
+
+async def test_serve_freezes_what_startup_built_before_taking_traffic() -> None:
+    # In process: the cyclic GC's permanent generation is this process's own state.
+    from gateway.config import load_config
+    from gateway.server import serve
+
+    config = load_config(
+        None,
+        {
+            "GATEWAY_LISTEN_HOST": "127.0.0.1",
+            "GATEWAY_LISTEN_PORT": "0",
+            "GATEWAY_ADMIN_HOST": "127.0.0.1",
+            "GATEWAY_ADMIN_PORT": "0",
+            "GATEWAY_UPSTREAM_URL": "http://127.0.0.1:9",
+        },
+    )
+    frozen_when_listening: list[int] = []
+
+    async def started(runner: web.AppRunner, admin: web.AppRunner) -> None:
+        frozen_when_listening.append(gc.get_freeze_count())
+        os.kill(os.getpid(), signal.SIGTERM)  # serve's own handler: a normal shutdown
+
+    assert gc.get_freeze_count() == 0
+    try:
+        await wait(serve(config, on_started=started), timeout=30)
+    finally:
+        gc.unfreeze()  # the rest of the test session collects as usual
+    assert frozen_when_listening and frozen_when_listening[0] > 10_000
