@@ -39,6 +39,7 @@ async def serve(
     # the memory store's dict and heap included: 16-22 ms with 64 sessions, 53-62 ms with 1M. Ordinary
     # traffic makes no cycles, but while the bot is down the 502s' exceptions do, and full collections ran
     # twice a second. Frozen, they took 2-4 ms (measured with gc.callbacks on bench/preloaded_gateway.py).
+    gc.collect()  # startup's own cyclic garbage is freed, not frozen
     gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

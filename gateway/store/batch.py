@@ -46,10 +46,12 @@ class ScriptBatcher:
 
     async def __call__(self, keys: list[str], args: list[Any]) -> Any:
         # The loop is kept: on Python 3.11 asyncio.get_running_loop() costs a getpid(2) system call, and
-        # every request comes through here. Checked for a closed loop, as tests run one loop after another.
+        # every request comes through here. A kept loop that no longer runs (tests run one loop after another)
+        # is replaced, with whatever it left queued: those callers are gone with their loop.
         loop = self._loop
-        if loop is None or loop.is_closed():
+        if loop is None or not loop.is_running():
             loop = self._loop = asyncio.get_running_loop()
+            self._pending = []
         future: asyncio.Future[Any] = loop.create_future()
         self._pending.append((keys, args, future))
         if len(self._pending) == 1:
