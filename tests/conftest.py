@@ -16,13 +16,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Self, TypeVar
 
 import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
 from prometheus_client import CollectorRegistry
 from served import GatewayTestServer
 
@@ -30,6 +30,7 @@ from gateway.app import create_app
 from gateway.config import Config, load_config
 
 LOOPBACK = "127.0.0.1"
+SeenT = TypeVar("SeenT")
 
 
 def free_port() -> int:
@@ -56,7 +57,9 @@ def make_config(upstream_url: str, **sections: Mapping[str, Any]) -> Config:
     return config
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> None:
+async def eventually(
+    check: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01, what: str = "condition"
+) -> None:
     """Poll `check` (sync or async) until it returns truthy; fail with its last value after `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
@@ -66,7 +69,7 @@ async def eventually(check: Callable[[], Any], timeout: float = 5.0, interval: f
         if result:
             return
         if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s (last value {result!r})")
+            pytest.fail(f"{what} not met within {timeout}s (last value {result!r})")
         await asyncio.sleep(interval)
 
 
@@ -88,8 +91,28 @@ class Seen:
     body: bytes
 
 
+class CatchAll(Generic[SeenT]):
+    """Base of a test upstream whose `handle` answers every method and path, and whose `seen` records them."""
+
+    __slots__ = ()
+    seen: list[SeenT]
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        raise NotImplementedError
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
+
+    @property
+    def last(self) -> SeenT:
+        assert self.seen, f"the {type(self).__name__} saw no request"
+        return self.seen[-1]
+
+
 @dataclass(slots=True)
-class Recorder:
+class Recorder(CatchAll[Seen]):
     """A catch-all upstream that records every request and answers 200 `ok`."""
 
     seen: list[Seen] = field(default_factory=list)
@@ -98,16 +121,6 @@ class Recorder:
         body = b"".join([chunk async for chunk in request.content.iter_any()])
         self.seen.append(Seen(request.method, request.raw_path, request.headers, body))
         return web.Response(text="ok")
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        return app
-
-    @property
-    def last(self) -> Seen:
-        assert self.seen, "the upstream saw no request"
-        return self.seen[-1]
 
 
 StartUpstream = Callable[..., Awaitable[str]]
@@ -237,13 +250,15 @@ async def start_reference(aiohttp_server: Any) -> StartReference:
 
 @dataclass(slots=True)
 class RawResponse:
+    """A response read in full: its status, headers and body."""
+
     status: int
-    headers: CIMultiDict[str]
+    headers: MultiMapping[str]
     body: bytes
 
 
-async def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> RawResponse:
-    """Send bytes exactly as given, read until the server closes, parse the first response head."""
+async def raw_send(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send bytes exactly as given (input aiohttp's client refuses to send); all that comes back until EOF."""
 
     async def go() -> bytes:
         reader, writer = await asyncio.open_connection(LOOPBACK, port)
@@ -256,7 +271,12 @@ async def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> RawRespo
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
-    raw = await asyncio.wait_for(go(), timeout)
+    return await asyncio.wait_for(go(), timeout)
+
+
+async def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> RawResponse:
+    """Send bytes exactly as given, read until the server closes, parse the first response head."""
+    raw = await raw_send(port, data, timeout)
     head, _, body = raw.partition(b"\r\n\r\n")
     status_line, *lines = head.decode("latin-1").split("\r\n")
     headers: CIMultiDict[str] = CIMultiDict()
@@ -288,6 +308,36 @@ class GatewayProcess:
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(encoding="utf-8", errors="replace")
+
+    @classmethod
+    def launch(
+        cls,
+        stderr_path: Path,
+        env: Mapping[str, str],
+        command: str = "serve",
+        *args: str,
+        program: Sequence[str] = (),
+        cwd: Path | None = None,
+    ) -> Self:
+        """Start `program command *args` (`python -m gateway serve` by default) on two free loopback ports,
+        with no GATEWAY_* variables but `env` and the ports; without waiting for it to listen."""
+        port, admin_port = free_port(), free_port()
+        ports = {
+            "GATEWAY_LISTEN_HOST": LOOPBACK,
+            "GATEWAY_LISTEN_PORT": str(port),
+            "GATEWAY_ADMIN_HOST": LOOPBACK,
+            "GATEWAY_ADMIN_PORT": str(admin_port),
+        }
+        with open(stderr_path, "wb") as stderr:
+            proc = subprocess.Popen(
+                [*(program or (sys.executable, "-m", "gateway")), command, *args],
+                env=clean_environ(**{**ports, **env}),
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        return cls(proc, port, admin_port, stderr_path)
 
     async def started(self, timeout: float = 15.0) -> None:
         """Wait until the admin port answers /livez (and the proxy port accepts connections)."""
@@ -342,26 +392,10 @@ async def spawn_gateway(tmp_path: Path) -> AsyncIterator[SpawnGateway]:
     async def spawn(
         command: str = "serve", *args: str, upstream_url: str = "", program: Sequence[str] = (), **env: str
     ) -> GatewayProcess:
-        port, admin_port = free_port(), free_port()
-        environ = clean_environ(
-            GATEWAY_LISTEN_HOST=LOOPBACK,
-            GATEWAY_LISTEN_PORT=str(port),
-            GATEWAY_ADMIN_HOST=LOOPBACK,
-            GATEWAY_ADMIN_PORT=str(admin_port),
-            **env,
-        )
         if upstream_url:
-            environ["GATEWAY_UPSTREAM_URL"] = upstream_url
+            env["GATEWAY_UPSTREAM_URL"] = upstream_url
         stderr_path = tmp_path / f"gateway-{len(procs)}.stderr"
-        with open(stderr_path, "wb") as stderr:
-            proc = subprocess.Popen(
-                [*(program or (sys.executable, "-m", "gateway")), command, *args],
-                env=environ,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-            )
-        handle = GatewayProcess(proc, port, admin_port, stderr_path)
+        handle = GatewayProcess.launch(stderr_path, env, command, *args, program=program)
         procs.append(handle)
         await handle.started()
         return handle

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -15,13 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import conftest
 import pytest
 from aiohttp.test_utils import TestServer
+from conftest import LOOPBACK, eventually
+from conftest_tools import REPO
 from prometheus_client.parser import text_string_to_metric_families
-from session_helpers import LOOPBACK, P, Rig, Seen, demo_bot_app, make_config, start_rig
+from session_helpers import P, Rig, Seen, demo_bot_app, make_config, start_rig
 
 from gateway.config import Config
-from tests.redis_server import RedisServer, free_port
+from tests.redis_server import RedisServer
 
 Clock = Callable[[], float]
 
@@ -106,16 +105,7 @@ def total(nodes: Sequence[Rig], name: str, **labels: str) -> float:
 
 async def poll(check: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> None:
     """Poll `check` (sync or async) every 10 ms until truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout}s (last value {result!r})")
-        await asyncio.sleep(0.01)
+    await eventually(check, timeout, what=what)
 
 
 def affinity_of(reply_headers: Any) -> str:
@@ -156,25 +146,10 @@ def own_redis() -> Iterator[RedisServer]:
 # --- gateways as subprocesses -------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class GatewayProcess:
-    """`python -m gateway serve` on loopback ports, stderr captured to a file."""
+class GatewayProcess(conftest.GatewayProcess):
+    """conftest's `python -m gateway serve` on loopback ports, stderr captured to a file; and its /metrics."""
 
-    proc: subprocess.Popen[bytes]
-    port: int
-    admin_port: int
-    stderr_path: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
-
-    @property
-    def admin_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.admin_port}"
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
+    __slots__ = ()
 
     async def metrics(
         self, session: aiohttp.ClientSession
@@ -200,52 +175,22 @@ async def spawn_gateways(
     tmp_path: Path, count: int, env: dict[str, str], timeout: float = 15.0
 ) -> list[GatewayProcess]:
     """Start `count` gateway processes at once; return when every admin port answers /livez."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    procs = []
-    for i in range(count):
-        port, admin_port = free_port(), free_port()
-        environ = {
-            **base,
-            "GATEWAY_LISTEN_HOST": LOOPBACK,
-            "GATEWAY_LISTEN_PORT": str(port),
-            "GATEWAY_ADMIN_HOST": LOOPBACK,
-            "GATEWAY_ADMIN_PORT": str(admin_port),
-            "GATEWAY_LOG_ACCESS": "false",
-            **env,
-        }
-        stderr_path = tmp_path / f"gateway-{i}.stderr"
-        with open(stderr_path, "wb") as stderr:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "serve"],
-                env=environ,
-                cwd=Path(__file__).resolve().parent.parent,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-            )
-        procs.append(GatewayProcess(proc, port, admin_port, stderr_path))
+    procs = [
+        GatewayProcess.launch(
+            tmp_path / f"gateway-{i}.stderr", {"GATEWAY_LOG_ACCESS": "false", **env}, cwd=REPO
+        )
+        for i in range(count)
+    ]
     deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as session:
-        for gw in procs:
-            while True:
-                if gw.proc.poll() is not None:
-                    pytest.fail(f"a gateway exited with {gw.proc.returncode}:\n{gw.stderr()}")
-                try:
-                    async with session.get(gw.admin_url + "/livez") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail(f"a gateway did not start within {timeout}s:\n{gw.stderr()}")
-                await asyncio.sleep(0.05)
+    for gw in procs:
+        await gw.started(max(0.0, deadline - time.monotonic()))
     return procs
 
 
 def stop_gateways(procs: Sequence[GatewayProcess]) -> None:
     for gw in procs:
         if gw.proc.poll() is None:
-            gw.proc.send_signal(signal.SIGTERM)
+            gw.terminate()
     for gw in procs:
         try:
             gw.proc.wait(timeout=10)

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import secrets
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import conftest
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from conftest import LOOPBACK, CatchAll, RawResponse, raw_send
 from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import CollectorRegistry
 from served import GatewayTestServer
@@ -24,7 +24,6 @@ from gateway.app import create_app
 from gateway.config import Config, load_config
 from gateway.demo import create_bot_app
 
-LOOPBACK = "127.0.0.1"
 P = "session_gateway_"
 START_REASONS = ("first", "expired", "lifetime", "ended", "unknown", "upstream", "adopted")
 END_REASONS = ("idle", "lifetime", "client", "bot", "upstream", "evicted", "admin")
@@ -72,6 +71,30 @@ def _record(request: web.Request) -> Seen:
     return Seen(request.method, request.raw_path, CIMultiDictProxy(CIMultiDict(request.headers)))
 
 
+@web.middleware
+async def session_control(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """A bot's middleware: `?control=<v>` makes it answer X-Session-Control: <v>."""
+    response = await handler(request)
+    control = request.query.get("control")
+    if control:
+        response.headers["X-Session-Control"] = control
+    return response
+
+
+def carrying(
+    header: str | None = None, cookie: str | None = None, headers: Mapping[str, str] | None = None
+) -> CIMultiDict[str]:
+    """`headers` plus the session: `header=<id>` in X-Teneo-Session, `cookie=<id>` in Cookie."""
+    h: CIMultiDict[str] = CIMultiDict(headers or {})
+    if header is not None:
+        h["X-Teneo-Session"] = f"JSESSIONID={header}"
+    if cookie is not None:
+        h["Cookie"] = f"JSESSIONID={cookie}"
+    return h
+
+
 def demo_bot_app(
     clock: Callable[[], float], seen: list[Seen], *, idle_timeout: float = 86400.0, delay: float = 0.0
 ) -> web.Application:
@@ -85,18 +108,14 @@ def demo_bot_app(
         seen.append(_record(request))
         if delay:
             await asyncio.sleep(delay)
-        response = await handler(request)
-        control = request.query.get("control")
-        if control:
-            response.headers["X-Session-Control"] = control
-        return response
+        return await handler(request)
 
-    app.middlewares.append(recording)
+    app.middlewares.extend((recording, session_control))
     return app
 
 
 @dataclass(slots=True)
-class EchoBot:
+class EchoBot(CatchAll[Seen]):
     """A test bot that answers what it saw as JSON.
 
     rotate: every answer sets a fresh JSESSIONID (a bot that replaces sessions on its own);
@@ -128,16 +147,6 @@ class EchoBot:
         }
         return web.json_response(body, headers=headers)
 
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        return app
-
-    @property
-    def last(self) -> Seen:
-        assert self.seen, "the bot saw no request"
-        return self.seen[-1]
-
 
 def make_config(
     upstream_url: str,
@@ -162,13 +171,10 @@ def make_config(
     return config
 
 
-@dataclass(slots=True)
-class Reply:
-    """A gateway response read in full."""
+class Reply(RawResponse):
+    """A gateway response read in full, and what it says about the session."""
 
-    status: int
-    headers: CIMultiDictProxy[str]
-    body: bytes
+    __slots__ = ()
 
     @property
     def json(self) -> Any:
@@ -216,11 +222,7 @@ class Rig:
         data: Any = None,
     ) -> Reply:
         """One request; `header=<id>` carries the session in X-Teneo-Session, `cookie=<id>` in Cookie."""
-        h: CIMultiDict[str] = CIMultiDict(headers or {})
-        if header is not None:
-            h["X-Teneo-Session"] = f"JSESSIONID={header}"
-        if cookie is not None:
-            h["Cookie"] = f"JSESSIONID={cookie}"
+        h = carrying(header, cookie, headers)
         async with self.client.request(method, path, headers=h, data=data) as response:
             body = await asyncio.wait_for(response.read(), 5)
             return Reply(response.status, response.headers, body)
@@ -254,28 +256,12 @@ async def start_rig(aiohttp_client: Any, config: Config, clock: FakeClock) -> Ri
 
 async def eventually(check: Callable[[], bool], timeout: float = 2.0) -> None:
     """Poll until `check()` holds; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.01)
+    await conftest.eventually(check, timeout)
 
 
 async def raw_request(port: int, data: bytes, timeout: float = 5.0) -> tuple[int, bytes]:
     """Send bytes exactly as given (for input aiohttp's client refuses to send); the status and the rest."""
-
-    async def go() -> bytes:
-        reader, writer = await asyncio.open_connection(LOOPBACK, port)
-        try:
-            writer.write(data)
-            await writer.drain()
-            return await reader.read()
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
-
-    raw = await asyncio.wait_for(go(), timeout)
+    raw = await raw_send(port, data, timeout)
     status_line, _, rest = raw.partition(b"\r\n")
     return int(status_line.split()[1]), rest
 

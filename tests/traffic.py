@@ -23,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
+from session_helpers import carrying, session_control
 
 from gateway.demo import create_bot_app
 from gateway.metrics import method_label
@@ -48,13 +49,9 @@ def bot_app() -> web.Application:
             assert request.transport is not None
             request.transport.close()
             return web.Response()  # never sent
-        response = await handler(request)
-        control = request.query.get("control")
-        if control:
-            response.headers["X-Session-Control"] = control
-        return response
+        return await handler(request)
 
-    app.middlewares.append(quirks)
+    app.middlewares.extend((quirks, session_control))
     return app
 
 
@@ -78,12 +75,7 @@ class Traffic:
         expect: int = 200,
     ) -> str | None:
         """One request carrying the session at most one way; the session id it answered with."""
-        headers = {}
-        if header is not None:
-            headers["X-Teneo-Session"] = f"JSESSIONID={header}"
-        if cookie is not None:
-            headers["Cookie"] = f"JSESSIONID={cookie}"
-        async with self.http.request(method, path, headers=headers) as response:
+        async with self.http.request(method, path, headers=carrying(header, cookie)) as response:
             await asyncio.wait_for(response.read(), 5)
             status = response.status
             session_id = response.headers.get("X-Session-Id")
