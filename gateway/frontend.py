@@ -194,7 +194,6 @@ class FastConnection(asyncio.Protocol):
         self._fields: CIMultiDict[str] | None = None  # set once the head is judged; the body may follow later
         self._head_done = False
         self._keep_alive = True
-        self._unusual = False  # something aiohttp should judge (limits, unusual framing)
 
     # -- asyncio.Protocol ------------------------------------------------------------------------------
 
@@ -316,7 +315,7 @@ class FastConnection(asyncio.Protocol):
     def _fast(self, head_length: int) -> CIMultiDict[str] | None:
         """The request's fields if the fast lane takes it (and its method and body length set), else None."""
         parser = self._parser
-        if self._unusual or parser.should_upgrade() or parser.get_http_version() != "1.1":
+        if parser.should_upgrade() or parser.get_http_version() != "1.1":
             return None
         method = parser.get_method().decode("ascii", "replace")
         url = self._url

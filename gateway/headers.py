@@ -36,7 +36,7 @@ WEBSOCKET_HANDSHAKE: Final = frozenset(
         "Sec-WebSocket-Accept",
     )
 )
-_HOP_LOWER: Final = frozenset({"keep-alive", "close", *(str(name).lower() for name in HOP_BY_HOP)})
+_HOP_LOWER: Final = frozenset({"close", *(str(name).lower() for name in HOP_BY_HOP)})
 X_FORWARDED_FOR: Final = istr("X-Forwarded-For")
 X_FORWARDED_PROTO: Final = istr("X-Forwarded-Proto")
 X_FORWARDED_HOST: Final = istr("X-Forwarded-Host")

@@ -55,8 +55,7 @@ class BatchListener:
                 self._loop.remove_reader(self._sock.fileno())
                 self._loop.call_later(_RETRY_AFTER, self._resume)
                 return
-            conn.setblocking(False)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.setblocking(False)  # the transport sets TCP_NODELAY itself (uvloop's and asyncio's alike)
             task = self._loop.create_task(self._connect(conn))
             self._handshakes.add(task)
             task.add_done_callback(self._handshakes.discard)

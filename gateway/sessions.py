@@ -43,9 +43,8 @@ X_SESSION_CONTROL: Final = istr("X-Session-Control")
 X_GATEWAY_SESSION: Final = istr("X-Gateway-Session")
 _MAX_SUCCESSOR_HOPS: Final = 3
 _CLAIM_POLL: Final = 0.02  # seconds between asks while another request holds a claim
-_BATCH_SECONDS: Final = (
-    0.001  # event-loop time one sweep batch may take before yielding (the stall target is 5 ms)
-)
+# Event-loop time one sweep batch may take before yielding (the stall target is 5 ms).
+_BATCH_SECONDS: Final = 0.001
 _AFFINITY_CACHE_SIZE: Final = 16384  # sessions whose affinity headers are remembered (~6 MB at most)
 LOGOUT: Final = {"status": 1, "message": "logout"}
 
@@ -253,8 +252,10 @@ class SessionManager:
         else:
             await self._resolve(turn, carried.session_id, now)
         if not self._place(turn):
-            await self.repin(turn, now)  # mints the moved session's id when the gateway issues them
-        if turn.reason is not None and self.config.issuer == "gateway" and turn.session_id is None:
+            await self.repin(turn, now)
+            if self.config.issuer == "gateway":
+                return  # repin minted the moved session's id; create() enforced the cap
+        if turn.reason is not None and self.config.issuer == "gateway":
             await self._mint(turn, now)
         elif turn.reason is not None or turn.adopting:
             await self._check_capacity()
@@ -375,7 +376,6 @@ class SessionManager:
         turn.replica = min(candidates, key=lambda r: (not self.upstreams.is_up(r), r.in_flight))
         if self.config.issuer == "gateway":
             await self._mint(turn, now)
-        turn.headers = []
         self._bot_headers(turn)
 
     def _continued(self, turn: Turn, touch: Touch) -> None:
@@ -399,6 +399,8 @@ class SessionManager:
         turn.claimed = None  # create() released it
 
     def _bot_headers(self, turn: Turn) -> None:
+        """Set what the bot is told; a repin calls it again, and the second answer replaces the first."""
+        turn.headers = []
         cookies = list(turn.carried.cookies)
         carried_on = turn.live or turn.adopting or turn.ended or turn.untracked
         if self.config.issuer == "upstream" and turn.session_id and carried_on:

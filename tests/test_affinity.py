@@ -302,7 +302,8 @@ async def test_a_gateway_issued_session_whose_replica_is_down_moves_as_one_new_s
     assert node.metric("sessions_active") == 3
     # The bot was told the id the client got (not an orphan's), and which conversation it replaces.
     to_bot = bots[1].seen[-1].headers
-    assert (to_bot.get("X-Session-Id"), to_bot.get("X-Session-Previous")) == (moved, s3)
+    told = [to_bot.getall(name, []) for name in ("X-Session-Id", "X-Session-Previous", "X-Session-New")]
+    assert told == [[moved], [s3], ["upstream"]]  # each once: the decision's repin told the bot once
     # The moved conversation continues under its new id; a late request with the old id follows it.
     again, hit = await exchange(node, bots, header=moved)
     assert (again.status, again.session_id, again.new, hit) == (200, moved, None, ["b2"])

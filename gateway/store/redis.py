@@ -237,10 +237,9 @@ class RedisStore:
                 url, max_connections=max_connections, timeout=timeout, **options
             )
             self.client = aioredis.Redis(connection_pool=pool)
-        self._touch = self.client.register_script(_TOUCH)
-        self._touch_batch = ScriptBatcher(self.client, self._touch, timeout)  # every request touches
-        self._create = self.client.register_script(_CREATE)
-        self._create_batch = ScriptBatcher(self.client, self._create, timeout)  # every new session creates
+        # Every request touches and every new session creates: those two are batched.
+        self._touch_batch = ScriptBatcher(self.client, self.client.register_script(_TOUCH), timeout)
+        self._create_batch = ScriptBatcher(self.client, self.client.register_script(_CREATE), timeout)
         self._succeed = self.client.register_script(_SUCCEED)
         self._release = self.client.register_script(_RELEASE)
         self._end = self.client.register_script(_END)
