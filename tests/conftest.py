@@ -257,8 +257,9 @@ class RawResponse:
     body: bytes
 
 
-async def raw_send(port: int, data: bytes, timeout: float = 5.0) -> bytes:
-    """Send bytes exactly as given (input aiohttp's client refuses to send); all that comes back until EOF."""
+async def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> RawResponse:
+    """Send bytes exactly as given (input aiohttp's client refuses to send), read until the server closes,
+    parse the first response head."""
 
     async def go() -> bytes:
         reader, writer = await asyncio.open_connection(LOOPBACK, port)
@@ -271,12 +272,7 @@ async def raw_send(port: int, data: bytes, timeout: float = 5.0) -> bytes:
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
-    return await asyncio.wait_for(go(), timeout)
-
-
-async def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> RawResponse:
-    """Send bytes exactly as given, read until the server closes, parse the first response head."""
-    raw = await raw_send(port, data, timeout)
+    raw = await asyncio.wait_for(go(), timeout)
     head, _, body = raw.partition(b"\r\n\r\n")
     status_line, *lines = head.decode("latin-1").split("\r\n")
     headers: CIMultiDict[str] = CIMultiDict()

@@ -15,7 +15,7 @@ import conftest
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from conftest import LOOPBACK, CatchAll, RawResponse, raw_send
+from conftest import LOOPBACK, CatchAll, RawResponse
 from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import CollectorRegistry
 from served import GatewayTestServer
@@ -257,13 +257,6 @@ async def start_rig(aiohttp_client: Any, config: Config, clock: FakeClock) -> Ri
 async def eventually(check: Callable[[], bool], timeout: float = 2.0) -> None:
     """Poll until `check()` holds; fail after `timeout` seconds."""
     await conftest.eventually(check, timeout)
-
-
-async def raw_request(port: int, data: bytes, timeout: float = 5.0) -> tuple[int, bytes]:
-    """Send bytes exactly as given (for input aiohttp's client refuses to send); the status and the rest."""
-    raw = await raw_send(port, data, timeout)
-    status_line, _, rest = raw.partition(b"\r\n")
-    return int(status_line.split()[1]), rest
 
 
 def carry(carrier: str, session_id: str, path: str = "/", query: str = "userinput=x") -> dict[str, Any]:

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from test_frontend import front_end
 
 from gateway.app import create_app
+from gateway.client import client_script
 
 MiB = 1024 * 1024
 SHOP = "https://shop.example"
@@ -139,8 +140,13 @@ async def test_preflight_answer_is_the_same_in_both_lanes_for_an_origin_with_tra
 
     expected = await raw_exchange(reference, raw)
     assert expected.status == 204
+    assert expected.headers["Access-Control-Allow-Origin"] == SHOP
     got = await raw_exchange(gw.port, raw)
     assert got.status == expected.status
+    allow = [name for name in expected.headers if name.lower().startswith("access-control-")]
+    assert allow and {n: got.headers.getall(n) for n in allow} == {
+        n: expected.headers.getall(n) for n in allow
+    }
 
 
 # --- the own-route check and the target's spelling -----------------------------------------------
@@ -160,6 +166,6 @@ async def test_client_route_is_served_in_both_lanes_whatever_its_spelling(
     raw = f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
 
     expected = await raw_exchange(reference, raw)
-    assert expected.body != b"upstream"  # aiohttp's router serves the JS client
+    assert (expected.status, expected.body) == (200, client_script())  # aiohttp's router serves the JS client
     got = await raw_exchange(gw.port, raw)
-    assert got.body == expected.body
+    assert (got.status, got.body) == (expected.status, expected.body)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
+import time
 from typing import Any, ClassVar
 
 import aiohttp
@@ -101,6 +102,8 @@ def test_running_out_of_descriptors_pauses_accepting_then_resumes(monkeypatch: p
         sock.setblocking(False)
         real_accept = sock.accept
         failures = [OSError(errno.EMFILE, "Too many open files")]
+        failed_at: list[float] = []
+        accepted_at: list[float] = []
 
         class Flaky:
             """The listening socket, whose first accept() finds no descriptor left."""
@@ -110,8 +113,11 @@ def test_running_out_of_descriptors_pauses_accepting_then_resumes(monkeypatch: p
 
             def accept(self) -> Any:
                 if failures:
+                    failed_at.append(time.monotonic())
                     raise failures.pop()
-                return real_accept()
+                conn = real_accept()
+                accepted_at.append(time.monotonic())
+                return conn
 
             def close(self) -> None:
                 sock.close()
@@ -124,6 +130,7 @@ def test_running_out_of_descriptors_pauses_accepting_then_resumes(monkeypatch: p
         loop.close()
 
     assert not failures  # the error happened
+    assert accepted_at[0] - failed_at[0] >= 0.045  # accepting paused (_RETRY_AFTER; the loop clock is in ms)
     assert made == BURST  # and accepting resumed
 
 

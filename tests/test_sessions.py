@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from conftest import raw_exchange
 from session_helpers import (  # noqa: F401 - fixtures are used by name
     CARRIERS,
     END_REASONS,
@@ -28,7 +29,6 @@ from session_helpers import (  # noqa: F401 - fixtures are used by name
     clock,
     demo,
     eventually,
-    raw_request,
     rig_for,
     start_demo,
     start_echo,
@@ -821,13 +821,13 @@ async def test_control_characters_never_reach_the_bot(demo: Bot, rig_for: StartR
     assert live is not None and rig.client.port is not None
     bot_requests = len(demo.seen)
     for value in (b"JSESSIONID=ab\x01cd", b"JSESSIONID=" + live.encode() + b"\x01"):
-        status, _ = await raw_request(
+        refused = await raw_exchange(
             rig.client.port,
             b"GET /?userinput=x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nX-Teneo-Session: "
             + value
             + b"\r\n\r\n",
         )
-        assert status == 400
+        assert refused.status == 400
     assert len(demo.seen) == bot_requests
     assert (await rig.send(header=live)).turn == 2
 
