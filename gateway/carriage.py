@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 from urllib.parse import unquote
 
 from aiohttp import hdrs
@@ -15,6 +16,9 @@ from gateway.errors import BadSessionCarrier
 
 Carrier = Literal["header", "cookie", "path", "query", "none"]
 CARRIERS: Final = ("header", "cookie", "path", "query", "none")
+Cookies = tuple[tuple[str, str], ...]
+_CACHED: Final = 4096  # distinct (Cookie, session header) values remembered
+_CACHEABLE: Final = 1024  # characters of both; longer values are parsed each time
 
 
 @dataclass(slots=True)
@@ -24,9 +28,7 @@ class Carried:
     session_id: str | None
     carrier: Carrier
     affinity: str | None  # the gateway's affinity value, as the client echoed it
-    cookies: (
-        Pairs  # client cookies merged with the session header's pairs; session and affinity cookies removed
-    )
+    cookies: Cookies  # client cookies, merged with the header's pairs; session and affinity cookies removed
     target: str  # raw path and query, session path and query parameters removed
     is_end: bool  # the last path segment is session.end_path
 
@@ -82,85 +84,92 @@ def last_segment(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1].split(";", 1)[0]
 
 
-def extract(target: str, headers: CIMultiDictProxy[str], config: SessionConfig) -> Carried:
-    """Resolve the session by precedence header > Cookie > path parameter > query parameter."""
-    path, qsep, query = target.partition("?")
-    from_path = from_query = None
-    if ";" in path or (config.query_param and query):
-        path, from_path = _split_path_param(path, config.path_param.lower())
-        query, from_query = _split_query_param(query, config.query_param)
-        new_target = path + (qsep + query if query else "")
-    else:  # nothing to take out (the common case): the target as it came, but for an empty "?"
-        new_target = target if query else path
+class _Found(NamedTuple):
+    """What the Cookie and session headers carry: the same values on every message of a conversation."""
 
-    own = {config.cookie, config.affinity_cookie}
-    merged: dict[str, str] = {}
-    order: Pairs = []
-    for value in headers.getall(hdrs.COOKIE, ()):
-        order.extend(parse_cookie_header(value))
-    from_cookie = affinity = None
-    for name, value in order:  # the last of each wins
-        if name == config.cookie:
-            from_cookie = value
-        elif name == config.affinity_cookie:
-            affinity = value
+    session_id: str | None  # from the session header, else the Cookie header; validated
+    carrier: Carrier  # "header", "cookie" or "none"
+    affinity: str | None
+    cookies: Cookies
 
-    from_header = None
-    raw_header = headers.get(config.header)
-    if raw_header is not None:
-        try:
-            header_pairs = parse_cookie_string(raw_header)
-        except ValueError as exc:
-            raise BadSessionCarrier(f"{config.header} is not a cookie string: {exc}.") from None
-        for name, value in header_pairs:
+
+class Extractor:
+    """Resolve the session a request carries, by precedence header > Cookie > path parameter > query parameter.
+
+    The header part is remembered per (Cookie, session header) value: a widget sends the same ones with
+    every message, and parsing them was about a sixth of the session layer's bytecodes per request (issue 6).
+    Errors are not remembered: a bad value is parsed, and refused, each time."""
+
+    def __init__(self, config: SessionConfig) -> None:
+        self.config = config
+        self._own = {config.cookie, config.affinity_cookie}
+        self._found = functools.lru_cache(maxsize=_CACHED)(self._find)
+
+    def __call__(self, target: str, headers: CIMultiDictProxy[str]) -> Carried:
+        config = self.config
+        path, qsep, query = target.partition("?")
+        from_path = from_query = None
+        if ";" in path or (config.query_param and query):
+            path, from_path = _split_path_param(path, config.path_param.lower())
+            query, from_query = _split_query_param(query, config.query_param)
+            new_target = path + (qsep + query if query else "")
+        else:  # nothing to take out (the common case): the target as it came, but for an empty "?"
+            new_target = target if query else path
+        cookie = tuple(headers.getall(hdrs.COOKIE, ()))
+        raw_header = headers.get(config.header)
+        if sum(map(len, cookie)) + len(raw_header or "") <= _CACHEABLE:
+            found = self._found(cookie, raw_header)
+        else:  # kept out of the cache, which stays small whatever clients send
+            found = self._find(cookie, raw_header)
+        is_end = config.end_path in path and last_segment(path) == config.end_path
+        if found.session_id is not None:
+            return Carried(found.session_id, found.carrier, found.affinity, found.cookies, new_target, is_end)
+        if from_path:
+            session_id = validate_id(from_path, "path parameter", config.max_id_length)
+            return Carried(session_id, "path", found.affinity, found.cookies, new_target, is_end)
+        if from_query:
+            session_id = validate_id(from_query, "query", config.max_id_length)
+            return Carried(session_id, "query", found.affinity, found.cookies, new_target, is_end)
+        return Carried(None, "none", found.affinity, found.cookies, new_target, is_end)
+
+    def _find(self, cookie: tuple[str, ...], raw_header: str | None) -> _Found:
+        config = self.config
+        order: Pairs = []
+        for value in cookie:
+            order.extend(parse_cookie_header(value))
+        from_cookie = affinity = None
+        for name, value in order:  # the last of each wins
             if name == config.cookie:
-                from_header = value
+                from_cookie = value
             elif name == config.affinity_cookie:
                 affinity = value
-            else:
-                merged[name] = value  # the header's pairs win over the Cookie header's
-    if merged:
-        cookies: Pairs = [(n, merged.pop(n) if n in merged else v) for n, v in order if n not in own]
+        from_header = None
+        merged: dict[str, str] = {}
+        if raw_header is not None:
+            try:
+                header_pairs = parse_cookie_string(raw_header)
+            except ValueError as exc:
+                raise BadSessionCarrier(f"{config.header} is not a cookie string: {exc}.") from None
+            for name, value in header_pairs:
+                if name == config.cookie:
+                    from_header = value
+                elif name == config.affinity_cookie:
+                    affinity = value
+                else:
+                    merged[name] = value  # the header's pairs win over the Cookie header's
+        own = self._own
+        cookies = [(n, merged.pop(n) if n in merged else v) for n, v in order if n not in own]
         cookies.extend(merged.items())
-    else:
-        cookies = [(n, v) for n, v in order if n not in own]
+        # An empty value is no session: a browser stuck with `JSESSIONID=` must still be able to chat.
+        if from_header:
+            session_id = validate_id(from_header, config.header, config.max_id_length)
+            return _Found(session_id, "header", affinity, tuple(cookies))
+        if from_cookie:
+            session_id = validate_id(from_cookie, "Cookie header", config.max_id_length)
+            return _Found(session_id, "cookie", affinity, tuple(cookies))
+        return _Found(None, "none", affinity, tuple(cookies))
 
-    is_end = config.end_path in path and last_segment(path) == config.end_path
-    # An empty value is no session: a browser stuck with `JSESSIONID=` must still be able to chat.
-    if from_header:
-        return Carried(
-            validate_id(from_header, config.header, config.max_id_length),
-            "header",
-            affinity,
-            cookies,
-            new_target,
-            is_end,
-        )
-    if from_cookie:
-        return Carried(
-            validate_id(from_cookie, "Cookie header", config.max_id_length),
-            "cookie",
-            affinity,
-            cookies,
-            new_target,
-            is_end,
-        )
-    if from_path:
-        return Carried(
-            validate_id(from_path, "path parameter", config.max_id_length),
-            "path",
-            affinity,
-            cookies,
-            new_target,
-            is_end,
-        )
-    if from_query:
-        return Carried(
-            validate_id(from_query, "query", config.max_id_length),
-            "query",
-            affinity,
-            cookies,
-            new_target,
-            is_end,
-        )
-    return Carried(None, "none", affinity, cookies, new_target, is_end)
+
+def extract(target: str, headers: CIMultiDictProxy[str], config: SessionConfig) -> Carried:
+    """Resolve the session a request carries (one call; the session layer keeps an Extractor)."""
+    return Extractor(config)(target, headers)

@@ -16,7 +16,7 @@ from aiohttp import hdrs
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from gateway.affinity import AffinitySigner
-from gateway.carriage import Carried, extract
+from gateway.carriage import Carried, Extractor
 from gateway.config import SessionConfig
 from gateway.cookies import (
     COOKIE_OCTETS,
@@ -104,6 +104,7 @@ class SessionManager:
         self.metrics = metrics
         self.clock = clock
         self.signer = AffinitySigner(config.secret)
+        self.extract = Extractor(config)
         self.claim_wait = claim_wait
         self.upstreams = upstreams
         self.strict_affinity = strict_affinity
@@ -219,7 +220,7 @@ class SessionManager:
 
     async def prepare(self, target: str, headers: CIMultiDictProxy[str]) -> Turn:
         """Resolve the session a request carries and decide what the bot is told."""
-        carried = extract(target, headers, self.config)
+        carried = self.extract(target, headers)
         self.metrics.carriers[carried.carrier].inc()
         turn = Turn(carried)
         if carried.session_id is None and self.config.store_failure == "closed" and not self.store_healthy:

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.carriage import extract, last_segment
+from gateway.carriage import Extractor, extract, last_segment
 from gateway.config import SessionConfig
 from gateway.errors import BadSessionCarrier
 
@@ -42,7 +42,7 @@ def test_header_pairs_merge_over_cookies_and_own_cookies_are_removed() -> None:
     )
     carried = extract("/", headers, CFG)
     assert carried.session_id == "31992FA776A3XXXXX1031B5F"
-    assert carried.cookies == [("FOO", "BAR"), ("keep", "1")]
+    assert carried.cookies == (("FOO", "BAR"), ("keep", "1"))
     assert carried.affinity == "default.sig"
 
 
@@ -88,3 +88,22 @@ def test_end_path_is_the_last_segment() -> None:
 def test_an_empty_session_id_is_no_session(target: str, headers: list[tuple[str, str]]) -> None:
     carried = extract(target, _headers(*headers), CFG)
     assert (carried.session_id, carried.carrier) == (None, "none")
+
+
+def test_one_extractor_answers_as_fresh_ones_do_and_refuses_a_bad_value_every_time() -> None:
+    """The Extractor remembers what the Cookie and session headers carry; the answers must not change."""
+    extractor = Extractor(CFG)
+    requests = [
+        ("/e;jsessionid=P?sid=Q", [("Cookie", "JSESSIONID=C; keep=1")]),
+        ("/e;jsessionid=P?sid=Q", [("Cookie", "keep=1")]),  # same cookies but the session: the path's
+        ("/e?sid=Q", [("Cookie", "keep=1")]),
+        ("/engine/endsession", [("Cookie", "JSESSIONID=C; keep=1")]),  # the target is never remembered
+        ("/", [("Cookie", "a=" + "x" * 2000 + "; JSESSIONID=long")]),  # too long to remember
+    ]
+    for _ in range(2):
+        for target, headers in requests:
+            assert extractor(target, _headers(*headers)) == extract(target, _headers(*headers), CFG)
+    bad = _headers(("X-Teneo-Session", "garbage"))
+    for _ in range(2):
+        with pytest.raises(BadSessionCarrier, match="not a cookie string"):
+            extractor("/", bad)
