@@ -257,6 +257,11 @@ def contender(name: str, rig: Rig) -> Iterator[int]:
             [PYTHON, str(HERE / "plain_proxy.py"), str(port), f"http://127.0.0.1:{rig.backend_port}"], port
         ):
             yield port
+    elif name == "gateway bare":
+        port, admin = free_port(), free_port()
+        env = {**gateway_env(rig, port, admin, "memory"), "PYTHONPATH": str(ROOT)}
+        with process([PYTHON, str(HERE / "bare_gateway.py")], port, env):
+            yield port
     else:
         store = "redis" if name.endswith("redis") else "memory"
         port, admin = free_port(), free_port()
@@ -366,6 +371,7 @@ def measure_paired_targets(rig: Rig, seconds: float, rounds: int) -> dict[str, f
     """
     names = (["nginx proxy"] if rig.nginx_proxy_port else []) + ["plain aiohttp proxy", "gateway memory"]
     names += ["gateway redis"] if rig.redis_url else []
+    names += ["gateway bare"]  # not a target: what the session layer costs (bench/bare_gateway.py)
     per_round: dict[str, list[float]] = {}
     with ExitStack() as stack:
         ports = {name: stack.enter_context(contender(name, rig)) for name in names}
@@ -384,6 +390,8 @@ def measure_paired_targets(rig: Rig, seconds: float, rounds: int) -> dict[str, f
                 ratios["memory_over_nginx"] = memory[0] / got["nginx proxy"][0]
             if "gateway redis" in got:
                 ratios["redis_over_memory"] = got["gateway redis"][0] / memory[0]
+            ratios["bare_over_plain"] = got["gateway bare"][0] / plain[0]
+            ratios["memory_over_bare"] = memory[0] / got["gateway bare"][0]
             for key, value in ratios.items():
                 per_round.setdefault(key, []).append(value)
     result = {key: round(statistics.median(values), 3) for key, values in per_round.items()}
