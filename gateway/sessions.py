@@ -45,7 +45,7 @@ _MAX_SUCCESSOR_HOPS: Final = 3
 _CLAIM_POLL: Final = 0.02  # seconds between asks while another request holds a claim
 # Event-loop time one sweep batch may take before yielding (the stall target is 5 ms).
 _BATCH_SECONDS: Final = 0.001
-_AFFINITY_CACHE_SIZE: Final = 16384  # sessions whose affinity headers are remembered (~6 MB at most)
+_AFFINITY_CACHE_SIZE: Final = 16384  # sessions whose affinity headers are remembered (~8 MB at most)
 LOGOUT: Final = {"status": 1, "message": "logout"}
 
 # Why a dead session's tombstone says it ended, as the reason its successor started.
@@ -113,7 +113,8 @@ class SessionManager:
         self._active_max = 0
         self._batch = min(64, config.sweep_batch)  # grows while batches stay under _BATCH_SECONDS
         self.store_healthy = True
-        # Every response carries both affinity headers: built once per replica and session.
+        # Every response carries the affinity headers (and, issuer = gateway, the session's Set-Cookie): built
+        # once per replica and session.
         self._affinity_values = functools.lru_cache(maxsize=_AFFINITY_CACHE_SIZE)(self._affinity_pair)
         owned = [X_SESSION_NEW, X_SESSION_PREVIOUS, istr(config.header)]
         if config.issuer == "gateway":
@@ -583,18 +584,23 @@ class SessionManager:
 
     def _affinity_headers(self, headers: CIMultiDict[str], session_id: str, replica: Replica | None) -> None:
         """X-Gateway-Session and its Set-Cookie; Teneo Web Chat keeps `value.split(';')[0]`, so the pair comes first."""
-        gateway_session, set_cookie = self._affinity_values(
+        gateway_session, set_cookie, session_cookie = self._affinity_values(
             (replica or self.upstreams.replicas[0]).name, session_id
         )
         headers[X_GATEWAY_SESSION] = gateway_session
         headers.add(hdrs.SET_COOKIE, set_cookie)
-        if self.config.issuer == "gateway" and session_id:
-            headers.add(hdrs.SET_COOKIE, self._cookie(self.config.cookie, session_id))
+        if session_cookie is not None:
+            headers.add(hdrs.SET_COOKIE, session_cookie)
 
-    def _affinity_pair(self, replica: str, session_id: str) -> tuple[str, str]:
-        """X-Gateway-Session's value and the affinity Set-Cookie."""
+    def _affinity_pair(self, replica: str, session_id: str) -> tuple[str, str, str | None]:
+        """X-Gateway-Session's value, the affinity Set-Cookie, and the session's own when the gateway issues it."""
         value = self.signer.sign(replica, session_id)
-        return f"{self.config.affinity_cookie}={value}", self._cookie(self.config.affinity_cookie, value)
+        own = (
+            self._cookie(self.config.cookie, session_id)
+            if self.config.issuer == "gateway" and session_id
+            else None
+        )
+        return f"{self.config.affinity_cookie}={value}", self._cookie(self.config.affinity_cookie, value), own
 
     def _end_headers(self, headers: CIMultiDict[str]) -> None:
         headers[X_GATEWAY_SESSION] = ""

@@ -592,6 +592,7 @@ async def test_gateway_issued_sessions_against_a_stateless_bot(
     for kwargs in ({"cookie": sid}, {"header": sid}, {"path": f"/;jsessionid={sid}"}):
         reply = await rig.send(**kwargs)
         assert reply.session_id == sid and reply.new is None
+        assert reply.set_cookie("JSESSIONID") == own  # every response renews the gateway's own cookie
         assert bot.last.headers.getall("X-Session-Id") == [sid]
         assert "X-Session-New" not in bot.last.headers
     assert rig.started("first") == 1 and rig.active == 1
