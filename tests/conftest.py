@@ -1,4 +1,5 @@
-"""Shared fixtures: real loopback upstreams, the gateway in front of them, raw sockets and subprocesses."""
+"""Shared fixtures: real loopback upstreams, the gateway in front of them, raw sockets, subprocesses and a
+real redis-server."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Self, TypeVar
@@ -28,6 +29,7 @@ from served import GatewayTestServer
 
 from gateway.app import create_app
 from gateway.config import Config, load_config
+from tests.redis_server import RedisServer
 
 LOOPBACK = "127.0.0.1"
 SeenT = TypeVar("SeenT")
@@ -411,3 +413,31 @@ def assert_no_errors(caplog: pytest.LogCaptureFixture, logger: str = "") -> None
         if r.levelno >= logging.ERROR and (not logger or r.name == logger or r.name.startswith(logger + "."))
     ]
     assert not errors
+
+
+# --- a real redis-server --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One redis-server for the whole run (RedisServer skips without the binary, and fails under CI=true)."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis(redis_server: RedisServer) -> RedisServer:
+    """The shared redis-server, flushed for this test."""
+    redis_server.flush()
+    return redis_server
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server for this test alone, for tests that stop, restart or pause it."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,33 +114,6 @@ def affinity_of(reply_headers: Any) -> str:
     name, _, value = pair.partition("=")
     assert name == "GatewayAffinity" and value, pair
     return str(value)
-
-
-# --- the redis-server ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def shared_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def redis(shared_redis: RedisServer) -> RedisServer:
-    """The module's redis-server, flushed for this test."""
-    shared_redis.flush()
-    return shared_redis
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    """A redis-server for this test alone (outage tests stop and start it)."""
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 # --- gateways as subprocesses -------------------------------------------------------------------------

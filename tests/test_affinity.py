@@ -13,8 +13,6 @@ from replica_helpers import (  # noqa: F401 - fixtures are used by name
     StartNode,
     affinity_of,
     gateway_config,
-    redis,
-    shared_redis,
     start_bots,
     start_node,
     total,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
-from replica_helpers import StartNode, gateway_config, own_redis, poll, start_node  # noqa: F401
+from replica_helpers import StartNode, gateway_config, poll, start_node  # noqa: F401
 from session_helpers import Bot, FakeClock, Rig, clock, demo, make_config, start_demo  # noqa: F401
 
 from gateway.app import admin_app_for

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from frontend_helpers are redefined as parameters)
 """The proxy port's front end (gateway/frontend.py) over raw loopback sockets: keep-alive, pipelining,
 the handoff to aiohttp's server mid-connection, framing of what it writes, and back-pressure."""
 
@@ -5,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import email.utils
 import hashlib
 import json
@@ -13,19 +13,15 @@ import logging
 import random
 import socket
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
 import pytest
 from aiohttp import web
 from conftest import (
-    LOOPBACK,
-    Gateway,
     Recorder,
     StartGateway,
     StartRawUpstream,
-    StartReference,
     StartUpstream,
     assert_no_errors,
     closed_url,
@@ -34,114 +30,20 @@ from conftest import (
     raw_exchange,
     wait,
 )
-from multidict import CIMultiDict
+from frontend_helpers import (  # noqa: F401 - fixtures are used by name
+    Connect,
+    MiB,
+    StartLanes,
+    connect,
+    fast_connections,
+    get,
+    handed_over,
+    only_fast_connection,
+    post,
+    start_lanes,
+)
 
-from gateway.frontend import FastConnection, FrontEnd
-
-MiB = 1024 * 1024
-
-
-# --- a raw HTTP/1.1 client ------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Answer:
-    """One response as it came off the wire."""
-
-    version: str
-    status: int
-    headers: CIMultiDict[str]
-    body: bytes
-
-
-class Conn:
-    """A client connection: bytes go out exactly as given, responses are read one at a time by their framing."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await wait(self.writer.drain())
-
-    async def answer(self, method: str = "GET") -> Answer:
-        """The next response; `method` is the request's, since a HEAD's answer has no body."""
-        head = await wait(self.reader.readuntil(b"\r\n\r\n"))
-        status_line, *lines = head[:-4].decode("latin-1").split("\r\n")
-        version, status, *_ = status_line.split(" ", 2)
-        headers: CIMultiDict[str] = CIMultiDict()
-        for line in lines:
-            name, _, value = line.partition(":")
-            headers.add(name.strip(), value.strip())
-        code = int(status)
-        if method == "HEAD" or code < 200 or code in (204, 304):
-            body = b""
-        elif "chunked" in headers.get("Transfer-Encoding", ""):
-            body = await wait(self._chunked())
-        elif "Content-Length" in headers:
-            body = await wait(self.reader.readexactly(int(headers["Content-Length"])))
-        else:
-            body = await wait(self.reader.read())
-        return Answer(version, code, headers, body)
-
-    async def _chunked(self) -> bytes:
-        parts: list[bytes] = []
-        while True:
-            size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            if size == 0:
-                assert await self.reader.readuntil(b"\r\n") == b"\r\n"  # no trailers expected
-                return b"".join(parts)
-            parts.append(await self.reader.readexactly(size))
-            assert await self.reader.readexactly(2) == b"\r\n"
-
-    async def closed_by_server(self) -> bool:
-        """True when the server closes the connection without sending anything more."""
-        rest: bytes = await wait(self.reader.read())
-        return rest == b""
-
-    async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(ConnectionError):
-            await wait(self.writer.wait_closed())
-
-
-Connect = Callable[..., Awaitable[Conn]]
-
-
-@pytest.fixture
-async def connect() -> AsyncIterator[Connect]:
-    """connect(port, rcvbuf=None) -> Conn; every connection is closed at teardown."""
-    conns: list[Conn] = []
-
-    async def open_conn(port: int, rcvbuf: int | None = None) -> Conn:
-        sock = socket.socket()
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # one write, one segment
-        if rcvbuf is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect: the window
-        sock.setblocking(False)
-        await wait(asyncio.get_running_loop().sock_connect(sock, (LOOPBACK, port)))
-        conn = Conn(*await asyncio.open_connection(sock=sock))
-        conns.append(conn)
-        return conn
-
-    yield open_conn
-    for conn in conns:
-        await conn.close()
-
-
-def get(target: str, *extra: str) -> bytes:
-    return "".join(
-        [f"GET {target} HTTP/1.1\r\nHost: gw.example\r\n", *(f"{h}\r\n" for h in extra), "\r\n"]
-    ).encode()
-
-
-def post(target: str, body: bytes, *extra: str) -> bytes:
-    head = f"POST {target} HTTP/1.1\r\nHost: gw.example\r\nContent-Length: {len(body)}\r\n"
-    return "".join([head, *(f"{h}\r\n" for h in extra), "\r\n"]).encode() + body
-
-
-# --- upstreams and lanes --------------------------------------------------------------------------------
+# --- an upstream -----------------------------------------------------------------------------------------
 
 
 @dataclass(slots=True)
@@ -162,29 +64,6 @@ class Echo:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self.handle)
         return app
-
-
-def front_end(gw: Gateway) -> FrontEnd:
-    runner = gw.client.server.runner
-    assert runner is not None
-    front = runner.server
-    assert isinstance(front, FrontEnd)
-    return front
-
-
-def fast_connections(gw: Gateway) -> int:
-    """Client connections the fast lane serves now."""
-    return len(front_end(gw).connections)
-
-
-def handed_over(gw: Gateway) -> int:
-    """Client connections aiohttp's server took over."""
-    return len(front_end(gw).fallback.connections)
-
-
-def only_fast_connection(gw: Gateway) -> FastConnection:
-    (conn,) = front_end(gw).connections
-    return conn
 
 
 # --- keep-alive and pipelining --------------------------------------------------------------------------
@@ -468,8 +347,7 @@ DIFFERENTIAL = {  # the request, and the status both lanes must give (the limits
 @pytest.mark.parametrize(("raw", "status"), list(DIFFERENTIAL.values()), ids=list(DIFFERENTIAL))
 async def test_limits_and_refusals_are_the_same_as_aiohttps(
     start_raw_upstream: StartRawUpstream,
-    start_gateway: StartGateway,
-    start_reference: StartReference,
+    start_lanes: StartLanes,
     raw: bytes,
     status: int,
 ) -> None:
@@ -477,8 +355,7 @@ async def test_limits_and_refusals_are_the_same_as_aiohttps(
     upstream sees it from both or from neither."""
     upstream = await start_raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
     config = make_config(upstream.url, listen={"max_field_size": LIMIT, "max_headers": 10})
-    gw = await start_gateway(config)
-    reference = await start_reference(config)
+    gw, reference = await start_lanes(config)
 
     expected = await raw_exchange(reference, raw)
     forwarded_by_reference = len(upstream.requests)
@@ -491,15 +368,14 @@ async def test_limits_and_refusals_are_the_same_as_aiohttps(
 
 
 async def test_header_line_over_max_field_size_is_refused_with_aiohttps_status(
-    start_upstream: StartUpstream, start_gateway: StartGateway, start_reference: StartReference
+    start_upstream: StartUpstream, start_lanes: StartLanes
 ) -> None:
     """At the configured default size (16 KiB, bigger than aiohttp's own 8190) a longer value is refused
     exactly as aiohttp's server refuses it; one at the limit passes."""
     recorder = Recorder()
     config = make_config(await start_upstream(recorder.app(), max_field_size=65536))
     limit = config.listen.max_field_size
-    gw = await start_gateway(config)
-    reference = await start_reference(config)
+    gw, reference = await start_lanes(config)
 
     at_limit = _request("Authorization: Bearer " + "j" * (limit - len("Bearer ")))
     over = _request("Authorization: Bearer " + "j" * (limit - len("Bearer ") + 1))
@@ -525,14 +401,12 @@ SINGLETONS = {
 @pytest.mark.parametrize("raw", list(SINGLETONS.values()), ids=list(SINGLETONS))
 async def test_host_and_singleton_header_refusals_are_the_same_as_aiohttps(
     start_raw_upstream: StartRawUpstream,
-    start_gateway: StartGateway,
-    start_reference: StartReference,
+    start_lanes: StartLanes,
     raw: bytes,
 ) -> None:
     upstream = await start_raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
     config = make_config(upstream.url)
-    gw = await start_gateway(config)
-    reference = await start_reference(config)
+    gw, reference = await start_lanes(config)
 
     expected = await raw_exchange(reference, raw)
     assert expected.status == 400  # aiohttp refuses these before any handler runs

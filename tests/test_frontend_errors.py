@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from frontend_helpers are redefined as parameters)
 """A bug of ours on the proxy port: the client gets an answer or a closed connection, never a hang, and the
 one ERROR line logged for it names the path without the session id carried in `;jsessionid=`."""
 
@@ -10,7 +11,6 @@ from typing import NoReturn
 
 import pytest
 from conftest import (
-    LOOPBACK,
     Recorder,
     StartGateway,
     StartReference,
@@ -18,8 +18,8 @@ from conftest import (
     make_config,
     raw_exchange,
 )
+from frontend_helpers import Connect, connect, get  # noqa: F401 - fixtures are used by name
 from multidict import CIMultiDict
-from test_frontend import Conn, get
 
 import gateway.frontend
 from gateway.sessions import SessionManager
@@ -36,6 +36,7 @@ def gateway_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
 async def test_a_failure_while_writing_a_response_closes_the_connection_and_logs_one_redacted_line(
     start_upstream: StartUpstream,
     start_gateway: StartGateway,
+    connect: Connect,
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -47,13 +48,10 @@ async def test_a_failure_while_writing_a_response_closes_the_connection_and_logs
 
     gw = await start_gateway(make_config(await start_upstream(Recorder().app())))
     monkeypatch.setattr(gateway.frontend, "_head", broken_head)
-    conn = Conn(*await asyncio.open_connection(LOOPBACK, gw.port))
-    try:
-        await conn.send(get(TARGET))
-        async with asyncio.timeout(2):  # a regression leaves the connection open: this times out
-            assert await conn.closed_by_server()  # EOF, and no bytes before it
-    finally:
-        await conn.close()
+    conn = await connect(gw.port)
+    await conn.send(get(TARGET))
+    async with asyncio.timeout(2):  # a regression leaves the connection open: this times out
+        assert await conn.closed_by_server()  # EOF, and no bytes before it
 
     (message,) = gateway_errors(caplog)
     assert message == "failed to write the response to GET /chat;jsessionid=…"

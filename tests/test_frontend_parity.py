@@ -1,16 +1,15 @@
+# ruff: noqa: F811  (pytest fixtures imported from frontend_helpers are redefined as parameters)
 """The two lanes of the proxy port answer alike: each case runs on the fast front end and on aiohttp's own
 server (the same app), from a review that found them differing."""
 
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
 import pytest
 from aiohttp import web
 from conftest import (
-    LOOPBACK,
     StartGateway,
     StartRawUpstream,
     StartReference,
@@ -18,13 +17,19 @@ from conftest import (
     make_config,
     raw_exchange,
 )
+from frontend_helpers import (  # noqa: F401 - fixtures are used by name
+    Connect,
+    MiB,
+    StartLanes,
+    connect,
+    only_fast_connection,
+    start_lanes,
+)
 from prometheus_client import CollectorRegistry
-from test_frontend import front_end
 
 from gateway.app import create_app
 from gateway.client import client_script
 
-MiB = 1024 * 1024
 SHOP = "https://shop.example"
 
 
@@ -53,15 +58,10 @@ async def test_empty_sized_upstream_body_is_forwarded(
 # --- write back-pressure for whole responses ---------------------------------------
 
 
-async def _pipeline_without_reading(port: int, requests: int) -> tuple[socket.socket, asyncio.StreamWriter]:
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
-    sock.setblocking(False)
-    await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (LOOPBACK, port)), 5)
-    _, writer = await asyncio.open_connection(sock=sock)
-    writer.write(b"GET /sixty HTTP/1.1\r\nHost: x\r\n\r\n" * requests)  # ~9 KiB of requests
-    await asyncio.wait_for(writer.drain(), 5)
-    return sock, writer
+async def _pipeline_without_reading(connect: Connect, port: int, requests: int) -> None:
+    """Pipeline `requests` GETs on a connection with a small receive window, and read none of the answers."""
+    conn = await connect(port, rcvbuf=16 * 1024)
+    await conn.send(b"GET /sixty HTTP/1.1\r\nHost: x\r\n\r\n" * requests)  # ~9 KiB of requests
 
 
 async def _sixty_kib_upstream(start_upstream: StartUpstream) -> str:
@@ -76,35 +76,29 @@ async def _sixty_kib_upstream(start_upstream: StartUpstream) -> str:
 
 
 async def test_fast_lane_whole_responses_respect_back_pressure(
-    start_upstream: StartUpstream, start_gateway: StartGateway
+    start_upstream: StartUpstream, start_gateway: StartGateway, connect: Connect
 ) -> None:
     gw = await start_gateway(make_config(await _sixty_kib_upstream(start_upstream)))
-    _, writer = await _pipeline_without_reading(gw.port, 300)  # 300 x 60 KiB = 18 MiB of answers
-    try:
-        await asyncio.sleep(1.0)  # the client reads nothing
-        (conn,) = front_end(gw).connections
-        assert conn.transport is not None
-        buffered = conn.transport.get_write_buffer_size()
-    finally:
-        writer.close()
+    await _pipeline_without_reading(connect, gw.port, 300)  # 300 x 60 KiB = 18 MiB of answers
+    await asyncio.sleep(1.0)  # the client reads nothing
+    conn = only_fast_connection(gw)
+    assert conn.transport is not None
+    buffered = conn.transport.get_write_buffer_size()
     assert buffered < MiB, (
         f"{buffered} bytes buffered for a client that reads nothing"
     )  # was ~14 MiB before _serve awaited drain
 
 
 async def test_control_aiohttp_lane_whole_responses_respect_back_pressure(
-    start_upstream: StartUpstream, aiohttp_server: Any
+    start_upstream: StartUpstream, aiohttp_server: Any, connect: Connect
 ) -> None:
     server = await aiohttp_server(
         create_app(make_config(await _sixty_kib_upstream(start_upstream)), registry=CollectorRegistry())
     )
-    _, writer = await _pipeline_without_reading(server.port, 300)
-    try:
-        await asyncio.sleep(1.0)
-        (conn,) = server.runner.server.connections
-        buffered = conn.transport.get_write_buffer_size()
-    finally:
-        writer.close()
+    await _pipeline_without_reading(connect, server.port, 300)
+    await asyncio.sleep(1.0)
+    (conn,) = server.runner.server.connections
+    buffered = conn.transport.get_write_buffer_size()
     assert buffered < MiB  # observed ~100 KiB: aiohttp drains after each response
 
 
@@ -112,12 +106,11 @@ async def test_control_aiohttp_lane_whole_responses_respect_back_pressure(
 
 
 async def test_trailing_whitespace_of_header_values_is_not_forwarded(
-    start_raw_upstream: StartRawUpstream, start_gateway: StartGateway, start_reference: StartReference
+    start_raw_upstream: StartRawUpstream, start_lanes: StartLanes
 ) -> None:
     upstream = await start_raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
     config = make_config(upstream.url)
-    gw = await start_gateway(config)
-    reference = await start_reference(config)
+    gw, reference = await start_lanes(config)
     raw = b"GET /r HTTP/1.1\r\nHost: x\r\nX-A: a \t\r\nConnection: close\r\n\r\n"
 
     assert (await raw_exchange(reference, raw)).status == 200
@@ -127,12 +120,11 @@ async def test_trailing_whitespace_of_header_values_is_not_forwarded(
 
 
 async def test_preflight_answer_is_the_same_in_both_lanes_for_an_origin_with_trailing_space(
-    start_raw_upstream: StartRawUpstream, start_gateway: StartGateway, start_reference: StartReference
+    start_raw_upstream: StartRawUpstream, start_lanes: StartLanes
 ) -> None:
     upstream = await start_raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
     config = make_config(upstream.url, cors={"allow_origins": (SHOP,)})
-    gw = await start_gateway(config)
-    reference = await start_reference(config)
+    gw, reference = await start_lanes(config)
     raw = (
         f"OPTIONS /chat HTTP/1.1\r\nHost: x\r\nOrigin: {SHOP} \r\n"
         "Access-Control-Request-Method: POST\r\nConnection: close\r\n\r\n"
@@ -155,14 +147,12 @@ async def test_preflight_answer_is_the_same_in_both_lanes_for_an_origin_with_tra
 @pytest.mark.parametrize("target", ["/_gateway/session-client%2Ejs", "/_gateway/session-client.js#x"])
 async def test_client_route_is_served_in_both_lanes_whatever_its_spelling(
     start_raw_upstream: StartRawUpstream,
-    start_gateway: StartGateway,
-    start_reference: StartReference,
+    start_lanes: StartLanes,
     target: str,
 ) -> None:
     upstream = await start_raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nupstream")
     config = make_config(upstream.url)
-    gw = await start_gateway(config)
-    reference = await start_reference(config)
+    gw, reference = await start_lanes(config)
     raw = f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
 
     expected = await raw_exchange(reference, raw)

@@ -15,8 +15,6 @@ from replica_helpers import (  # noqa: F401 - fixtures are used by name
     StartNode,
     gateway_config,
     poll,
-    redis,
-    shared_redis,
     spawn_gateways,
     start_node,
     stop_gateways,

@@ -30,15 +30,7 @@ def _memory(**overrides: object) -> SessionStore:
     return MemoryStore(**options)  # type: ignore[arg-type]
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # not beyond this module: it keeps watching the shared server
 def redis_sentinel(redis_server: RedisServer) -> Iterator[RedisSentinel]:
     sentinel = RedisSentinel(redis_server)
     sentinel.start()
@@ -51,8 +43,7 @@ async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[StoreFacto
     made: list[SessionStore] = []
     sentinels: tuple[str, ...] = ()
     if request.param.startswith("redis"):
-        server: RedisServer = request.getfixturevalue("redis_server")
-        server.flush()
+        server: RedisServer = request.getfixturevalue("redis")  # flushed
     if request.param == "redis-sentinel":
         # The same contract, with the master found through a real Sentinel.
         sentinels = (request.getfixturevalue("redis_sentinel").address,)

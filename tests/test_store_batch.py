@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -15,18 +15,10 @@ from tests.redis_server import RedisServer
 ECHO = "return {KEYS[1], ARGV[1], redis.call('INCR', KEYS[1])}"
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
-async def client(server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    server.flush()
-    client = aioredis.Redis.from_url(server.url, decode_responses=True)
+async def client(redis: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    """A client of the shared redis-server, flushed for this test."""
+    client = aioredis.Redis.from_url(redis.url, decode_responses=True)
     yield client
     await client.aclose()
 
@@ -113,12 +105,12 @@ async def test_a_call_cancelled_before_its_flush_is_not_run_and_the_others_get_t
 
 
 async def test_a_batch_cut_short_leaves_no_reply_for_the_next_caller(
-    server: RedisServer, client: aioredis.Redis
+    redis: RedisServer, client: aioredis.Redis
 ) -> None:
     # One connection, so the next batch would read the late replies if the cut-short one were reused.
     single = aioredis.Redis(
         connection_pool=aioredis.BlockingConnectionPool.from_url(
-            server.url, max_connections=1, decode_responses=True
+            redis.url, max_connections=1, decode_responses=True
         )
     )
     batcher = ScriptBatcher(single, single.register_script(ECHO), timeout=0.3)
