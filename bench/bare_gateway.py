@@ -9,7 +9,7 @@ rounds compare the gateway with it, to show what the session layer costs per req
 from __future__ import annotations
 
 from gateway import cli
-from gateway.headers import strip_hop_by_hop
+from gateway.headers import REQUEST_ONLY_DROP, strip_hop_by_hop
 from gateway.messages import Incoming, NewStream, Whole
 from gateway.proxy import Proxy
 
@@ -17,7 +17,7 @@ from gateway.proxy import Proxy
 async def bare_handle(self: Proxy, request: Incoming, new_stream: NewStream | None = None) -> Whole:
     """Forward a small request and read the small answer whole (the bench's backend sends 204 bytes)."""
     replica = self.upstreams.replicas[0]
-    headers = strip_hop_by_hop(request.headers, self._drop - {"Cookie"})
+    headers = strip_hop_by_hop(request.headers, REQUEST_ONLY_DROP)  # Cookie and all else go on as sent
     upstream = await self.pool.request(replica.origin, request.method, request.raw_path, headers, None)
     try:
         length = upstream.content_length or 0
