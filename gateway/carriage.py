@@ -171,5 +171,5 @@ class Extractor:
 
 
 def extract(target: str, headers: CIMultiDictProxy[str], config: SessionConfig) -> Carried:
-    """Resolve the session a request carries (one call; the session layer keeps an Extractor)."""
+    """Resolve the session a request carries, once (tests and one-off calls; SessionManager keeps an Extractor)."""
     return Extractor(config)(target, headers)

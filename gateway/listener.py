@@ -69,6 +69,9 @@ class BatchListener:
             await self._loop.connect_accepted_socket(self._factory, conn)
         except OSError:
             conn.close()  # the client left between accept() and here
+        except BaseException:  # cancelled at shutdown, or a bug: never leak the accepted socket
+            conn.close()
+            raise
 
     def close(self) -> None:
         if not self.closed:
