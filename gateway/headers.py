@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
-from collections.abc import Iterable
 from typing import Final
 
 from aiohttp import hdrs
@@ -55,21 +55,24 @@ def connection_tokens(headers: Headers) -> frozenset[str]:
     )
 
 
-def strip_hop_by_hop(headers: Headers, extra: Iterable[str] = ()) -> CIMultiDict[str]:
+def strip_hop_by_hop(headers: Headers, extra: frozenset[str] = frozenset()) -> CIMultiDict[str]:
     """A copy without hop-by-hop fields, the fields `Connection` names, and `extra`; repeats are kept."""
-    # Copy in C, then delete by name: measured ~3x faster than filtering item by item in Python, and ~2x
-    # faster than popping only the names found present (a popall of an absent name costs ~60 ns).
+    # Copy in C, then delete only the names present, found by multidict's case-insensitive set intersection
+    # (also C): a popall per droppable name cost ~300 bytecodes a request across both directions (issue 6).
     out = CIMultiDict(headers)
     connection = out.getall(hdrs.CONNECTION, None)
     # A lone "keep-alive" or "close", by far the commonest values, names nothing more to remove.
     if connection and (len(connection) > 1 or connection[0].strip().lower() not in _HOP_LOWER):
         for name in connection_tokens(out) - _HOP_LOWER:
             out.popall(name, None)
-    for name in HOP_BY_HOP:
-        out.popall(name, None)
-    for name in extra:
+    for name in out.keys() & _droppable(extra):
         out.popall(name, None)
     return out
+
+
+@functools.lru_cache(maxsize=16)
+def _droppable(extra: frozenset[str]) -> frozenset[str]:
+    return HOP_BY_HOP | extra
 
 
 def encode_head(start: list[str], headers: Headers, *tail: str) -> bytes:
