@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Final, Literal
 
 SameSite = Literal["Lax", "Strict", "None"]
@@ -50,7 +51,7 @@ def parse_cookie_string(value: str) -> Pairs:
     return pairs
 
 
-def render_cookie_header(pairs: Pairs) -> str:
+def render_cookie_header(pairs: Iterable[tuple[str, str]]) -> str:
     """Pairs back into a Cookie header value."""
     return "; ".join(f"{name}={value}" if name else value for name, value in pairs)
 

@@ -9,14 +9,14 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final, Literal
 
 from aiohttp import hdrs
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from gateway.affinity import AffinitySigner
-from gateway.carriage import Carried, Extractor
+from gateway.carriage import Carried, Cookies, Extractor
 from gateway.config import SessionConfig
 from gateway.cookies import (
     COOKIE_OCTETS,
@@ -41,6 +41,7 @@ X_SESSION_PREVIOUS: Final = istr("X-Session-Previous")
 X_SESSION_ID: Final = istr("X-Session-Id")
 X_SESSION_CONTROL: Final = istr("X-Session-Control")
 X_GATEWAY_SESSION: Final = istr("X-Gateway-Session")
+_FROM_BOT: Final = frozenset({X_SESSION_NEW, X_SESSION_ID, X_GATEWAY_SESSION, X_SESSION_CONTROL})
 _MAX_SUCCESSOR_HOPS: Final = 3
 _CLAIM_POLL: Final = 0.02  # seconds between asks while another request holds a claim
 # Event-loop time one sweep batch may take before yielding (the stall target is 5 ms).
@@ -82,7 +83,7 @@ class Turn:
     pinned_name: str | None = None  # the replica the store says holds the session
     replica: Replica | None = None  # where this request goes
     answer_logout: bool = False  # answer the logout JSON without forwarding
-    headers: list[tuple[str, str]] = field(default_factory=list)  # to add on the request to the bot
+    headers: tuple[tuple[str, str], ...] = ()  # to add on the request to the bot
 
 
 class SessionManager:
@@ -116,6 +117,8 @@ class SessionManager:
         # Every response carries the affinity headers (and, issuer = gateway, the session's Set-Cookie): built
         # once per replica and session.
         self._affinity_values = functools.lru_cache(maxsize=_AFFINITY_CACHE_SIZE)(self._affinity_pair)
+        # And every request to the bot the same Cookie field for a session's messages, made once.
+        self._session_fields = functools.lru_cache(maxsize=_AFFINITY_CACHE_SIZE)(self._fields)
         owned = [X_SESSION_NEW, X_SESSION_PREVIOUS, istr(config.header)]
         if config.issuer == "gateway":
             owned.append(X_SESSION_ID)
@@ -293,7 +296,11 @@ class SessionManager:
             if touch.outcome is Outcome.PENDING:
                 touch = await self._touch_waiting(current)
             if touch.outcome is Outcome.LIVE:
-                self._continued(turn, touch)
+                session = touch.session
+                assert session is not None
+                turn.live, turn.session_id, turn.pinned_name = True, session.id, session.replica
+                if touch.idle_gap is not None:
+                    self.metrics.idle_gap.observe(touch.idle_gap)
                 return
             if touch.outcome in (Outcome.EXPIRED, Outcome.LIFETIME) and touch.session is not None:
                 self._observe_end(
@@ -380,13 +387,6 @@ class SessionManager:
             await self._mint(turn, now)
         self._bot_headers(turn)
 
-    def _continued(self, turn: Turn, touch: Touch) -> None:
-        assert touch.session is not None
-        turn.live, turn.session_id = True, touch.session.id
-        turn.pinned_name = touch.session.replica
-        if touch.idle_gap is not None:
-            self.metrics.idle_gap.observe(touch.idle_gap)
-
     async def _check_capacity(self) -> None:
         if self.config.on_full == "reject" and await self.store.count() >= self.config.max_sessions:
             self.metrics.sessions_rejected.inc()
@@ -402,20 +402,28 @@ class SessionManager:
 
     def _bot_headers(self, turn: Turn) -> None:
         """Set what the bot is told; a repin calls it again, and the second answer replaces the first."""
-        turn.headers = []
-        cookies = list(turn.carried.cookies)
-        carried_on = turn.live or turn.adopting or turn.ended or turn.untracked
-        if self.config.issuer == "upstream" and turn.session_id and carried_on:
-            cookies.append((self.config.cookie, turn.session_id))
-        add = turn.headers.append
-        if cookies:
-            add((hdrs.COOKIE, render_cookie_header(cookies)))
-        if self.config.issuer == "gateway" and turn.session_id:
-            add((X_SESSION_ID, turn.session_id))
+        session_id = turn.session_id or None
+        if self.config.issuer == "gateway":
+            fields = self._session_fields(turn.carried.cookies, None, session_id)
+        else:
+            carried_on = turn.live or turn.adopting or turn.ended or turn.untracked
+            fields = self._session_fields(turn.carried.cookies, session_id if carried_on else None, None)
         if turn.reason is not None:
-            add((X_SESSION_NEW, turn.reason))
+            signal: list[tuple[str, str]] = [(X_SESSION_NEW, turn.reason)]
             if turn.previous:
-                add((X_SESSION_PREVIOUS, turn.previous))
+                signal.append((X_SESSION_PREVIOUS, turn.previous))
+            fields = (*fields, *signal)
+        turn.headers = fields
+
+    def _fields(
+        self, cookies: Cookies, session_cookie: str | None, issued: str | None
+    ) -> tuple[tuple[str, str], ...]:
+        """The Cookie field (the client's cookies, then the session's) and the gateway-issued id's field."""
+        pairs = [*cookies, (self.config.cookie, session_cookie)] if session_cookie else cookies
+        fields = [(hdrs.COOKIE, render_cookie_header(pairs))] if pairs else []
+        if issued:
+            fields.append((X_SESSION_ID, issued))
+        return tuple(fields)
 
     async def _start(
         self, session_id: str, reason: StartReason, now: float, previous: str | None, replica: Replica | None
@@ -451,15 +459,19 @@ class SessionManager:
 
     async def finish(self, turn: Turn, status: int, headers: CIMultiDict[str]) -> None:
         """Record what the bot did, apply its controls, and add the gateway's headers to its response."""
-        now = self.clock()
-        headers.popall(X_SESSION_NEW, None)
-        headers.popall(X_SESSION_ID, None)
-        headers.popall(X_GATEWAY_SESSION, None)
-        raw_controls = headers.popall(X_SESSION_CONTROL, None)
-        controls = [v.strip().lower() for raw in raw_controls for v in raw.split(",")] if raw_controls else []
-        signal: StartReason | None = None
+        # Found with one case-insensitive intersection in C: a bot rarely sends any of them.
+        controls = self._take_owned(headers) if headers.keys() & _FROM_BOT else []
         session_id = turn.session_id
         bot_id, bot_deleted = (None, False) if self.config.issuer == "gateway" else self._bot_cookies(headers)
+        if turn.live and not controls and not bot_deleted and bot_id in (None, session_id):
+            # The commonest answer: the bot continued the live session and changed nothing (claimed is None:
+            # a live session holds no claim).
+            assert session_id is not None
+            headers[X_SESSION_ID] = session_id
+            self._affinity_headers(headers, session_id, turn.replica)
+            return
+        now = self.clock()
+        signal: StartReason | None = None
         try:
             if turn.untracked:
                 session_id = bot_id or session_id
@@ -486,6 +498,15 @@ class SessionManager:
         if signal is not None:
             headers[X_SESSION_NEW] = signal
         self._affinity_headers(headers, session_id or "", turn.replica)
+
+    @staticmethod
+    def _take_owned(headers: CIMultiDict[str]) -> list[str]:
+        """Remove the bot's copies of the headers the gateway sets; return its X-Session-Control values."""
+        headers.popall(X_SESSION_NEW, None)
+        headers.popall(X_SESSION_ID, None)
+        headers.popall(X_GATEWAY_SESSION, None)
+        raw_controls = headers.popall(X_SESSION_CONTROL, ())
+        return [v.strip().lower() for raw in raw_controls for v in raw.split(",")]
 
     def _bot_cookies(self, headers: CIMultiDict[str]) -> tuple[str | None, bool]:
         """The session id the bot set (or whether it deleted its cookie); rewrites Set-Cookie when configured."""
