@@ -58,6 +58,19 @@ async def drive(port: int, request: bytes, count: int, connections: int) -> None
     await asyncio.gather(*(one_connection() for _ in range(connections)))
 
 
+def _dump(out: str, timeout: float) -> str:
+    """The -d dump's text once callgrind has written all of it ("totals:" ends it); "" if it never does.
+    (The final dump, written on exit, has no suffix.)"""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for name in sorted(glob.glob(f"{out}/cg.out.*")):
+            text = Path(name).read_text()
+            if "\ntotals:" in text:
+                return text
+        time.sleep(0.1)
+    return ""
+
+
 def count(tree: str, port: int, env: dict[str, str], args: argparse.Namespace) -> float:
     out = tempfile.mkdtemp(prefix="sg-callgrind-")
     valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/cg.out"]
@@ -75,13 +88,13 @@ def count(tree: str, port: int, env: dict[str, str], args: argparse.Namespace) -
         subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
         asyncio.run(drive(port, request, args.requests, args.connections))
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
-        time.sleep(0.5)
+        text = _dump(out, timeout=30)
     finally:
         proc.terminate()
         proc.wait(timeout=60)
-    dumps = sorted(glob.glob(f"{out}/cg.out.*"))  # the -d dump; the final one (on exit) has no suffix
-    text = Path(dumps[0]).read_text()
-    shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
+    if not text:
+        raise SystemExit(f"callgrind wrote no dump for {tree} within 30 s (is the gateway there starting?)")
     summary = re.search(r"^summary: (\d+)", text, re.M)
     assert summary is not None, "no summary line in the callgrind dump"
     return int(summary.group(1)) / args.requests

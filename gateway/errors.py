@@ -104,9 +104,10 @@ def error_response(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
 
-def unexpected_error(method: str, path: str) -> web.Response:
-    """A bug of ours, never the client's: one line with the traceback (call inside `except`), a generic body."""
-    log.exception("unhandled error on %s %s", method, path)
+def unexpected_error(method: str, raw_path: str) -> web.Response:
+    """A bug of ours, never the client's: one line with the traceback (call inside `except`), a generic body.
+    The path is logged redacted, as in the access log (no query, no `;jsessionid=` value)."""
+    log.exception("unhandled error on %s %s", method, redact_path(raw_path))
     return error_response(500, "internal_error", "The gateway failed to handle the request.")
 
 
@@ -126,4 +127,4 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         code = exc.reason.lower().replace(" ", "_")
         return error_response(exc.status, code, exc.reason + ".")
     except Exception:
-        return unexpected_error(request.method, redact_path(request.raw_path))
+        return unexpected_error(request.method, request.raw_path)

@@ -374,7 +374,7 @@ class FastConnection(asyncio.Protocol):
             except GatewayError as exc:
                 response = error_response(exc.status, exc.code, exc.message)
             except Exception:
-                response = unexpected_error(request.method, redact_path(request.raw_path))
+                response = unexpected_error(request.method, request.raw_path)
             if isinstance(response, Whole | web.Response):
                 await self.decorate(request, response)
                 self._send_whole(response)
