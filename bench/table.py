@@ -68,10 +68,16 @@ def main() -> None:
         print(f"| {label} | {value:.2f} | {'yes' if ok(value) else 'no'} |")
     paired = extras.get("paired_targets")
     if paired:
-        print(f"\nPaired rounds ({paired['rounds']}, contenders kept up, median of per-round ratios):")
+        spread = extras.get("paired_spread", {})
+        print(
+            f"\nPaired rounds ({paired['rounds']}, contenders kept up, median of per-round ratios,"
+            " and the quartiles where the run kept them):"
+        )
         for key, value in paired.items():
             if key != "rounds":
-                print(f"| {key} | {value:.2f} |")
+                q1, q3 = spread.get(key, (None, None))
+                middle = f" | {q1:.2f}–{q3:.2f}" if q1 is not None else ""
+                print(f"| {key} | {value:.2f}{middle} |")
 
 
 if __name__ == "__main__":
