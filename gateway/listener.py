@@ -74,6 +74,8 @@ class BatchListener:
             raise
 
     def close(self) -> None:
+        # Handshakes in flight complete, as asyncio's Server.close() lets its accepted connections do: the
+        # front end then closes them (pre_shutdown) or serves their one request with `Connection: close`.
         if not self.closed:
             self.closed = True
             self._loop.remove_reader(self._sock.fileno())
@@ -96,10 +98,14 @@ def _family(host: str) -> socket.AddressFamily | None:
 class GatewaySite(web.TCPSite):
     """aiohttp's TCPSite, listening through a BatchListener on uvloop when the host is an address."""
 
+    batched = False  # whether it accepts through a BatchListener (the "listening" log line says so)
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         family = _family(self._host) if isinstance(self._host, str) else None
-        if not _is_uvloop(loop) or family is None or self._reuse_port or self._ssl_context is not None:
+        # socket.create_server always sets SO_REUSEADDR: a site asked not to reuse the address keeps aiohttp's.
+        plain = self._reuse_port or self._reuse_address is False or self._ssl_context is not None
+        if family is None or plain or not _is_uvloop(loop):
             await super().start()
             return
         await web.BaseSite.start(self)  # registers the site with its runner
@@ -110,3 +116,4 @@ class GatewaySite(web.TCPSite):
         listener = BatchListener(loop, sock, cast(Callable[[], asyncio.Protocol], server))
         self._server = cast(asyncio.AbstractServer, listener)
         self._bound_port = sock.getsockname()[1]
+        self.batched = True

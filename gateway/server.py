@@ -46,15 +46,15 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await GatewaySite(
-            runner, config.listen.host, config.listen.port, backlog=config.listen.backlog
-        ).start()
+        site = GatewaySite(runner, config.listen.host, config.listen.port, backlog=config.listen.backlog)
+        await site.start()
         await web.TCPSite(admin_runner, config.admin.host, config.admin.port).start()
         log.info(
-            "listening: proxy %s, admin %s, upstream %s",
+            "listening: proxy %s, admin %s, upstream %s (event loop: %s)",
             " ".join(bound_addresses(runner)),
             " ".join(bound_addresses(admin_runner)),
             config.upstream.base,
+            "uvloop, accepting in batches" if site.batched else type(loop).__module__.split(".")[0],
         )
         if on_started is not None:
             await on_started(runner, admin_runner)

@@ -11,10 +11,11 @@ from typing import Any, ClassVar
 import aiohttp
 import pytest
 import uvloop
+from aiohttp import web
 from conftest import LOOPBACK, Recorder, SpawnGateway, StartUpstream
 
 from gateway import listener
-from gateway.listener import BatchListener
+from gateway.listener import BatchListener, GatewaySite
 
 BURST = 100
 
@@ -153,3 +154,35 @@ async def test_the_gateway_on_uvloop_answers_a_burst_of_new_connections(
 
     assert statuses == [200] * BURST
     assert len(recorder.seen) == BURST
+    assert "(event loop: uvloop, accepting in batches)" in gw.stderr()  # the BatchListener served them
+
+
+@pytest.mark.parametrize(
+    ("options", "batched"),
+    [({}, True), ({"reuse_address": False}, False), ({"reuse_port": True}, False)],
+)
+def test_the_site_batches_on_uvloop_unless_asked_for_socket_options_it_cannot_honour(
+    options: dict[str, bool], batched: bool
+) -> None:
+    """socket.create_server always sets SO_REUSEADDR and never SO_REUSEPORT: those sites keep aiohttp's."""
+
+    async def started() -> bool:
+        runner = web.AppRunner(web.Application())
+        await runner.setup()
+        site = GatewaySite(runner, LOOPBACK, 0, **options)
+        try:
+            await site.start()
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://{LOOPBACK}:{runner.addresses[0][1]}/") as response,
+            ):
+                assert response.status == 404  # it listens either way
+            return site.batched
+        finally:
+            await runner.cleanup()
+
+    loop = uvloop.new_event_loop()
+    try:
+        assert loop.run_until_complete(started()) is batched
+    finally:
+        loop.close()
