@@ -52,18 +52,20 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
 
 @contextmanager
 def process(
-    args: list[str], port: int, env: dict[str, str] | None = None
+    args: list[str], port: int, env: dict[str, str] | None = None, *, timeout: float = 15.0
 ) -> Iterator[subprocess.Popen[bytes]]:
+    """A process started, listening on `port` within `timeout` seconds, and stopped (SIGTERM, then SIGKILL)."""
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
     try:
-        wait_port(port)
+        wait_port(port, timeout)
         yield proc
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
 
 
 @dataclass
@@ -423,8 +425,7 @@ def measure_many_sessions(rig: Rig, seconds: float, rounds: int) -> float:
     """
     ids = [(f"{i:032X}", "") for i in range(64)]
     ports: dict[int, int] = {}
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
+    with ExitStack() as stack:
         for count in (64, 1_000_000):
             port, admin = free_port(), free_port()
             ports[count] = port
@@ -436,32 +437,15 @@ def measure_many_sessions(rig: Rig, seconds: float, rounds: int) -> float:
                 f"http://127.0.0.1:{rig.backend_port}",
                 str(count),
             ]
-            procs.append(
-                subprocess.Popen(
-                    args,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    cwd=ROOT,
-                    env={**os.environ, "PYTHONPATH": str(ROOT)},
-                )
-            )
+            env = {**os.environ, "PYTHONPATH": str(ROOT)}
+            stack.enter_context(process(args, port, env, timeout=180))  # 1M sessions take a while to load
         for port in ports.values():
-            wait_port(port, timeout=180)
             load(port, "cookie", 32, 1.0, ids)  # warm-up
         ratios = []
         for rnd in range(rounds * 4):
             order = (64, 1_000_000) if rnd % 2 == 0 else (1_000_000, 64)
             rps = {count: load(ports[count], "cookie", 32, seconds / 2, ids)[0] for count in order}
             ratios.append(rps[1_000_000] / rps[64])
-    finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
     ratio = statistics.median(ratios)
     print(f"  throughput with 1M sessions / with 64: {ratio:.2f} (pairs: {len(ratios)})", flush=True)
     return round(ratio, 3)
