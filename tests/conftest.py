@@ -29,7 +29,7 @@ from served import GatewayTestServer
 
 from gateway.app import create_app
 from gateway.config import Config, load_config
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, running_redis
 
 LOOPBACK = "127.0.0.1"
 SeenT = TypeVar("SeenT")
@@ -421,10 +421,8 @@ def assert_no_errors(caplog: pytest.LogCaptureFixture, logger: str = "") -> None
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """One redis-server for the whole run (RedisServer skips without the binary, and fails under CI=true)."""
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
+    with running_redis() as server:
+        yield server
 
 
 @pytest.fixture
@@ -437,7 +435,5 @@ def redis(redis_server: RedisServer) -> RedisServer:
 @pytest.fixture
 def own_redis() -> Iterator[RedisServer]:
     """A redis-server for this test alone, for tests that stop, restart or pause it."""
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
+    with running_redis() as server:
+        yield server

@@ -14,7 +14,7 @@ import aiohttp
 import conftest
 import pytest
 from aiohttp.test_utils import TestServer
-from conftest import LOOPBACK, eventually
+from conftest import LOOPBACK
 from conftest_tools import REPO
 from prometheus_client.parser import text_string_to_metric_families
 from session_helpers import P, Rig, Seen, demo_bot_app, make_config, start_rig
@@ -101,11 +101,6 @@ def start_bots(aiohttp_server: Any) -> StartBots:
 def total(nodes: Sequence[Rig], name: str, **labels: str) -> float:
     """A metric summed over gateway replicas (missing samples count 0)."""
     return sum(node.metric(name, **labels) or 0.0 for node in nodes)
-
-
-async def poll(check: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> None:
-    """Poll `check` (sync or async) every 10 ms until truthy; fail after `timeout` seconds."""
-    await eventually(check, timeout, what=what)
 
 
 def affinity_of(reply_headers: Any) -> str:

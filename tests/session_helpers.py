@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import conftest
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -252,11 +251,6 @@ async def start_rig(aiohttp_client: Any, config: Config, clock: FakeClock) -> Ri
     app = create_app(config, registry=registry, clock=clock)
     client = await aiohttp_client(GatewayTestServer(app), cookie_jar=aiohttp.DummyCookieJar())
     return Rig(client, app, registry, clock, config)
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 2.0) -> None:
-    """Poll until `check()` holds; fail after `timeout` seconds."""
-    await conftest.eventually(check, timeout)
 
 
 def carry(carrier: str, session_id: str, path: str = "/", query: str = "userinput=x") -> dict[str, Any]:

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from conftest import eventually
 from prometheus_client import CollectorRegistry
-from replica_helpers import StartNode, gateway_config, poll, start_node  # noqa: F401
+from replica_helpers import StartNode, gateway_config, start_node  # noqa: F401
 from session_helpers import Bot, FakeClock, Rig, clock, demo, make_config, start_demo  # noqa: F401
 
 from gateway.app import admin_app_for
@@ -38,7 +39,7 @@ async def _gateway(
     config = gateway_config(demo.url, redis, redis_timeout=0.2, sweep_interval=0.05, store_failure=policy)
     node = await start_node(config, clock)
     admin: Admin = await aiohttp_client(admin_app_for(node.app))
-    await poll(lambda: _ready(admin, 200), what="/readyz 200 at start")
+    await eventually(lambda: _ready(admin, 200), what="/readyz 200 at start")
     return node, admin
 
 
@@ -72,19 +73,21 @@ async def test_redis_restart_under_store_failure_open(
     # Three reads before forwarding failed, and the new session's record after the bot answered.
     assert node.metric("store_errors_total", op="request") == 3
     assert node.metric("store_errors_total", op="response") == 1
-    await poll(lambda: (node.metric("store_errors_total", op="sweep") or 0) >= 1, what="the sweeper's errors")
+    await eventually(
+        lambda: (node.metric("store_errors_total", op="sweep") or 0) >= 1, what="the sweeper's errors"
+    )
     assert await readyz(admin) == (200, "ok")  # open: the gateway still serves
     assert node.metric("sessions_started_total", reason="first") == 1  # only the one Redis saw
 
     own_redis.start()  # the same port, an empty keyspace
-    await poll(lambda: node.metric("store_up") == 1, what="store_up back to 1 without a request")
+    await eventually(lambda: node.metric("store_up") == 1, what="store_up back to 1 without a request")
     errors = node.metric("store_errors_total", op="request")
     reply = await node.send(header=sid)  # unknown to the new Redis, accepted by the bot: adopted
     assert (reply.status, reply.session_id, reply.new, reply.turn) == (200, sid, None, 6)
     assert node.metric("sessions_started_total", reason="adopted") == 1
     assert node.metric("store_errors_total", op="request") == errors
     # Tracked again: the session lives in Redis, counts, and ends with a signal.
-    await poll(lambda: node.active == 1, what="sessions_active counts the adopted session")
+    await eventually(lambda: node.active == 1, what="sessions_active counts the adopted session")
     await node.send("/endsession", method="POST", header=sid)
     after = await node.send(header=sid)
     assert after.new == "ended" and after.session_id != sid
@@ -110,7 +113,7 @@ async def test_redis_restart_under_store_failure_closed(
     assert status == 503 and "session store" in reason
 
     own_redis.start()
-    await poll(lambda: _ready(admin, 200), what="/readyz 200 again after Redis restarted")
+    await eventually(lambda: _ready(admin, 200), what="/readyz 200 again after Redis restarted")
     assert node.metric("store_up") == 1
     reply = await node.send(header=sid)
     assert (reply.status, reply.session_id, reply.new, reply.turn) == (200, sid, None, 3)
@@ -140,7 +143,7 @@ async def test_a_frozen_redis_costs_at_most_the_store_timeout(
     else:
         assert {(r.status, r.json["error"]["code"]) for r in replies} == {(503, "store_unavailable")}
     assert node.metric("store_errors_total", op="request") == 5
-    await poll(lambda: node.metric("store_up") == 1, what="recovery after SIGCONT")
+    await eventually(lambda: node.metric("store_up") == 1, what="recovery after SIGCONT")
     reply = await node.send(header=sid)
     assert reply.status == 200 and reply.session_id == sid and reply.new is None
     assert node.metric("sessions_started_total", reason="adopted") == 0  # the record survived the freeze
@@ -202,9 +205,11 @@ async def test_a_sentinel_failover_keeps_the_conversation(
         sid = first.session_id
         assert sid and first.turn == 1
         assert (await node.send(header=sid)).turn == 2
-        await poll(lambda: _replicated(replica), what="the replica to catch up")
+        await eventually(lambda: _replicated(replica), what="the replica to catch up")
         assert b"+OK" in sentinel.command("SENTINEL FAILOVER mymaster")
-        await poll(lambda: sentinel.master_port() == replica.port, timeout=15, what="the replica promoted")
+        await eventually(
+            lambda: sentinel.master_port() == replica.port, timeout=15, what="the replica promoted"
+        )
         primary.stop()  # the old master is gone for good: only the promoted replica can answer now
         reply = await node.send(header=sid)
         assert reply.status == 200 and reply.turn == 3 and reply.new is None

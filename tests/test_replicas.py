@@ -11,10 +11,10 @@ from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
+from conftest import eventually
 from replica_helpers import (  # noqa: F401 - fixtures are used by name
     StartNode,
     gateway_config,
-    poll,
     spawn_gateways,
     start_node,
     stop_gateways,
@@ -49,7 +49,7 @@ def _sweeps(node: Rig) -> float:
 async def _after_more_sweeps(nodes: list[Rig], count: int = 2) -> None:
     """Wait until every replica has swept `count` more times (so a double count would have happened)."""
     marks = [_sweeps(n) for n in nodes]
-    await poll(
+    await eventually(
         lambda: all(_sweeps(n) >= m + count for n, m in zip(nodes, marks, strict=True)),
         what="more sweeps on every replica",
     )
@@ -91,12 +91,12 @@ async def test_idle_sessions_expire_once_across_replicas_counted_once(
     nodes = await _nodes(start_node, 3, demo.url, redis, clock, idle_timeout=IDLE, sweep_interval=0.02)
     ids = [(await nodes[i % 3].send()).session_id for i in range(10)]
     assert all(ids) and len(set(ids)) == 10
-    await poll(lambda: all(n.active == 10 for n in nodes), what="every replica counts 10 sessions")
+    await eventually(lambda: all(n.active == 10 for n in nodes), what="every replica counts 10 sessions")
     clock.advance(IDLE + 1)
     late = await asyncio.gather(*(nodes[i % 3].send(header=sid) for i, sid in enumerate(ids[:5])))
     assert [r.new for r in late] == ["expired"] * 5  # by the touch or by a sweeper: the signal is the same
     assert all(r.status == 200 and r.session_id not in ids for r in late)
-    await poll(lambda: all(n.active == 5 for n in nodes), what="the five new sessions alone are active")
+    await eventually(lambda: all(n.active == 5 for n in nodes), what="the five new sessions alone are active")
     await _after_more_sweeps(nodes)
     assert total(nodes, "sessions_ended_total", reason="idle") == 10
     assert total(nodes, "session_duration_seconds_count") == 10
@@ -169,9 +169,9 @@ async def test_sessions_active_is_the_shared_count_on_every_replica(
 ) -> None:
     a, b, c = nodes = await _nodes(start_node, 3, demo.url, redis, clock, sweep_interval=0.02)
     ids = [(await node.send()).session_id for node in (a, a, a, b, b)]
-    await poll(lambda: [n.active for n in nodes] == [5, 5, 5], what="every replica reports 5")
+    await eventually(lambda: [n.active for n in nodes] == [5, 5, 5], what="every replica reports 5")
     await c.send("/endsession", method="POST", header=ids[0])
-    await poll(lambda: [n.active for n in nodes] == [4, 4, 4], what="every replica reports 4")
+    await eventually(lambda: [n.active for n in nodes] == [4, 4, 4], what="every replica reports 4")
     assert [n.metric("sessions_active_max") for n in nodes] == [5, 5, 5]
 
 
@@ -218,7 +218,7 @@ async def test_gateway_processes_share_sessions_through_redis(
                 idle = [await gw.metric(http, "sessions_ended_total", reason="idle") for gw in gws]
                 return active == [0, 0, 0] and sum(idle) == 1
 
-            await poll(expired_everywhere, timeout=10, what="the idle session ended on every replica")
+            await eventually(expired_everywhere, timeout=10, what="the idle session ended on every replica")
             await asyncio.sleep(0.3)  # six more sweeps on each replica: a second count would show now
             idle = [await gw.metric(http, "sessions_ended_total", reason="idle") for gw in gws]
             assert sorted(idle) == [0, 0, 1]

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from conftest import raw_exchange
+from conftest import eventually, raw_exchange
 from session_helpers import (  # noqa: F401 - fixtures are used by name
     CARRIERS,
     END_REASONS,
@@ -28,7 +28,6 @@ from session_helpers import (  # noqa: F401 - fixtures are used by name
     carry,
     clock,
     demo,
-    eventually,
     rig_for,
     start_demo,
     start_echo,
