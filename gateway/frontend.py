@@ -492,7 +492,7 @@ class FrontEnd:
         path = target.split(b"?", 1)[0].split(b"#", 1)[0]
         if b"%" in path:
             path = unquote_to_bytes(path)  # aiohttp's router matches the decoded path
-        return path in self._exact or any(path.startswith(prefix) for prefix in self._prefixes)
+        return path in self._exact or path.startswith(self._prefixes)  # a tuple: every prefix, in C
 
     async def _reap_idle(self) -> None:
         while True:
