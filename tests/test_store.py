@@ -282,3 +282,38 @@ def test_sealed_successor_opens_only_with_the_previous_id() -> None:
     assert "NEWID" not in sealed
     assert open_successor(sealed, "OLDID-456") == "NEWID-123"
     assert open_successor(sealed, "OTHER-456") != "NEWID-123"
+
+
+async def test_redis_sweeper_drops_index_entries_whose_session_key_expired_while_no_gateway_ran(
+    redis: RedisServer,
+) -> None:
+    """The key TTLs are the backstop for when no gateway runs; the expiry index has no TTL, so a gateway that
+    starts again finds due entries without a session. They are dropped: the count is right again, and the
+    sweep ends (an entry left in place would be found due by every sweep, forever)."""
+    store = RedisStore(
+        redis.url,
+        absolute_timeout=ABSOLUTE,
+        max_sessions=1000,
+        on_full="evict",
+        tombstone_ttl=7200.0,
+        shards=1,
+    )
+    try:
+        for i in range(25):
+            await store.create(f"s{i}", 0.0, idle_timeout=IDLE, replica="r")
+        await store.create("live", 0.0, idle_timeout=3 * IDLE, replica="r")
+        lapsed = [key async for key in store.client.scan_iter(match="*:s:*")]
+        live_key = store._keys("live")[1][0]
+        await store.client.delete(*(key for key in lapsed if key != live_key))  # what their TTLs do
+        rounds = 0
+        while True:
+            swept = await store.expire_due(IDLE + 61, limit=10)
+            assert swept.ended == []  # nobody saw them end: not counted as ended now
+            rounds += 1
+            assert rounds <= 3, "the sweep keeps finding the same due entries"
+            if not swept.more:
+                break
+        assert await store.count() == 1
+        assert (await store.touch("live", IDLE + 62)).outcome is Outcome.LIVE
+    finally:
+        await store.close()

@@ -10,7 +10,7 @@ pipeline of one. The Redis commands are the same EVALSHA calls, so atomicity per
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from hiredis import pack_command
@@ -20,7 +20,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from gateway.errors import StoreUnavailable
 
-Call = tuple[list[str], list[Any], "asyncio.Future[Any]"]
+Call = tuple[Sequence[str], list[Any], "asyncio.Future[Any]"]
 
 
 async def bounded(call: Awaitable[Any], timeout: float) -> Any:
@@ -44,7 +44,7 @@ class ScriptBatcher:
         self._flushing: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def __call__(self, keys: list[str], args: list[Any]) -> Any:
+    async def __call__(self, keys: Sequence[str], args: list[Any]) -> Any:
         # The loop is kept: on Python 3.11 asyncio.get_running_loop() costs a getpid(2) system call, and
         # every request comes through here. A kept loop that no longer runs (tests run one loop after another)
         # is replaced, with whatever it left queued: those callers are gone with their loop.
