@@ -31,6 +31,7 @@ class Carried:
     cookies: Cookies  # client cookies, merged with the header's pairs; session and affinity cookies removed
     target: str  # raw path and query, session path and query parameters removed
     is_end: bool  # the last path segment is session.end_path
+    small: bool = True  # its Cookie and session header values fit the caches (see _CACHEABLE)
 
 
 def validate_id(value: str, where: str, max_length: int) -> str:
@@ -117,20 +118,22 @@ class Extractor:
             new_target = target if query else path
         cookie = tuple(headers.getall(hdrs.COOKIE, ()))
         raw_header = headers.get(config.header)
-        if sum(map(len, cookie)) + len(raw_header or "") <= _CACHEABLE:
-            found = self._found(cookie, raw_header)
-        else:  # kept out of the cache, which stays small whatever clients send
-            found = self._find(cookie, raw_header)
+        # Large values are kept out of every cache (this one and the session layer's), which stay small
+        # whatever clients send.
+        small = sum(map(len, cookie)) + len(raw_header or "") <= _CACHEABLE
+        found = self._found(cookie, raw_header) if small else self._find(cookie, raw_header)
         is_end = config.end_path in path and last_segment(path) == config.end_path
         if found.session_id is not None:
-            return Carried(found.session_id, found.carrier, found.affinity, found.cookies, new_target, is_end)
+            return Carried(
+                found.session_id, found.carrier, found.affinity, found.cookies, new_target, is_end, small
+            )
         if from_path:
             session_id = validate_id(from_path, "path parameter", config.max_id_length)
-            return Carried(session_id, "path", found.affinity, found.cookies, new_target, is_end)
+            return Carried(session_id, "path", found.affinity, found.cookies, new_target, is_end, small)
         if from_query:
             session_id = validate_id(from_query, "query", config.max_id_length)
-            return Carried(session_id, "query", found.affinity, found.cookies, new_target, is_end)
-        return Carried(None, "none", found.affinity, found.cookies, new_target, is_end)
+            return Carried(session_id, "query", found.affinity, found.cookies, new_target, is_end, small)
+        return Carried(None, "none", found.affinity, found.cookies, new_target, is_end, small)
 
     def _find(self, cookie: tuple[str, ...], raw_header: str | None) -> _Found:
         config = self.config

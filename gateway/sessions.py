@@ -403,11 +403,12 @@ class SessionManager:
     def _bot_headers(self, turn: Turn) -> None:
         """Set what the bot is told; a repin calls it again, and the second answer replaces the first."""
         session_id = turn.session_id or None
+        fields_for = self._session_fields if turn.carried.small else self._fields  # large: never cached
         if self.config.issuer == "gateway":
-            fields = self._session_fields(turn.carried.cookies, None, session_id)
+            fields = fields_for(turn.carried.cookies, None, session_id)
         else:
             carried_on = turn.live or turn.adopting or turn.ended or turn.untracked
-            fields = self._session_fields(turn.carried.cookies, session_id if carried_on else None, None)
+            fields = fields_for(turn.carried.cookies, session_id if carried_on else None, None)
         if turn.reason is not None:
             signal: list[tuple[str, str]] = [(X_SESSION_NEW, turn.reason)]
             if turn.previous:

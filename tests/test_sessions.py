@@ -7,7 +7,9 @@ Time comes from a FakeClock shared by the gateway and the demo bot, so expiry ne
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
+import tracemalloc
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -15,6 +17,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 from conftest import eventually, raw_exchange
+from multidict import CIMultiDict, CIMultiDictProxy
+from prometheus_client import CollectorRegistry
 from session_helpers import (  # noqa: F401 - fixtures are used by name
     CARRIERS,
     END_REASONS,
@@ -34,6 +38,11 @@ from session_helpers import (  # noqa: F401 - fixtures are used by name
 )
 
 from gateway.app import admin_app_for
+from gateway.config import load_config
+from gateway.metrics import Metrics
+from gateway.sessions import SessionManager
+from gateway.store.memory import MemoryStore
+from gateway.upstreams import Upstreams
 
 StartEcho = Callable[..., Awaitable[EchoBot]]
 StartDemo = Callable[..., Awaitable[Bot]]
@@ -1085,3 +1094,33 @@ async def test_websocket_carries_the_session_in_the_query(aiohttp_server: Any, r
     assert seen == [("/ws", "JSESSIONID=WSID0001")]
     assert rig.metric("session_carrier_total", carrier="query") == 1
     assert rig.started("adopted") == 1
+
+
+# --- what the session layer remembers stays small ------------------------------------------------------
+
+
+async def test_large_cookies_are_not_remembered_whatever_clients_send() -> None:
+    """The session layer caches the Cookie field it sends the bot, per session; a client sending a new large
+    cookie with every request must not fill it (2,000 requests of 8 kB each kept 33 MB before)."""
+    config = load_config(None, environ={"GATEWAY_UPSTREAM_URL": "http://127.0.0.1:1"})
+    s = dataclasses.replace(config.session, secret="test-secret")
+    store = MemoryStore(
+        absolute_timeout=s.absolute_timeout,
+        max_sessions=s.max_sessions,
+        on_full=s.on_full,
+        tombstone_ttl=s.tombstone_ttl,
+        max_tombstones=s.max_tombstones,
+    )
+    metrics = Metrics(CollectorRegistry())
+    manager = SessionManager(s, store, metrics, Upstreams(config.upstream, metrics))
+    big = "x" * 8000  # a JWT-sized cookie; listen.max_field_size allows 16,384 bytes a field
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(2000):  # no session: a first request each, with its own cookies
+        headers = CIMultiDictProxy(CIMultiDict([("Host", "gw"), ("Cookie", f"jwt={i:06d}{big}")]))
+        turn = await manager.prepare("/chat", headers)
+        assert turn.headers[0] == ("Cookie", f"jwt={i:06d}{big}")
+        await manager.abandon(turn)
+    retained = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert retained < 4_000_000, f"{retained / 1e6:.1f} MB retained after 2,000 requests"
