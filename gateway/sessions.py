@@ -234,6 +234,9 @@ class SessionManager:
             await self._decide(turn)
         except StoreUnavailable as exc:
             self._store_down("request", exc)
+            # A claim taken before the store failed (touch answered, create did not): the conversation's
+            # next request must not wait out its life.
+            await self.abandon(turn)
             if self.config.store_failure == "closed":
                 raise
             # Fail open: proxy as if the gateway were not there, and signal nothing we cannot know.
@@ -291,7 +294,7 @@ class SessionManager:
     async def _resolve(self, turn: Turn, presented: str, now: float) -> None:
         """Continue the presented session, its successor, or decide why a new one starts (holding the claim)."""
         current = presented
-        for _ in range(_MAX_SUCCESSOR_HOPS):
+        for _ in range(1 + _MAX_SUCCESSOR_HOPS):  # the presented id, then its successors
             touch = await self.store.touch(current, now)
             if touch.outcome is Outcome.PENDING:
                 touch = await self._touch_waiting(current)
@@ -312,7 +315,10 @@ class SessionManager:
             # Another request (another tab, another replica) already started this id's successor.
             current = touch.successor
         else:
-            touch = Touch(Outcome.MISSING)  # a chain of dead successors: start afresh
+            # A chain of dead successors longer than we follow: start afresh. Nothing was claimed (an id
+            # with a successor is not), and the last id already has a successor, so none is recorded.
+            turn.reason = "unknown"
+            return
         turn.claimed = current
         if touch.outcome in (Outcome.MISSING, Outcome.PENDING):
             if self.config.issuer == "gateway":

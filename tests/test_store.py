@@ -317,3 +317,59 @@ async def test_redis_sweeper_drops_index_entries_whose_session_key_expired_while
         assert (await store.touch("live", IDLE + 62)).outcome is Outcome.LIVE
     finally:
         await store.close()
+
+
+# --- claims, tombstones and successors (found in review) --------------------------------------------------
+
+
+async def test_a_claim_on_a_tombstone_lives_its_own_ttl_not_the_tombstones(make_store: StoreFactory) -> None:
+    """A claim taken late in a tombstone's life outlives it: a concurrent touch waits (PENDING) instead of
+    taking a second claim and starting a second conversation for the same dead id. (Redis keeps the claim in
+    the tombstone's hash, which now lives at least claim_ttl.)"""
+    store = make_store(tombstone_ttl=1.0, claim_ttl=30.0)
+    await store.create("a", 0.0, idle_timeout=IDLE, replica="r")
+    await store.end("a", 1.0, "client")  # remembered for 1 s
+    await asyncio.sleep(0.3)
+    assert (await store.touch("a", 1.3)).outcome is Outcome.ENDED  # this request claims "a"
+    await asyncio.sleep(1.0)  # the tombstone's own TTL has run out; the claim is 1 s old of 30
+    assert (await store.touch("a", 2.3)).outcome is Outcome.PENDING
+
+
+async def test_an_id_tombstoned_twice_is_remembered_for_the_ttl_of_its_last_end(
+    make_store: StoreFactory,
+) -> None:
+    store = make_store(tombstone_ttl=100.0)
+    await store.create("a", 0.0, idle_timeout=IDLE, replica="r")
+    await store.end("a", 1.0, "client")  # remembered until 101
+    await store.create("a", 10.0, idle_timeout=IDLE, replica="r")  # the bot started "a" again
+    await store.end("a", 90.0, "client")  # remembered until 190
+    touch = await store.touch("a", 150.0)
+    assert (touch.outcome, touch.ended_reason) == (Outcome.ENDED, "client")
+
+
+async def test_recording_a_successor_keeps_the_tombstone_for_another_ttl(make_store: StoreFactory) -> None:
+    """Other tabs still holding the dead id follow its successor for a whole tombstone_ttl after it started,
+    however late in the tombstone's life that was."""
+    store = make_store(tombstone_ttl=100.0)
+    await store.create("a", 0.0, idle_timeout=IDLE, replica="r")
+    await store.end("a", 1.0, "client")  # remembered until 101
+    assert (await store.touch("a", 95.0)).outcome is Outcome.ENDED  # the first tab comes back, claims
+    await store.create("b", 95.0, idle_timeout=IDLE, replica="r", previous="a")
+    touch = await store.touch("a", 120.0)  # the second tab, 25 s later
+    assert (touch.outcome, touch.successor) == (Outcome.ENDED, "b")
+
+
+async def test_create_of_an_existing_session_still_records_it_as_the_successor(
+    make_store: StoreFactory,
+) -> None:
+    """Upstream-issued mode: the bot answers a request for a dead id with the cookie of a session the gateway
+    already holds; other tabs with the dead id follow to it."""
+    store = make_store()
+    await store.create("a", 0.0, idle_timeout=IDLE, replica="r")
+    await store.end("a", 1.0, "client")
+    await store.create("b", 2.0, idle_timeout=IDLE, replica="r")
+    assert (await store.touch("a", 3.0)).outcome is Outcome.ENDED  # claims "a"
+    again = await store.create("b", 4.0, idle_timeout=IDLE, replica="r", previous="a")
+    assert not again.created
+    touch = await store.touch("a", 5.0)
+    assert (touch.outcome, touch.successor) == (Outcome.ENDED, "b")

@@ -10,7 +10,7 @@ pipeline of one. The Redis commands are the same EVALSHA calls, so atomicity per
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from hiredis import pack_command
@@ -21,6 +21,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from gateway.errors import StoreUnavailable
 
 Call = tuple[Sequence[str], list[Any], "asyncio.Future[Any]"]
+Orphan = Callable[[Sequence[str], Any], None]  # (keys, result) of a call that ran after its caller left
 
 
 async def bounded(call: Awaitable[Any], timeout: float) -> Any:
@@ -36,8 +37,11 @@ async def bounded(call: Awaitable[Any], timeout: float) -> Any:
 class ScriptBatcher:
     """`await batcher(keys, args)` runs the script like `script(keys=keys, args=args)`, batched."""
 
-    def __init__(self, client: Redis, script: AsyncScript, timeout: float) -> None:
+    def __init__(
+        self, client: Redis, script: AsyncScript, timeout: float, on_orphan: Orphan | None = None
+    ) -> None:
         self._client = client
+        self._on_orphan = on_orphan  # told what a call did when its caller left after it was sent
         self._script = script
         self._timeout = timeout
         self._pending: list[Call] = []
@@ -82,9 +86,11 @@ class ScriptBatcher:
         except BaseException as exc:  # cancelled at shutdown: nobody waits forever
             _fail(batch, f"The session store call was abandoned ({type(exc).__name__}).")
             raise
-        for (_, _, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue  # its request was cancelled (the client left)
+        for (keys, _, future), result in zip(batch, results, strict=True):
+            if future.done():  # its request was cancelled (the client left) after the call was sent
+                if self._on_orphan is not None and not isinstance(result, RedisError):
+                    self._on_orphan(keys, result)
+                continue
             if isinstance(result, RedisError) and not isinstance(result, NoScriptError):
                 future.set_exception(StoreUnavailable(f"The session store failed ({type(result).__name__})."))
             else:

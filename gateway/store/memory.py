@@ -62,8 +62,10 @@ class MemoryStore:
         self._max_tombs = max_tombstones
         self._sessions: dict[str, Record] = {}
         self._heap: list[tuple[float, str]] = []
-        # id -> (reason, successor); the deque holds (forget_at, id) in insertion order = expiry order.
-        self._tombs: dict[str, tuple[TombReason, str | None]] = {}
+        # id -> (reason, successor, forget_at); the deque holds (forget_at, id) in insertion order = expiry
+        # order. An id tombstoned again (or given a successor) gets a later entry; its earlier one is stale:
+        # it no longer matches the tombstone's forget_at, and forgets nothing.
+        self._tombs: dict[str, tuple[TombReason, str | None, float]] = {}
         self._tomb_order: deque[tuple[float, str]] = deque()
 
     def _deadline(self, rec: Record) -> float:
@@ -73,19 +75,26 @@ class MemoryStore:
     def _info(session_id: str, rec: Record) -> SessionInfo:
         return SessionInfo(session_id, rec[CREATED], rec[LAST_SEEN], rec[IDLE], rec[REQUESTS], rec[REPLICA])
 
-    def _tombstone(self, session_id: str, reason: TombReason, now: float) -> None:
+    def _tombstone(
+        self, session_id: str, reason: TombReason, now: float, successor: str | None = None
+    ) -> None:
+        """Remember why the id ended (and its successor) for tombstone_ttl from now."""
         self._forget_tombstones(now)
-        self._tombs[session_id] = (reason, None)
-        self._tomb_order.append((now + self._tomb_ttl, session_id))
+        forget_at = now + self._tomb_ttl
+        self._tombs[session_id] = (reason, successor, forget_at)
+        self._tomb_order.append((forget_at, session_id))
         while len(self._tombs) > self._max_tombs:
-            _, old = self._tomb_order.popleft()
-            self._tombs.pop(old, None)
+            self._forget(*self._tomb_order.popleft())
 
     def _forget_tombstones(self, now: float) -> None:
         order = self._tomb_order
         while order and order[0][0] <= now:
-            _, old = order.popleft()
-            self._tombs.pop(old, None)
+            self._forget(*order.popleft())
+
+    def _forget(self, forget_at: float, session_id: str) -> None:
+        tomb = self._tombs.get(session_id)
+        if tomb is not None and tomb[2] == forget_at:  # else a later end or successor renewed it
+            del self._tombs[session_id]
 
     def _remove(self, session_id: str, reason: EndReason, now: float) -> SessionInfo:
         rec = self._sessions.pop(session_id)
@@ -131,6 +140,7 @@ class MemoryStore:
             self._claims.pop(previous, None)
         rec = self._sessions.get(session_id)
         if rec is not None:
+            self._succeed(previous, session_id, now)  # as the Redis store: the existing session follows
             return Created(self._info(session_id, rec), created=False, active=len(self._sessions))
         evicted = None
         if len(self._sessions) >= self._max:
@@ -138,13 +148,15 @@ class MemoryStore:
                 raise CapacityExceeded
             evicted = self._evict_one(now)
         rec = self._push(session_id, (now, now, idle_timeout, 1, replica, 0.0))
-        if previous is not None:
-            if previous in self._tombs:
-                self._tombs[previous] = (self._tombs[previous][0], session_id)
-            else:
-                self._tombstone(previous, "unknown", now)
-                self._tombs[previous] = ("unknown", session_id)
+        self._succeed(previous, session_id, now)
         return Created(self._info(session_id, rec), created=True, evicted=evicted, active=len(self._sessions))
+
+    def _succeed(self, previous: str | None, successor: str, now: float) -> None:
+        """Name the successor of a dead (or unknown) id, remembered for another tombstone_ttl: other tabs
+        still holding the old id follow it (the Redis store's SUCCEED re-arms the TTL too)."""
+        if previous is not None:
+            tomb = self._tombs.get(previous)
+            self._tombstone(previous, tomb[0] if tomb is not None else "unknown", now, successor)
 
     def _push(self, session_id: str, rec: Record) -> Record:
         """Store the record with a fresh heap entry at its current deadline."""

@@ -13,9 +13,12 @@ same script, so exactly one replica counts each expiry. Key TTLs are a backstop 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import hashlib
 import math
+from collections.abc import Sequence
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -24,6 +27,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 
+from gateway.errors import StoreUnavailable
 from gateway.store import (
     CapacityExceeded,
     Created,
@@ -45,6 +49,8 @@ _TOUCH: Final = """
 local now = tonumber(ARGV[1])
 local absolute = tonumber(ARGV[2])
 local claim_ttl = tonumber(ARGV[3])
+-- A claim is a field of the tombstone: the tombstone must live at least as long as the claim.
+local claim_ms = math.ceil(claim_ttl * 1000)
 local rec = redis.call('HMGET', KEYS[1], 'c', 'l', 'i', 'n', 'r')
 if rec[1] then
   local c, l, i, n = tonumber(rec[1]), tonumber(rec[2]), tonumber(rec[3]), tonumber(rec[4])
@@ -54,7 +60,7 @@ if rec[1] then
     redis.call('DEL', KEYS[1], KEYS[2])
     redis.call('ZREM', KEYS[3], ARGV[5])
     redis.call('HSET', KEYS[2], 'r', outcome == 'lifetime' and 'lifetime' or 'idle', 'p', ARGV[1])
-    redis.call('PEXPIRE', KEYS[2], ARGV[4])
+    redis.call('PEXPIRE', KEYS[2], math.max(tonumber(ARGV[4]), claim_ms))
     return {outcome, rec[1], rec[2], rec[3], rec[4], rec[5]}
   end
   n = n + 1
@@ -68,8 +74,11 @@ local tomb = redis.call('HMGET', KEYS[2], 'r', 's', 'p')
 if tomb[1] and tomb[2] then return {'ended', tomb[1], tomb[2]} end
 if tomb[3] and now - tonumber(tomb[3]) < claim_ttl then return {'pending'} end
 redis.call('HSET', KEYS[2], 'p', ARGV[1])
-if tomb[1] then return {'ended', tomb[1]} end
-redis.call('PEXPIRE', KEYS[2], math.ceil(claim_ttl * 1000))
+if tomb[1] then
+  if redis.call('PTTL', KEYS[2]) < claim_ms then redis.call('PEXPIRE', KEYS[2], claim_ms) end
+  return {'ended', tomb[1]}
+end
+redis.call('PEXPIRE', KEYS[2], claim_ms)
 return {'missing'}
 """
 
@@ -248,7 +257,10 @@ class RedisStore:
         self._keys = functools.lru_cache(maxsize=_KEYS_CACHED)(self._session_keys)
         self._touch_constants = (repr(absolute_timeout), repr(claim_ttl), self._tomb_ms, repr(TTL_SLACK))
         # Every request touches and every new session creates: those two are batched.
-        self._touch_batch = ScriptBatcher(self.client, self.client.register_script(_TOUCH), timeout)
+        self._touch_batch = ScriptBatcher(
+            self.client, self.client.register_script(_TOUCH), timeout, on_orphan=self._orphaned_touch
+        )
+        self._releasing: set[asyncio.Task[None]] = set()
         self._create_batch = ScriptBatcher(self.client, self.client.register_script(_CREATE), timeout)
         self._succeed = self.client.register_script(_SUCCEED)
         self._release = self.client.register_script(_RELEASE)
@@ -328,6 +340,19 @@ class RedisStore:
         _, keys = self._keys(session_id)
         await self._call(self._release(keys=[keys[1]]))
 
+    def _orphaned_touch(self, keys: Sequence[str], result: list[str]) -> None:
+        """A touch that ran after its request left (the client went away mid-request): a claim it took is
+        nobody's, so it is released rather than left to make the conversation's next request wait it out."""
+        kind = result[0]
+        if kind in ("expired", "lifetime", "missing") or (kind == "ended" and len(result) <= 2):
+            task = asyncio.get_running_loop().create_task(self._release_quietly(keys[1]))
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
+
+    async def _release_quietly(self, tombstone_key: str) -> None:
+        with contextlib.suppress(StoreUnavailable):
+            await self._call(self._release(keys=[tombstone_key]))
+
     async def end(self, session_id: str, now: float, reason: EndReason) -> SessionInfo | None:
         digest, keys = self._keys(session_id)
         args = [digest, reason, repr(now), self._tomb_ms, "now", repr(self._absolute)]
@@ -369,6 +394,7 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._touch_batch.close()
+        await asyncio.gather(*self._releasing, return_exceptions=True)
         await self._create_batch.close()
         await self.client.aclose()
         await self.client.connection_pool.disconnect()
