@@ -9,7 +9,7 @@ import pytest
 
 from gateway.store import CapacityExceeded, Outcome, SessionStore
 from gateway.store.memory import MemoryStore
-from gateway.store.redis import RedisStore, open_successor, seal_successor
+from gateway.store.redis import RedisStore, open_successor, seal_successor, shards_for
 from tests.redis_server import RedisSentinel, RedisServer
 
 IDLE = 600.0
@@ -373,3 +373,40 @@ async def test_create_of_an_existing_session_still_records_it_as_the_successor(
     assert not again.created
     touch = await store.touch("a", 5.0)
     assert (touch.outcome, touch.successor) == (Outcome.ENDED, "b")
+
+
+async def test_concurrent_creates_at_the_cap_all_succeed_when_on_full_is_evict(
+    make_store: StoreFactory,
+) -> None:
+    """A burst of new sessions at the cap: each create ends its own victim (Redis: inside its script; the
+    creates of one event-loop turn all saw the same victim before, and most of them were refused)."""
+    store = make_store(max_sessions=5, on_full="evict")
+    for i in range(5):
+        await store.create(f"old{i}", float(i), idle_timeout=IDLE, replica="r")
+    results = await asyncio.gather(
+        *(store.create(f"new{i}", 10.0, idle_timeout=IDLE, replica="r") for i in range(5)),
+        return_exceptions=True,
+    )
+    assert all(not isinstance(r, BaseException) for r in results), results
+    evicted = sorted(r.evicted.created for r in results if not isinstance(r, BaseException) and r.evicted)
+    assert evicted == [0.0, 1.0, 2.0, 3.0, 4.0]  # every old session once, each counted by its evictor
+    assert await store.count() == 5
+    assert (await store.touch("old0", 11.0)).ended_reason == "evicted"
+
+
+async def test_redis_cap_is_exact_for_a_small_max_sessions(redis: RedisServer) -> None:
+    """The cap is kept per shard; a small one gets one shard (16 shards of 2 each refused the 6th to 13th)."""
+    store = RedisStore(
+        redis.url, absolute_timeout=ABSOLUTE, max_sessions=32, on_full="reject", tombstone_ttl=7200.0
+    )
+    try:
+        for i in range(32):
+            await store.create(f"session-{i}", 1.0, idle_timeout=IDLE, replica="r")
+        with pytest.raises(CapacityExceeded):
+            await store.create("one-too-many", 1.0, idle_timeout=IDLE, replica="r")
+    finally:
+        await store.close()
+
+
+def test_redis_shards_hold_ten_thousand_sessions_each_up_to_sixteen() -> None:
+    assert [shards_for(n) for n in (1, 19_999, 20_000, 100_000, 160_000, 1_000_000)] == [1, 1, 2, 10, 16, 16]
