@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import functools
 import hashlib
-import math
 from collections.abc import Sequence
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -43,7 +42,6 @@ from gateway.store.batch import ScriptBatcher, bounded
 
 # Seconds a key outlives its deadline, so the sweeper (not Redis) ends it while any gateway runs.
 TTL_SLACK: Final = 60.0
-SHARD_SESSIONS: Final = 10_000
 _KEYS_CACHED: Final = 16384  # sessions whose digest and keys are remembered (~520 B each, ~9 MB at most)
 
 _TOUCH: Final = """
@@ -84,23 +82,35 @@ return {'missing'}
 """
 
 _CREATE: Final = """
+-- KEYS[4..]: every shard's index. The cap is on their total, so these keys span hash slots: like the sweep,
+-- this needs a standalone (or Sentinel-managed) Redis, not a Cluster.
+local function total()
+  local n = 0
+  for k = 4, #KEYS do n = n + redis.call('ZCARD', KEYS[k]) end
+  return n
+end
 local rec = redis.call('HMGET', KEYS[1], 'c', 'l', 'i', 'n', 'r')
 if rec[1] then
   redis.call('HDEL', KEYS[2], 'p')
-  return {'exists', rec[1], rec[2], rec[3], rec[4], rec[5], tostring(redis.call('ZCARD', KEYS[3]))}
+  return {'exists', rec[1], rec[2], rec[3], rec[4], rec[5], tostring(total())}
 end
 local cap = tonumber(ARGV[6])
 local evicted = false
-if redis.call('ZCARD', KEYS[3]) >= cap then
+if total() >= cap then
   if ARGV[8] ~= 'evict' then return {'full'} end
   -- End the session nearest its deadline here, atomically: creates racing at the cap each end their own
-  -- victim. The victim's keys carry this shard's hash tag (one Cluster slot with KEYS). Index entries whose
-  -- key lapsed (no record) are dropped on the way.
-  local tag = string.sub(KEYS[3], 1, -5)
+  -- victim. Index entries whose key lapsed (no record) are dropped on the way.
   for _ = 1, 8 do
-    local victim = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
+    local victim, index, due = nil, nil, nil
+    for k = 4, #KEYS do
+      local first = redis.call('ZRANGE', KEYS[k], 0, 0, 'WITHSCORES')
+      if first[1] and (due == nil or tonumber(first[2]) < due) then
+        victim, index, due = first[1], KEYS[k], tonumber(first[2])
+      end
+    end
     if not victim then break end
-    redis.call('ZREM', KEYS[3], victim)
+    redis.call('ZREM', index, victim)
+    local tag = string.sub(index, 1, -5)
     local vrec = redis.call('HMGET', tag .. ':s:' .. victim, 'c', 'l', 'i', 'n', 'r')
     if vrec[1] then
       redis.call('DEL', tag .. ':s:' .. victim, tag .. ':t:' .. victim)
@@ -110,7 +120,7 @@ if redis.call('ZCARD', KEYS[3]) >= cap then
       break
     end
   end
-  if redis.call('ZCARD', KEYS[3]) >= cap then return {'full'} end
+  if total() >= cap then return {'full'} end
 end
 local now = tonumber(ARGV[1])
 redis.call('DEL', KEYS[2])
@@ -118,7 +128,7 @@ redis.call('HSET', KEYS[1], 'c', ARGV[1], 'l', ARGV[1], 'i', ARGV[2], 'n', 1, 'r
 local deadline = math.min(now + tonumber(ARGV[2]), now + tonumber(ARGV[4]))
 redis.call('ZADD', KEYS[3], deadline, ARGV[5])
 redis.call('PEXPIRE', KEYS[1], math.ceil((deadline - now + tonumber(ARGV[7])) * 1000))
-local active = tostring(redis.call('ZCARD', KEYS[3]))
+local active = tostring(total())
 if evicted then return {'created', active, evicted[1], evicted[2], evicted[3], evicted[4], evicted[5]} end
 return {'created', active}
 """
@@ -173,16 +183,6 @@ redis.call('ZADD', KEYS[2], deadline, ARGV[3])
 redis.call('PEXPIRE', KEYS[1], math.ceil((deadline - tonumber(rec[2]) + tonumber(ARGV[4])) * 1000))
 return 1
 """
-
-
-def shards_for(max_sessions: int) -> int:
-    """Shards of the expiry index: up to 16, each meant for at least SHARD_SESSIONS sessions.
-
-    The cap is kept per shard (a script sees only its own shard's keys, one Cluster slot), so a shard that
-    gets more than its share of ids fills first: measured with 16 shards, max_sessions = 1,000 refused new
-    sessions at 73-91% of it, 100,000 at 96-98%. Fewer, fuller shards keep that within a few percent; below
-    2 x SHARD_SESSIONS there is one shard and the cap is exact."""
-    return max(1, min(16, max_sessions // SHARD_SESSIONS))
 
 
 def _digest(session_id: str) -> str:
@@ -244,7 +244,7 @@ class RedisStore:
         tombstone_ttl: float,
         claim_ttl: float = 30.0,
         prefix: str = "sg",
-        shards: int | None = None,
+        shards: int = 16,
         timeout: float = 0.5,
         max_connections: int = 64,
         sentinels: tuple[str, ...] = (),
@@ -252,12 +252,12 @@ class RedisStore:
     ) -> None:
         self._absolute = absolute_timeout
         self._evict = on_full == "evict"
-        shards = shards or shards_for(max_sessions)
-        self._shard_cap = math.ceil(max_sessions / shards)  # the cap is kept per shard, atomically
+        self._max = max_sessions  # on the total of every shard's index, kept by the create script
         self._tomb_ms = str(int(tombstone_ttl * 1000))
         self._claim_ttl = claim_ttl
         self._prefix = prefix
         self._shards = shards
+        self._indexes = tuple(f"{self._tag(shard)}:exp" for shard in range(shards))
         self._timeout = timeout
         options: dict[str, Any] = {
             "decode_responses": True,
@@ -340,12 +340,12 @@ class RedisStore:
             replica,
             repr(self._absolute),
             digest,
-            str(self._shard_cap),
+            str(self._max),
             repr(TTL_SLACK),
             "evict" if self._evict else "reject",
             self._tomb_ms,
         ]
-        result = await self._create_batch(keys, args)
+        result = await self._create_batch((*keys, *self._indexes), args)
         if result[0] == "full":
             raise CapacityExceeded
         if previous is not None:
