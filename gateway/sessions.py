@@ -319,8 +319,16 @@ class SessionManager:
             # with a successor is not), and the last id already has a successor, so none is recorded.
             turn.reason = "unknown"
             return
+        if touch.outcome is Outcome.PENDING:
+            # Waited claim_wait and another request still holds the claim: go on without it. Gateway-issued,
+            # the new session names no predecessor (naming the id's successor is the claim holder's to do).
+            if self.config.issuer == "gateway":
+                turn.reason = "unknown"
+            else:
+                turn.adopting, turn.session_id = True, current
+            return
         turn.claimed = current
-        if touch.outcome in (Outcome.MISSING, Outcome.PENDING):
+        if touch.outcome is Outcome.MISSING:
             if self.config.issuer == "gateway":
                 turn.reason, turn.previous = "unknown", current  # client-chosen ids are never adopted
             else:

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from gateway.errors import StoreUnavailable
 from gateway.metrics import Metrics
 from gateway.sessions import SessionManager
-from gateway.store import SessionStore
+from gateway.store import Outcome, SessionStore
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
 from gateway.upstreams import Upstreams
@@ -266,3 +266,28 @@ async def test_a_touch_that_timed_out_but_ran_leaves_no_claim(redis: RedisServer
     finally:
         await store.close()
         await relay.close()
+
+
+async def test_a_request_that_waited_out_anothers_claim_does_not_release_it() -> None:
+    """Another request holds the claim on a dead id for longer than claim_wait (its bot is slow). The waiting
+    request goes on without the claim, and when it finishes it leaves the holder's claim alone."""
+    store = MemoryStore(
+        absolute_timeout=ABSOLUTE, max_sessions=100, on_full="evict", tombstone_ttl=7200.0, max_tombstones=100
+    )
+    config = make_config("http://127.0.0.1:9")
+    metrics = Metrics(CollectorRegistry())
+    manager = SessionManager(
+        config.session,
+        store,
+        metrics,
+        Upstreams(config.upstream, metrics),
+        clock=lambda: 50.0,
+        claim_wait=0.1,
+    )
+    await store.create("dead", 10.0, idle_timeout=IDLE, replica=manager.upstreams.replicas[0].name)
+    await store.end("dead", 11.0, "client")
+    assert (await store.touch("dead", 49.0)).outcome is Outcome.ENDED  # the holder's request claims it
+    waiter = await manager.prepare("/", _headers("JSESSIONID=dead"))
+    assert waiter.claimed is None
+    await manager.abandon(waiter)  # what finish() does whatever the bot answered
+    assert (await store.touch("dead", 51.0)).outcome is Outcome.PENDING  # still the holder's
