@@ -84,25 +84,44 @@ def _headers(cookie: str) -> CIMultiDictProxy[str]:
     return CIMultiDictProxy(CIMultiDict({"Cookie": cookie}))
 
 
+async def _next_request_starts_at_once(manager: SessionManager, cookie: str) -> None:
+    """The conversation's next request meets no claim (none left behind) and starts the expired one's successor."""
+    started = time.monotonic()
+    retry = await manager.prepare("/", _headers(cookie))
+    waited = time.monotonic() - started
+    assert waited < 0.5, f"the next request waited {waited:.1f} s on a claim nobody holds"
+    assert (retry.reason, retry.previous) == ("expired", "old")
+
+
 # --- successors --------------------------------------------------------------------------------------------
+
+
+def _manager(store: SessionStore, *, claim_wait: float = 30.0, **session: object) -> SessionManager:
+    config = make_config("http://127.0.0.1:9", session=session)
+    metrics = Metrics(CollectorRegistry())
+    upstreams = Upstreams(config.upstream, metrics)
+    return SessionManager(
+        config.session, store, metrics, upstreams, clock=lambda: 50.0, claim_wait=claim_wait
+    )
+
+
+async def _chain(store: SessionStore, manager: SessionManager, ids: str) -> None:
+    """Sessions one after the other, each the successor of the one before; all ended but the last."""
+    replica = manager.upstreams.replicas[0].name
+    previous = None
+    for i, sid in enumerate(ids):
+        await store.create(sid, 10.0 + i, idle_timeout=IDLE, replica=replica, previous=previous)
+        if sid != ids[-1]:
+            await store.end(sid, 10.5 + i, "client")
+        previous = sid
 
 
 async def test_a_stale_id_follows_three_successors_to_the_live_session(make_store: StoreFactory) -> None:
     """a -> b -> c -> d, d live: a tab still holding "a" joins d. (It used to stop one hop short, start a new
     session and record it as the successor of d, a session still live in another tab.)"""
     store = make_store()
-    config = make_config("http://127.0.0.1:9", session={"issuer": "gateway"})
-    metrics = Metrics(CollectorRegistry())
-    manager = SessionManager(
-        config.session, store, metrics, Upstreams(config.upstream, metrics), clock=lambda: 50.0
-    )
-    replica = manager.upstreams.replicas[0].name
-    previous = None
-    for i, sid in enumerate("abcd"):
-        await store.create(sid, 10.0 + i, idle_timeout=IDLE, replica=replica, previous=previous)
-        if sid != "d":
-            await store.end(sid, 10.5 + i, "client")
-        previous = sid
+    manager = _manager(store, issuer="gateway")
+    await _chain(store, manager, "abcd")
     turn = await manager.prepare("/", _headers("JSESSIONID=a"))
     assert (turn.live, turn.session_id, turn.reason) == (True, "d", None)
 
@@ -113,18 +132,8 @@ async def test_a_successor_chain_longer_than_followed_starts_afresh_claiming_not
     """a -> b -> c -> d -> e: a tab holding "a" is too far behind to follow. It starts a new conversation,
     recorded as nobody's successor ("d" already has one), and holds no claim."""
     store = make_store()
-    config = make_config("http://127.0.0.1:9", session={"issuer": "gateway"})
-    metrics = Metrics(CollectorRegistry())
-    manager = SessionManager(
-        config.session, store, metrics, Upstreams(config.upstream, metrics), clock=lambda: 50.0
-    )
-    replica = manager.upstreams.replicas[0].name
-    previous = None
-    for i, sid in enumerate("abcde"):
-        await store.create(sid, 10.0 + i, idle_timeout=IDLE, replica=replica, previous=previous)
-        if sid != "e":
-            await store.end(sid, 10.5 + i, "client")
-        previous = sid
+    manager = _manager(store, issuer="gateway")
+    await _chain(store, manager, "abcde")
     turn = await manager.prepare("/", _headers("JSESSIONID=a"))
     assert (turn.live, turn.reason, turn.previous, turn.claimed) == (False, "unknown", None, None)
     assert turn.session_id not in (None, *"abcde")
@@ -165,11 +174,7 @@ async def test_a_store_failure_after_the_claim_was_taken_releases_it(redis: Redi
             with pytest.raises(StoreUnavailable):
                 await manager.prepare("/", _headers(cookie))
         await asyncio.sleep(0.5)  # Redis answers again
-        started = time.monotonic()
-        retry = await manager.prepare("/", _headers(cookie))
-        waited = time.monotonic() - started
-        assert waited < 0.5, f"the next request waited {waited:.1f} s on a claim nobody holds"
-        assert (retry.reason, retry.previous) == ("expired", "old")
+        await _next_request_starts_at_once(manager, cookie)
     finally:
         await admin.aclose()
         await store.close()
@@ -190,11 +195,7 @@ async def test_a_request_cancelled_while_its_touch_is_in_flight_leaves_no_claim(
         with pytest.raises(asyncio.CancelledError):
             await leaving
         await asyncio.sleep(0.4)  # the pause ends: the server runs the touch
-        started = time.monotonic()
-        retry = await manager.prepare("/", _headers(cookie))
-        waited = time.monotonic() - started
-        assert waited < 0.5, f"the retry waited {waited:.1f} s on a claim nobody holds"
-        assert (retry.reason, retry.previous) == ("expired", "old")
+        await _next_request_starts_at_once(manager, cookie)
     finally:
         await admin.aclose()
         await store.close()
@@ -258,11 +259,7 @@ async def test_a_touch_that_timed_out_but_ran_leaves_no_claim(redis: RedisServer
         assert first.untracked  # fail open: the store answered too late
         relay.delay = 0.0
         await asyncio.sleep(0.5)
-        started = time.monotonic()
-        retry = await manager.prepare("/", _headers(cookie))
-        waited = time.monotonic() - started
-        assert waited < 0.5, f"the next request waited {waited:.1f} s on a claim nobody holds"
-        assert (retry.reason, retry.previous) == ("expired", "old")
+        await _next_request_starts_at_once(manager, cookie)
     finally:
         await store.close()
         await relay.close()
@@ -274,16 +271,7 @@ async def test_a_request_that_waited_out_anothers_claim_does_not_release_it() ->
     store = MemoryStore(
         absolute_timeout=ABSOLUTE, max_sessions=100, on_full="evict", tombstone_ttl=7200.0, max_tombstones=100
     )
-    config = make_config("http://127.0.0.1:9")
-    metrics = Metrics(CollectorRegistry())
-    manager = SessionManager(
-        config.session,
-        store,
-        metrics,
-        Upstreams(config.upstream, metrics),
-        clock=lambda: 50.0,
-        claim_wait=0.1,
-    )
+    manager = _manager(store, claim_wait=0.1)
     await store.create("dead", 10.0, idle_timeout=IDLE, replica=manager.upstreams.replicas[0].name)
     await store.end("dead", 11.0, "client")
     assert (await store.touch("dead", 49.0)).outcome is Outcome.ENDED  # the holder's request claims it
