@@ -423,3 +423,15 @@ async def test_redis_cap_is_on_the_total_whatever_the_shards(redis: RedisServer)
         assert await store.count() == 32
     finally:
         await store.close()
+
+
+async def test_a_clock_behind_the_last_request_never_moves_last_seen_back(make_store: StoreFactory) -> None:
+    """time.time() can step back (NTP), and gateway replicas' clocks differ a little: a touch stamped before
+    the session's last request keeps last_seen, and its idle gap is 0, not negative."""
+    store = make_store()
+    await store.create("s", 0.0, idle_timeout=IDLE, replica="r")
+    await store.touch("s", 100.0)
+    touch = await store.touch("s", 90.0)
+    assert touch.outcome is Outcome.LIVE and touch.session is not None
+    assert (touch.idle_gap, touch.session.last_seen, touch.session.requests) == (0.0, 100.0, 3)
+    assert (await store.touch("s", 100.0 + IDLE - 1)).outcome is Outcome.LIVE  # counted from 100, not 90

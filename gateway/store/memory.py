@@ -128,6 +128,8 @@ class MemoryStore:
             self._claims[session_id] = now
             return Touch(Outcome.EXPIRED, session=self._remove(session_id, "idle", now))
         created, last_seen, idle, requests, replica, due = rec
+        if now < last_seen:  # the clock stepped back (time.time() can): last_seen never moves back
+            now = last_seen
         self._sessions[session_id] = (created, now, idle, requests + 1, replica, due)
         info = SessionInfo(session_id, created, now, idle, requests + 1, replica)
         return Touch(Outcome.LIVE, session=info, idle_gap=now - last_seen)

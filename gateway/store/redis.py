@@ -63,11 +63,14 @@ if rec[1] then
     return {outcome, rec[1], rec[2], rec[3], rec[4], rec[5]}
   end
   n = n + 1
-  redis.call('HSET', KEYS[1], 'l', ARGV[1], 'n', n)
-  local deadline = math.min(now + i, c + absolute)
+  -- A clock behind the last request's (a step back, another replica's) never moves last_seen back.
+  local seen, seen_text = l, rec[2]
+  if now > l then seen, seen_text = now, ARGV[1] end
+  redis.call('HSET', KEYS[1], 'l', seen_text, 'n', n)
+  local deadline = math.min(seen + i, c + absolute)
   redis.call('ZADD', KEYS[3], deadline, ARGV[5])
   redis.call('PEXPIRE', KEYS[1], math.ceil((deadline - now + tonumber(ARGV[6])) * 1000))
-  return {'live', rec[1], ARGV[1], rec[3], tostring(n), rec[5], rec[2]}
+  return {'live', rec[1], seen_text, rec[3], tostring(n), rec[5], rec[2]}
 end
 local tomb = redis.call('HMGET', KEYS[2], 'r', 's', 'p')
 if tomb[1] and tomb[2] then return {'ended', tomb[1], tomb[2]} end
@@ -321,7 +324,9 @@ class RedisStore:
         kind = result[0]
         if kind == "live":
             return Touch(
-                Outcome.LIVE, session=_info(session_id, result[1:6]), idle_gap=now - float(result[6])
+                Outcome.LIVE,
+                session=_info(session_id, result[1:6]),
+                idle_gap=max(0.0, now - float(result[6])),
             )
         if kind in ("expired", "lifetime"):
             return Touch(Outcome(kind), session=_info(session_id, result[1:6]))
