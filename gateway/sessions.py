@@ -319,18 +319,14 @@ class SessionManager:
             # with a successor is not), and the last id already has a successor, so none is recorded.
             turn.reason = "unknown"
             return
-        if touch.outcome is Outcome.PENDING:
-            # Waited claim_wait and another request still holds the claim: go on without it. Gateway-issued,
-            # the new session names no predecessor (naming the id's successor is the claim holder's to do).
+        # PENDING: we waited claim_wait and another request still holds the claim. We go on without it, and a
+        # gateway-issued session names no predecessor (naming the id's successor is the claim holder's to do).
+        held = touch.outcome is not Outcome.PENDING
+        turn.claimed = current if held else None
+        if touch.outcome in (Outcome.MISSING, Outcome.PENDING):
             if self.config.issuer == "gateway":
-                turn.reason = "unknown"
-            else:
-                turn.adopting, turn.session_id = True, current
-            return
-        turn.claimed = current
-        if touch.outcome is Outcome.MISSING:
-            if self.config.issuer == "gateway":
-                turn.reason, turn.previous = "unknown", current  # client-chosen ids are never adopted
+                # Client-chosen ids are never adopted.
+                turn.reason, turn.previous = "unknown", current if held else None
             else:
                 turn.adopting, turn.session_id = True, current
             return

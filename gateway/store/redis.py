@@ -188,6 +188,11 @@ return 1
 """
 
 
+def _record_keys(tag: str, digest: str) -> tuple[str, str, str]:
+    """A session's record, its tombstone, and its shard's expiry index."""
+    return f"{tag}:s:{digest}", f"{tag}:t:{digest}", f"{tag}:exp"
+
+
 def _digest(session_id: str) -> str:
     return hashlib.sha256(b"session-gateway/id\x00" + session_id.encode()).hexdigest()[:32]
 
@@ -257,7 +262,6 @@ class RedisStore:
         self._evict = on_full == "evict"
         self._max = max_sessions  # on the total of every shard's index, kept by the create script
         self._tomb_ms = str(int(tombstone_ttl * 1000))
-        self._claim_ttl = claim_ttl
         self._prefix = prefix
         self._shards = shards
         self._indexes = tuple(f"{self._tag(shard)}:exp" for shard in range(shards))
@@ -308,8 +312,7 @@ class RedisStore:
 
     def _session_keys(self, session_id: str) -> tuple[str, tuple[str, str, str]]:
         digest = _digest(session_id)
-        tag = self._tag(int(digest[:8], 16) % self._shards)
-        return digest, (f"{tag}:s:{digest}", f"{tag}:t:{digest}", f"{tag}:exp")
+        return digest, _record_keys(self._tag(int(digest[:8], 16) % self._shards), digest)
 
     async def _call(self, coro: Any) -> Any:
         return await bounded(coro, self._timeout)
@@ -395,8 +398,8 @@ class RedisStore:
         """Every shard's due entries in one pipelined read, then one pipelined claim per entry."""
         per_shard = max(1, limit // self._shards)
         async with self.client.pipeline(transaction=False) as pipe:
-            for shard in range(self._shards):
-                pipe.zrangebyscore(f"{self._tag(shard)}:exp", "-inf", repr(now), start=0, num=per_shard)
+            for index in self._indexes:
+                pipe.zrangebyscore(index, "-inf", repr(now), start=0, num=per_shard)
             due: list[list[str]] = await self._call(pipe.execute())
         more = any(len(members) >= per_shard for members in due)
         if not any(due):
@@ -405,17 +408,16 @@ class RedisStore:
             for shard, members in enumerate(due):
                 tag = self._tag(shard)
                 for digest in members:
-                    keys = [f"{tag}:s:{digest}", f"{tag}:t:{digest}", f"{tag}:exp"]
                     args = [digest, "idle", repr(now), self._tomb_ms, "due", repr(self._absolute)]
-                    await self._end(keys=keys, args=args, client=pipe)
+                    await self._end(keys=_record_keys(tag, digest), args=args, client=pipe)
             results = await self._call(pipe.execute())
         ended = [Ended(_info("", r[1:6]), r[0]) for r in results if r]
         return Swept(ended, more=more)
 
     async def count(self) -> int:
         async with self.client.pipeline(transaction=False) as pipe:
-            for shard in range(self._shards):
-                pipe.zcard(f"{self._tag(shard)}:exp")
+            for index in self._indexes:
+                pipe.zcard(index)
             counts = await self._call(pipe.execute())
         return int(sum(counts))
 
