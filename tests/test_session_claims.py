@@ -201,13 +201,15 @@ async def test_a_request_cancelled_while_its_touch_is_in_flight_leaves_no_claim(
         await store.close()
 
 
-class _SlowReplies:
-    """A TCP relay in front of redis-server that can hold the server's replies back (a latency spike):
-    commands reach the server at once and run; their replies arrive after `delay` seconds."""
+class _SlowLink:
+    """A TCP relay in front of redis-server that can delay either way (a latency spike): the server's replies
+    arrive `delay` seconds late, or the next command sent reaches the server `hold_next_command` seconds late
+    (while commands sent after it on other connections go through at once)."""
 
     def __init__(self, target: RedisServer) -> None:
         self.target = target
         self.delay = 0.0
+        self.hold_next_command = 0.0
         self.server: asyncio.Server | None = None
 
     @property
@@ -226,6 +228,9 @@ class _SlowReplies:
                 while data := await reader.read(65536):
                     if slow and self.delay:
                         await asyncio.sleep(self.delay)
+                    elif not slow and self.hold_next_command:
+                        held, self.hold_next_command = self.hold_next_command, 0.0
+                        await asyncio.sleep(held)
                     writer.write(data)
                     await writer.drain()
             except (ConnectionError, OSError):
@@ -240,17 +245,12 @@ class _SlowReplies:
             self.server.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known: a touch whose reply came after redis_timeout may have run and claimed the id, and the "
-    "gateway cannot tell; releasing it blindly could free another request's claim. Needs claims owned by a "
-    "per-request token.",
-)
 async def test_a_touch_that_timed_out_but_ran_leaves_no_claim(redis: RedisServer) -> None:
     """The same orphaned claim after a latency spike: the touch's reply comes after redis_timeout, so the
     request is proxied untracked (store_failure = open), but the script ran and claimed the expired id. The
-    next request waits until the orphaned claim times out (125 s by default; 1 s here)."""
-    relay = _SlowReplies(redis)
+    store disowns the claim by the touch's owner token, so the next request does not wait it out (125 s by
+    default; 1 s here)."""
+    relay = _SlowLink(redis)
     await relay.start()
     manager, store, _now, cookie = await _expired_session_manager(redis, redis_timeout=0.2, url=relay.url)
     try:
@@ -279,3 +279,57 @@ async def test_a_request_that_waited_out_anothers_claim_does_not_release_it() ->
     assert waiter.claimed is None
     await manager.abandon(waiter)  # what finish() does whatever the bot answered
     assert (await store.touch("dead", 51.0)).outcome is Outcome.PENDING  # still the holder's
+
+
+async def test_a_touch_that_reaches_the_server_after_its_request_gave_up_claims_nothing(
+    redis: RedisServer,
+) -> None:
+    """The spike is on the way in: the touch is held in the network past redis_timeout, the store disowns it
+    (that call overtakes it on another connection), then the touch runs. It finds the word its disowning left
+    and claims nothing."""
+    relay = _SlowLink(redis)
+    await relay.start()
+    manager, store, _now, cookie = await _expired_session_manager(redis, redis_timeout=0.2, url=relay.url)
+    admin = aioredis.Redis.from_url(redis.url, decode_responses=True)
+    try:
+        relay.hold_next_command = 0.5
+        first = await manager.prepare("/", _headers(cookie))
+        assert first.untracked
+        await asyncio.sleep(0.6)  # the held touch has run: it ended the expired session
+        [tombstone] = await admin.keys("*:t:*")
+        [disowned] = await admin.keys("*:v:*")  # the disowning came first
+        assert await admin.hgetall(tombstone) == {"r": "idle"}  # and the touch took no claim
+        assert await admin.pttl(disowned) > 0
+        await _next_request_starts_at_once(manager, cookie)
+    finally:
+        await admin.aclose()
+        await store.close()
+        await relay.close()
+
+
+async def test_disowning_a_lost_touch_never_frees_another_requests_claim(redis: RedisServer) -> None:
+    """A request's touch times out and its store disowns it, while the claim on the id belongs to another
+    request (here: another replica's store). That claim stays: the racing request still waits for it."""
+    relay = _SlowLink(redis)
+    await relay.start()
+    manager, store, now, cookie = await _expired_session_manager(redis, redis_timeout=0.2, url=relay.url)
+    other = RedisStore(
+        redis.url,
+        absolute_timeout=ABSOLUTE,
+        max_sessions=100,
+        on_full="evict",
+        tombstone_ttl=7200.0,
+        claim_ttl=30.0,
+        shards=1,
+    )
+    try:
+        assert (await other.touch("old", now[0])).outcome is Outcome.EXPIRED  # the other replica claims it
+        relay.delay = 0.4
+        assert (await manager.prepare("/", _headers(cookie))).untracked
+        relay.delay = 0.0
+        await asyncio.sleep(0.5)
+        assert (await store.touch("old", now[0])).outcome is Outcome.PENDING  # still the other's
+    finally:
+        await other.close()
+        await store.close()
+        await relay.close()

@@ -125,3 +125,42 @@ async def test_a_batch_cut_short_leaves_no_reply_for_the_next_caller(
     finally:
         await batcher.close()
         await single.aclose(close_connection_pool=True)
+
+
+# --- calls whose callers did not get their replies ------------------------------------------------------
+
+
+async def test_calls_whose_replies_came_too_late_are_reported_lost(client: aioredis.Redis) -> None:
+    """The batch was sent, the server ran it, the replies missed the timeout: each call is reported with its
+    keys and arguments and no result (the store disowns what such a touch may have claimed)."""
+    lost: list[tuple[list[str], list[str], object]] = []
+    batcher = ScriptBatcher(
+        client,
+        client.register_script(ECHO),
+        timeout=0.3,
+        on_lost=lambda keys, args, result: lost.append((list(keys), args, result)),
+    )
+    try:
+        await batcher(["warm"], ["x"])
+        await client.execute_command("CLIENT", "PAUSE", "600", "WRITE")
+        late = await asyncio.gather(batcher(["a"], ["1"]), batcher(["b"], ["2"]), return_exceptions=True)
+        assert all(isinstance(r, StoreUnavailable) for r in late), late
+        assert lost == [(["a"], ["1"], None), (["b"], ["2"], None)]
+    finally:
+        await batcher.close()
+
+
+async def test_calls_never_sent_are_not_reported_lost() -> None:
+    """Nothing reached a server (none listens): nothing may have run, so there is nothing to disown."""
+    client = aioredis.Redis.from_url("redis://127.0.0.1:1/0", decode_responses=True)
+    lost: list[object] = []
+    batcher = ScriptBatcher(
+        client, client.register_script(ECHO), timeout=0.5, on_lost=lambda *call: lost.append(call)
+    )
+    try:
+        with pytest.raises(StoreUnavailable):
+            await batcher(["a"], ["1"])
+        assert lost == []
+    finally:
+        await batcher.close()
+        await client.aclose()

@@ -21,7 +21,9 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from gateway.errors import StoreUnavailable
 
 Call = tuple[Sequence[str], list[Any], "asyncio.Future[Any]"]
-Orphan = Callable[[Sequence[str], Any], None]  # (keys, result) of a call that ran after its caller left
+# (keys, args, result) of a call whose caller did not get its reply: it ran after its caller left (result is
+# its reply), or its batch failed after it was sent (result is None: it may or may not have run).
+Lost = Callable[[Sequence[str], list[Any], Any], None]
 
 
 async def bounded(call: Awaitable[Any], timeout: float) -> Any:
@@ -38,10 +40,10 @@ class ScriptBatcher:
     """`await batcher(keys, args)` runs the script like `script(keys=keys, args=args)`, batched."""
 
     def __init__(
-        self, client: Redis, script: AsyncScript, timeout: float, on_orphan: Orphan | None = None
+        self, client: Redis, script: AsyncScript, timeout: float, on_lost: Lost | None = None
     ) -> None:
         self._client = client
-        self._on_orphan = on_orphan  # told what a call did when its caller left after it was sent
+        self._on_lost = on_lost
         self._script = script
         self._timeout = timeout
         self._pending: list[Call] = []
@@ -64,7 +66,12 @@ class ScriptBatcher:
         result = await future
         if isinstance(result, NoScriptError):
             # The server lost its scripts (a restart, a failover): the script object loads and runs it.
-            result = await bounded(self._script(keys=keys, args=args), self._timeout)
+            try:
+                result = await bounded(self._script(keys=keys, args=args), self._timeout)
+            except BaseException:  # timed out or left: it may have run
+                if self._on_lost is not None:
+                    self._on_lost(keys, args, None)
+                raise
         return result
 
     def _flush(self) -> None:
@@ -78,25 +85,31 @@ class ScriptBatcher:
         batch = [call for call in batch if not call[2].done()]  # callers that left: their call is not run
         if not batch:
             return
+        sent = [False]
         try:
-            results = await bounded(self._pipelined(batch), self._timeout)
+            results = await bounded(self._pipelined(batch, sent), self._timeout)
         except StoreUnavailable as exc:
             _fail(batch, exc.message)
+            if (
+                sent[0] and self._on_lost is not None
+            ):  # e.g. the replies came too late: each call may have run
+                for keys, args, _ in batch:
+                    self._on_lost(keys, args, None)
             return
         except BaseException as exc:  # cancelled at shutdown: nobody waits forever
             _fail(batch, f"The session store call was abandoned ({type(exc).__name__}).")
             raise
-        for (keys, _, future), result in zip(batch, results, strict=True):
+        for (keys, args, future), result in zip(batch, results, strict=True):
             if future.done():  # its request was cancelled (the client left) after the call was sent
-                if self._on_orphan is not None and not isinstance(result, RedisError):
-                    self._on_orphan(keys, result)
+                if self._on_lost is not None and not isinstance(result, RedisError):
+                    self._on_lost(keys, args, result)
                 continue
             if isinstance(result, RedisError) and not isinstance(result, NoScriptError):
                 future.set_exception(StoreUnavailable(f"The session store failed ({type(result).__name__})."))
             else:
                 future.set_result(result)
 
-    async def _pipelined(self, batch: list[Call]) -> list[Any]:
+    async def _pipelined(self, batch: list[Call], sent: list[bool]) -> list[Any]:
         # The batch goes out on one pooled connection, packed by hiredis (C), and the replies are read
         # straight off it: redis-py's Pipeline packs each argument in Python (Encoder.encode,
         # pack_command) and runs per-command bookkeeping, about 1,500 bytecodes per touch; measured with
@@ -110,6 +123,7 @@ class ScriptBatcher:
         pool = self._client.connection_pool
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
+            sent[0] = True  # from here the server may run the batch, whatever becomes of its replies
             await conn.send_packed_command(payload)
             replies: list[Any] = []
             for _ in batch:

@@ -2,7 +2,9 @@
 
 Layout, per shard `{<prefix>:<n>}` (a hash tag, so each script's keys share one Cluster slot):
     <tag>:s:<h>   HASH c (created) l (last seen) i (idle timeout) n (requests) r (replica)
-    <tag>:t:<h>   HASH r (why it ended) s (successor, sealed) p (claim time); the tombstone and the claim
+    <tag>:t:<h>   HASH r (why it ended) s (successor, sealed) p (claim time) o (claim owner); the tombstone
+                  and the claim
+    <tag>:v:<h>   SET   owners of touches disowned before they ran (their requests gave up), for claim_ttl
     <tag>:exp     ZSET  h -> deadline: the expiry index every replica sweeps
 `h` is a hash of the session id: a dump of the keyspace leaks no live session. A successor id is sealed
 with a keystream derived from the id it replaces, which only its holder knows.
@@ -17,6 +19,9 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import itertools
+import math
+import secrets
 from collections.abc import Sequence
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -58,7 +63,9 @@ if rec[1] then
   if outcome then
     redis.call('DEL', KEYS[1], KEYS[2])
     redis.call('ZREM', KEYS[3], ARGV[5])
-    redis.call('HSET', KEYS[2], 'r', outcome == 'lifetime' and 'lifetime' or 'idle', 'p', ARGV[1])
+    redis.call('HSET', KEYS[2], 'r', outcome == 'lifetime' and 'lifetime' or 'idle')
+    local owner = ARGV[7] .. ':' .. ARGV[8]
+    if redis.call('SISMEMBER', KEYS[4], owner) == 0 then redis.call('HSET', KEYS[2], 'p', ARGV[1], 'o', owner) end
     redis.call('PEXPIRE', KEYS[2], math.max(tonumber(ARGV[4]), claim_ms))
     return {outcome, rec[1], rec[2], rec[3], rec[4], rec[5]}
   end
@@ -75,7 +82,11 @@ end
 local tomb = redis.call('HMGET', KEYS[2], 'r', 's', 'p')
 if tomb[1] and tomb[2] then return {'ended', tomb[1], tomb[2]} end
 if tomb[3] and now - tonumber(tomb[3]) < claim_ttl then return {'pending'} end
-redis.call('HSET', KEYS[2], 'p', ARGV[1])
+-- The claim is owned by this call (store token, call number), so only its own request gives it up.
+local owner = ARGV[7] .. ':' .. ARGV[8]
+-- Its request already gave up (_DISOWN overtook it): claim nothing; nobody reads the answer.
+if redis.call('SISMEMBER', KEYS[4], owner) == 1 then return {'pending'} end
+redis.call('HSET', KEYS[2], 'p', ARGV[1], 'o', owner)
 if tomb[1] then
   if redis.call('PTTL', KEYS[2]) < claim_ms then redis.call('PEXPIRE', KEYS[2], claim_ms) end
   return {'ended', tomb[1]}
@@ -94,7 +105,7 @@ local function total()
 end
 local rec = redis.call('HMGET', KEYS[1], 'c', 'l', 'i', 'n', 'r')
 if rec[1] then
-  redis.call('HDEL', KEYS[2], 'p')
+  redis.call('HDEL', KEYS[2], 'p', 'o')
   return {'exists', rec[1], rec[2], rec[3], rec[4], rec[5], tostring(total())}
 end
 local cap = tonumber(ARGV[6])
@@ -139,14 +150,26 @@ return {'created', active}
 _SUCCEED: Final = """
 if redis.call('HEXISTS', KEYS[1], 'r') == 0 then redis.call('HSET', KEYS[1], 'r', 'unknown') end
 redis.call('HSET', KEYS[1], 's', ARGV[1])
-redis.call('HDEL', KEYS[1], 'p')
+redis.call('HDEL', KEYS[1], 'p', 'o')
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 
+# A hash whose last field goes is deleted: an unknown id's claim leaves nothing behind.
 _RELEASE: Final = """
-if redis.call('HEXISTS', KEYS[1], 'r') == 0 then return redis.call('DEL', KEYS[1]) end
-return redis.call('HDEL', KEYS[1], 'p')
+return redis.call('HDEL', KEYS[1], 'p', 'o')
+"""
+
+# A touch whose request did not get the reply (it left, or the reply came after redis_timeout) may have
+# claimed the id, or may still be on its way to the server and claim it when it runs. Its claim is nobody's:
+# released by its owner, never another request's; if it is not there, the owner is remembered (for
+# claim_ttl: a claim is dated by its request, so a later one is stale at once) and the touch claims nothing.
+# KEYS: the tombstone, the disowned set.
+_DISOWN: Final = """
+if redis.call('HGET', KEYS[1], 'o') == ARGV[1] then return redis.call('HDEL', KEYS[1], 'p', 'o') end
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 0
 """
 
 # END ends a live session for a reason; SWEEP ends it only if it is due. Both remove the index entry in
@@ -295,12 +318,23 @@ class RedisStore:
         # A session's digest and keys, remembered for the sessions in use: every request of a conversation
         # needs the same ones (a SHA-256 and three f-strings, about 70 bytecodes a request).
         self._keys = functools.lru_cache(maxsize=_KEYS_CACHED)(self._session_keys)
-        self._touch_constants = (repr(absolute_timeout), repr(claim_ttl), self._tomb_ms, repr(TTL_SLACK))
-        # Every request touches and every new session creates: those two are batched.
-        self._touch_batch = ScriptBatcher(
-            self.client, self.client.register_script(_TOUCH), timeout, on_orphan=self._orphaned_touch
+        # A touch's claim is owned by (this store's token, the touch's number).
+        self._touch_constants = (
+            repr(absolute_timeout),
+            repr(claim_ttl),
+            self._tomb_ms,
+            repr(TTL_SLACK),
+            secrets.token_hex(8),
         )
-        self._releasing: set[asyncio.Task[None]] = set()
+        self._touches = itertools.count()
+        self._claim_ms = str(math.ceil(claim_ttl * 1000))
+        # Every request touches and every new session creates: those two are batched, and so are the
+        # disowning calls that a Redis latency spike makes for every touch it cut short.
+        self._touch_batch = ScriptBatcher(
+            self.client, self.client.register_script(_TOUCH), timeout, on_lost=self._lost_touch
+        )
+        self._disown_batch = ScriptBatcher(self.client, self.client.register_script(_DISOWN), timeout)
+        self._disowning: set[asyncio.Task[None]] = set()
         self._create_batch = ScriptBatcher(self.client, self.client.register_script(_CREATE), timeout)
         self._succeed = self.client.register_script(_SUCCEED)
         self._release = self.client.register_script(_RELEASE)
@@ -310,9 +344,11 @@ class RedisStore:
     def _tag(self, shard: int) -> str:
         return f"{self._prefix}:{{{shard}}}"
 
-    def _session_keys(self, session_id: str) -> tuple[str, tuple[str, str, str]]:
+    def _session_keys(self, session_id: str) -> tuple[str, tuple[str, str, str, str]]:
+        """The digest, then the keys of the touch script: the record's (_record_keys) and the disowned set."""
         digest = _digest(session_id)
-        return digest, _record_keys(self._tag(int(digest[:8], 16) % self._shards), digest)
+        tag = self._tag(int(digest[:8], 16) % self._shards)
+        return digest, (*_record_keys(tag, digest), f"{tag}:v:{digest}")
 
     async def _call(self, coro: Any) -> Any:
         return await bounded(coro, self._timeout)
@@ -322,8 +358,9 @@ class RedisStore:
 
     async def touch(self, session_id: str, now: float) -> Touch:
         digest, keys = self._keys(session_id)
-        absolute, claim_ttl, tomb_ms, slack = self._touch_constants
-        result = await self._touch_batch(keys, [repr(now), absolute, claim_ttl, tomb_ms, digest, slack])
+        absolute, claim_ttl, tomb_ms, slack, token = self._touch_constants
+        args = [repr(now), absolute, claim_ttl, tomb_ms, digest, slack, token, next(self._touches)]
+        result = await self._touch_batch(keys, args)
         kind = result[0]
         if kind == "live":
             return Touch(
@@ -353,7 +390,7 @@ class RedisStore:
             "evict" if self._evict else "reject",
             self._tomb_ms,
         ]
-        result = await self._create_batch((*keys, *self._indexes), args)
+        result = await self._create_batch((*keys[:3], *self._indexes), args)
         if result[0] == "full":
             raise CapacityExceeded
         if previous is not None:
@@ -370,23 +407,26 @@ class RedisStore:
         _, keys = self._keys(session_id)
         await self._call(self._release(keys=[keys[1]]))
 
-    def _orphaned_touch(self, keys: Sequence[str], result: list[str]) -> None:
-        """A touch that ran after its request left (the client went away mid-request): a claim it took is
-        nobody's, so it is released rather than left to make the conversation's next request wait it out."""
-        kind = result[0]
-        if kind in ("expired", "lifetime", "missing") or (kind == "ended" and len(result) <= 2):
-            task = asyncio.get_running_loop().create_task(self._release_quietly(keys[1]))
-            self._releasing.add(task)
-            task.add_done_callback(self._releasing.discard)
+    def _lost_touch(self, keys: Sequence[str], args: list[Any], result: list[str] | None) -> None:
+        """A touch whose request did not get its reply: the client went away mid-request (result is what the
+        touch did), or the reply came too late or not at all (None: it may have run, or may yet). A claim it
+        took is nobody's: disowned, rather than left to make the conversation's next request wait it out."""
+        if result is not None:
+            kind = result[0]
+            if kind not in ("expired", "lifetime", "missing") and not (kind == "ended" and len(result) <= 2):
+                return  # took no claim
+        task = asyncio.get_running_loop().create_task(self._disown(keys, f"{args[6]}:{args[7]}"))
+        self._disowning.add(task)
+        task.add_done_callback(self._disowning.discard)
 
-    async def _release_quietly(self, tombstone_key: str) -> None:
-        with contextlib.suppress(StoreUnavailable):
-            await self._call(self._release(keys=[tombstone_key]))
+    async def _disown(self, keys: Sequence[str], owner: str) -> None:
+        with contextlib.suppress(StoreUnavailable):  # the claim then times out by itself (claim_ttl)
+            await self._disown_batch((keys[1], keys[3]), [owner, self._claim_ms])
 
     async def end(self, session_id: str, now: float, reason: EndReason) -> SessionInfo | None:
         digest, keys = self._keys(session_id)
         args = [digest, reason, repr(now), self._tomb_ms, "now", repr(self._absolute)]
-        result = await self._call(self._end(keys=keys, args=args))
+        result = await self._call(self._end(keys=keys[:3], args=args))
         return _info(session_id, result[1:6]) if result else None
 
     async def set_idle_timeout(self, session_id: str, seconds: float) -> None:
@@ -423,7 +463,8 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._touch_batch.close()
-        await asyncio.gather(*self._releasing, return_exceptions=True)
+        await asyncio.gather(*self._disowning, return_exceptions=True)
+        await self._disown_batch.close()
         await self._create_batch.close()
         await self.client.aclose()
         await self.client.connection_pool.disconnect()
