@@ -120,6 +120,28 @@ async def test_redis_restart_under_store_failure_closed(
     assert node.metric("sessions_started_total", reason="adopted") == 1
 
 
+async def test_a_quick_redis_restart_between_requests_fails_none(
+    own_redis: RedisServer, demo: Bot, start_node: StartNode, clock: FakeClock
+) -> None:
+    """Redis restarts while no request is in flight (a rolling upgrade): the pooled connections it closed are
+    replaced when checked out, so even under store_failure = closed no request is refused. (redis-py 8.1 with
+    maintenance notifications on handed them out: each failed one batch with 503 store_unavailable.)"""
+    # No sweeps in between: they would meet (and replace) the closed connections first.
+    config = gateway_config(demo.url, own_redis, redis_timeout=0.2, sweep_interval=60, store_failure="closed")
+    node = await start_node(config, clock)
+    sid = (await node.send()).session_id
+    for reply in await asyncio.gather(*(node.send(header=sid) for _ in range(8))):
+        assert reply.status == 200
+    own_redis.stop()
+    own_redis.start()
+    await asyncio.sleep(0.2)  # the loop sees the old connections closed
+    replies = [await node.send(header=sid)]  # adopted by the empty keyspace
+    replies += await asyncio.gather(*(node.send(header=sid) for _ in range(8)))
+    assert [r.status for r in replies] == [200] * 9
+    assert (replies[0].session_id, replies[0].new) == (sid, None)
+    assert node.metric("store_errors_total", op="request") in (None, 0)
+
+
 @pytest.mark.parametrize("policy", ["open", "closed"])
 async def test_a_frozen_redis_costs_at_most_the_store_timeout(
     own_redis: RedisServer,

@@ -30,6 +30,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
+from redis.maint_notifications import MaintNotificationsConfig
 
 from gateway.errors import StoreUnavailable
 from gateway.store import (
@@ -299,6 +300,11 @@ class RedisStore:
             "health_check_interval": 30,
             # Fail fast and let the failure policy decide; the next command reconnects by itself.
             "retry": Retry(NoBackoff(), 0),
+            # With maintenance notifications on ("auto", the default under RESP3), redis-py 8.1's pool skips
+            # its check-out test for connections the server closed, so after a Redis restart each pooled
+            # connection failed one batch of requests (redis-py #4252, fixed by #4260, not yet released).
+            # They serve Redis Enterprise's planned-maintenance hand-offs, which the gateway does not need.
+            "maint_notifications_config": MaintNotificationsConfig(enabled=False),
         }
         self._sentinel: Sentinel | None = None
         if sentinels:
