@@ -51,6 +51,28 @@ async def test_a_server_that_lost_its_scripts_still_answers(client: aioredis.Red
     await batcher.close()
 
 
+async def test_a_burst_after_the_server_lost_its_scripts_loads_the_script_once(
+    client: aioredis.Redis,
+) -> None:
+    """After a restart or failover every call of the first batches meets NOSCRIPT: the batch loads the script
+    once and runs them again together (one call at a time, a burst took a connection and three round trips
+    each, and timed out)."""
+    batcher = ScriptBatcher(client, client.register_script(ECHO), timeout=2.0)
+    try:
+        await batcher(["warm"], ["x"])
+        await client.script_flush()
+        await client.config_resetstat()
+
+        results = await asyncio.gather(*(batcher([f"k{i}"], [f"v{i}"]) for i in range(500)))
+
+        assert results == [[f"k{i}", f"v{i}", 1] for i in range(500)]
+        stats = await client.info("commandstats")
+        assert stats["cmdstat_script|load"]["calls"] == 1
+        assert stats["cmdstat_evalsha"]["calls"] == 1000  # each call: NOSCRIPT, then run
+    finally:
+        await batcher.close()
+
+
 async def test_a_script_error_fails_only_its_own_call(client: aioredis.Redis) -> None:
     script = client.register_script("if ARGV[1] == 'bad' then return redis.error_reply('nope') end return 1")
     batcher = ScriptBatcher(client, script, timeout=2.0)

@@ -63,16 +63,7 @@ class ScriptBatcher:
         if len(self._pending) == 1:
             # After this turn's other ready callbacks, which may queue calls of their own.
             loop.call_soon(self._flush)
-        result = await future
-        if isinstance(result, NoScriptError):
-            # The server lost its scripts (a restart, a failover): the script object loads and runs it.
-            try:
-                result = await bounded(self._script(keys=keys, args=args), self._timeout)
-            except BaseException:  # timed out or left: it may have run
-                if self._on_lost is not None:
-                    self._on_lost(keys, args, None)
-                raise
-        return result
+        return await future
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
@@ -87,7 +78,7 @@ class ScriptBatcher:
             return
         sent = [False]
         try:
-            results = await bounded(self._pipelined(batch, sent), self._timeout)
+            results = await bounded(self._run(batch, sent), self._timeout)
         except StoreUnavailable as exc:
             _fail(batch, exc.message)
             if (
@@ -104,10 +95,25 @@ class ScriptBatcher:
                 if self._on_lost is not None and not isinstance(result, RedisError):
                     self._on_lost(keys, args, result)
                 continue
-            if isinstance(result, RedisError) and not isinstance(result, NoScriptError):
+            if isinstance(result, RedisError):
                 future.set_exception(StoreUnavailable(f"The session store failed ({type(result).__name__})."))
             else:
                 future.set_result(result)
+
+    async def _run(self, batch: list[Call], sent: list[bool]) -> list[Any]:
+        results = await self._pipelined(batch, sent)
+        missing = [
+            i for i, r in enumerate(results) if isinstance(r, NoScriptError) and not batch[i][2].done()
+        ]
+        if missing:
+            # The server lost its scripts (a restart, a failover): load it once and run those calls again,
+            # together (they did not run). Loading it per call made a burst after a restart take one
+            # connection and three round trips per request, and time out.
+            await self._client.script_load(self._script.script)
+            again = await self._pipelined([batch[i] for i in missing], sent)
+            for i, result in zip(missing, again, strict=True):
+                results[i] = result
+        return results
 
     async def _pipelined(self, batch: list[Call], sent: list[bool]) -> list[Any]:
         # The batch goes out on one pooled connection, packed by hiredis (C), and the replies are read
