@@ -201,6 +201,27 @@ async def test_a_request_cancelled_while_its_touch_is_in_flight_leaves_no_claim(
         await store.close()
 
 
+async def test_a_request_cancelled_in_the_turn_its_touch_answered_leaves_no_claim(redis: RedisServer) -> None:
+    """The touch's reply is handed out and, in the same loop turn, the client's disconnect cancels the request:
+    touch() never returns, so the request has no claim to abandon, though the touch took one. The store
+    disowns it, and the conversation's next request does not wait it out."""
+    manager, store, now, cookie = await _expired_session_manager(redis)
+    try:
+        other = asyncio.create_task(store.touch("someone-else", now[0]))
+        leaving = asyncio.create_task(manager.prepare("/", _headers(cookie)))
+        await asyncio.sleep(0)  # both touches queued in one batch, the other first
+        pending = store._touch_batch._pending
+        assert len(pending) == 2
+        pending[0][2].add_done_callback(lambda _: leaving.cancel())  # the disconnect, in that turn
+        await other
+        with pytest.raises(asyncio.CancelledError):
+            await leaving
+        await asyncio.sleep(0.2)  # the disowning has run
+        await _next_request_starts_at_once(manager, cookie)
+    finally:
+        await store.close()
+
+
 class _SlowLink:
     """A TCP relay in front of redis-server that can delay either way (a latency spike): the server's replies
     arrive `delay` seconds late, or the next command sent reaches the server `hold_next_command` seconds late

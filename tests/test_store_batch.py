@@ -186,3 +186,29 @@ async def test_calls_never_sent_are_not_reported_lost() -> None:
     finally:
         await batcher.close()
         await client.aclose()
+
+
+async def test_a_caller_cancelled_in_the_turn_its_reply_arrived_is_reported_lost(
+    client: aioredis.Redis,
+) -> None:
+    """The replies are handed out and, in the same loop turn, the client's disconnect cancels one caller: its
+    task resumes with CancelledError although its future holds the reply. The reply is reported lost."""
+    lost: list[tuple[list[str], list[str], object]] = []
+    batcher = ScriptBatcher(
+        client,
+        client.register_script(ECHO),
+        timeout=2.0,
+        on_lost=lambda keys, args, result: lost.append((list(keys), args, result)),
+    )
+    try:
+        await batcher(["warm"], ["x"])
+        staying = asyncio.ensure_future(batcher(["a"], ["1"]))
+        leaving = asyncio.ensure_future(batcher(["b"], ["2"]))
+        await asyncio.sleep(0)  # both queued in one batch
+        batcher._pending[0][2].add_done_callback(lambda _: leaving.cancel())  # the disconnect, that turn
+        assert await staying == ["a", "1", 1]
+        with pytest.raises(asyncio.CancelledError):
+            await leaving
+        assert lost == [(["b"], ["2"], ["b", "2", 1])]
+    finally:
+        await batcher.close()

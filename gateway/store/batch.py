@@ -63,7 +63,14 @@ class ScriptBatcher:
         if len(self._pending) == 1:
             # After this turn's other ready callbacks, which may queue calls of their own.
             loop.call_soon(self._flush)
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # Cancelled (the client left) in the loop turn its reply was handed out: nobody reads it.
+            answered = future.done() and not future.cancelled() and future.exception() is None
+            if answered and self._on_lost is not None:
+                self._on_lost(keys, args, future.result())
+            raise
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
@@ -101,21 +108,20 @@ class ScriptBatcher:
                 future.set_result(result)
 
     async def _run(self, batch: list[Call], sent: list[bool]) -> list[Any]:
-        results = await self._pipelined(batch, sent)
-        missing = [
-            i for i, r in enumerate(results) if isinstance(r, NoScriptError) and not batch[i][2].done()
-        ]
+        missing: list[int] = []  # the calls that met NOSCRIPT
+        results = await self._pipelined(batch, sent, missing)
+        missing = [i for i in missing if not batch[i][2].done()]
         if missing:
             # The server lost its scripts (a restart, a failover): load it once and run those calls again,
             # together (they did not run). Loading it per call made a burst after a restart take one
             # connection and three round trips per request, and time out.
             await self._client.script_load(self._script.script)
-            again = await self._pipelined([batch[i] for i in missing], sent)
+            again = await self._pipelined([batch[i] for i in missing], sent, [])
             for i, result in zip(missing, again, strict=True):
                 results[i] = result
         return results
 
-    async def _pipelined(self, batch: list[Call], sent: list[bool]) -> list[Any]:
+    async def _pipelined(self, batch: list[Call], sent: list[bool], missing: list[int]) -> list[Any]:
         # The batch goes out on one pooled connection, packed by hiredis (C), and the replies are read
         # straight off it: redis-py's Pipeline packs each argument in Python (Encoder.encode,
         # pack_command) and runs per-command bookkeeping, about 1,500 bytecodes per touch; measured with
@@ -136,6 +142,8 @@ class ScriptBatcher:
                 try:
                     replies.append(await conn.read_response())
                 except ResponseError as exc:  # this call's error (e.g. NOSCRIPT), not the connection's
+                    if isinstance(exc, NoScriptError):
+                        missing.append(len(replies))
                     replies.append(exc)
             return replies
         finally:

@@ -248,7 +248,11 @@ def _sentinel(url: str, sentinels: tuple[str, ...], timeout: float, options: dic
     addresses = [(host, int(port)) for host, _, port in (item.rpartition(":") for item in sentinels)]
     return Sentinel(  # type: ignore[no-untyped-call]
         addresses,
-        sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
+        sentinel_kwargs={
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "maint_notifications_config": options["maint_notifications_config"],
+        },
         password=parts.password,
         db=int(parts.path.strip("/") or 0),
         ssl=parts.scheme == "rediss",
