@@ -86,7 +86,8 @@ async def _redis_batches(url: str, batches: int, size: int) -> float:
     class PipelineBatcher(ScriptBatcher):
         """The same batching, sent the way it was before: through redis-py's Pipeline."""
 
-        async def _pipelined(self, batch: list[Call]) -> list[Any]:
+        async def _pipelined(self, batch: list[Call], sent: list[bool], missing: list[int]) -> list[Any]:
+            sent[0] = True
             async with self._client.pipeline(transaction=False) as pipe:
                 for keys, args, _ in batch:
                     pipe.evalsha(self._script.sha, len(keys), *keys, *args)
