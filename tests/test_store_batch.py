@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -152,16 +153,25 @@ async def test_a_batch_cut_short_leaves_no_reply_for_the_next_caller(
 # --- calls whose callers did not get their replies ------------------------------------------------------
 
 
-async def test_calls_whose_replies_came_too_late_are_reported_lost(client: aioredis.Redis) -> None:
-    """The batch was sent, the server ran it, the replies missed the timeout: each call is reported with its
-    keys and arguments and no result (the store disowns what such a touch may have claimed)."""
-    lost: list[tuple[list[str], list[str], object]] = []
+Lost = list[tuple[list[str], list[Any], object]]
+
+
+def _recording_lost(client: aioredis.Redis, timeout: float) -> tuple[ScriptBatcher, Lost]:
+    """An ECHO batcher and the (keys, args, result) of each call it reports lost."""
+    lost: Lost = []
     batcher = ScriptBatcher(
         client,
         client.register_script(ECHO),
-        timeout=0.3,
+        timeout=timeout,
         on_lost=lambda keys, args, result: lost.append((list(keys), args, result)),
     )
+    return batcher, lost
+
+
+async def test_calls_whose_replies_came_too_late_are_reported_lost(client: aioredis.Redis) -> None:
+    """The batch was sent, the server ran it, the replies missed the timeout: each call is reported with its
+    keys and arguments and no result (the store disowns what such a touch may have claimed)."""
+    batcher, lost = _recording_lost(client, timeout=0.3)
     try:
         await batcher(["warm"], ["x"])
         await client.execute_command("CLIENT", "PAUSE", "600", "WRITE")
@@ -193,13 +203,7 @@ async def test_a_caller_cancelled_in_the_turn_its_reply_arrived_is_reported_lost
 ) -> None:
     """The replies are handed out and, in the same loop turn, the client's disconnect cancels one caller: its
     task resumes with CancelledError although its future holds the reply. The reply is reported lost."""
-    lost: list[tuple[list[str], list[str], object]] = []
-    batcher = ScriptBatcher(
-        client,
-        client.register_script(ECHO),
-        timeout=2.0,
-        on_lost=lambda keys, args, result: lost.append((list(keys), args, result)),
-    )
+    batcher, lost = _recording_lost(client, timeout=2.0)
     try:
         await batcher(["warm"], ["x"])
         staying = asyncio.ensure_future(batcher(["a"], ["1"]))
