@@ -27,6 +27,13 @@ IDLE = 600.0
 ABSOLUTE = 3600.0
 
 StoreFactory = Callable[..., SessionStore]
+# Either store's options; the Redis store uses one shard.
+STORE_OPTIONS: dict[str, Any] = {
+    "absolute_timeout": ABSOLUTE,
+    "max_sessions": 1000,
+    "on_full": "evict",
+    "tombstone_ttl": 7200.0,
+}
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -35,16 +42,10 @@ async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[StoreFacto
     server: RedisServer | None = request.getfixturevalue("redis") if request.param == "redis" else None
 
     def factory() -> SessionStore:
-        options: dict[str, object] = {
-            "absolute_timeout": ABSOLUTE,
-            "max_sessions": 1000,
-            "on_full": "evict",
-            "tombstone_ttl": 7200.0,
-        }
         if server is None:
-            store: SessionStore = MemoryStore(max_tombstones=1000, **options)  # type: ignore[arg-type]
+            store: SessionStore = MemoryStore(max_tombstones=1000, **STORE_OPTIONS)
         else:
-            store = RedisStore(server.url, shards=1, **options)  # type: ignore[arg-type]
+            store = RedisStore(server.url, shards=1, **STORE_OPTIONS)
         made.append(store)
         return store
 
@@ -334,15 +335,7 @@ async def test_disowning_a_lost_touch_never_frees_another_requests_claim(redis: 
     relay = _SlowLink(redis)
     await relay.start()
     manager, store, now, cookie = await _expired_session_manager(redis, redis_timeout=0.2, url=relay.url)
-    other = RedisStore(
-        redis.url,
-        absolute_timeout=ABSOLUTE,
-        max_sessions=100,
-        on_full="evict",
-        tombstone_ttl=7200.0,
-        claim_ttl=30.0,
-        shards=1,
-    )
+    other = RedisStore(redis.url, shards=1, claim_ttl=30.0, **STORE_OPTIONS)
     try:
         assert (await other.touch("old", now[0])).outcome is Outcome.EXPIRED  # the other replica claims it
         relay.delay = 0.4
