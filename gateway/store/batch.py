@@ -88,9 +88,8 @@ class ScriptBatcher:
             results = await bounded(self._run(batch, sent), self._timeout)
         except StoreUnavailable as exc:
             _fail(batch, exc.message)
-            if (
-                sent[0] and self._on_lost is not None
-            ):  # e.g. the replies came too late: each call may have run
+            # Sent, then e.g. the replies came too late: each call may have run.
+            if sent[0] and self._on_lost is not None:
                 for keys, args, _ in batch:
                     self._on_lost(keys, args, None)
             return
