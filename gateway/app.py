@@ -14,10 +14,11 @@ from gateway.admin import Readiness, check_upstream_forever, create_admin_app
 from gateway.client import client_handler
 from gateway.config import Config
 from gateway.cors import Cors
-from gateway.errors import error_middleware
+from gateway.errors import Handler, error_middleware
 from gateway.messages import Whole
 from gateway.metrics import Metrics
 from gateway.proxy import Proxy, Streams, build_client, build_pool
+from gateway.routes import LocalRoutes
 from gateway.sessions import Clock, SessionManager
 from gateway.store import SessionStore
 from gateway.store.memory import MemoryStore
@@ -30,6 +31,7 @@ STREAMS = web.AppKey("streams", Streams)
 PROXY = web.AppKey("proxy", Proxy)
 SESSIONS = web.AppKey("sessions", SessionManager)
 CORS = web.AppKey("cors", Cors)
+ROUTES = web.AppKey("routes", LocalRoutes)
 
 
 def claim_ttl(config: Config) -> float:
@@ -81,7 +83,8 @@ def create_app(
         "max_field_size": config.listen.max_field_size,
         "max_headers": config.listen.max_headers,
     }
-    app = web.Application(middlewares=[error_middleware], handler_args=handler_args)
+    # aiohttp's server only ever gets WebSocket handshakes, handed over by the front end (frontend.py).
+    app = web.Application(middlewares=[_one_request, error_middleware], handler_args=handler_args)
     app[CONFIG] = config
     app[METRICS] = Metrics(registry)
     app[READINESS] = Readiness()
@@ -96,6 +99,7 @@ def create_app(
         strict_affinity=config.upstream.strict_affinity,
     )
     app[CORS] = Cors(config.cors, config.session.header)
+    app[ROUTES] = LocalRoutes()
     if app[CORS].enabled:  # a hook on every response costs even when it does nothing
         app.on_response_prepare.append(app[CORS].on_response_prepare)
     app.cleanup_ctx.append(_sessions)
@@ -112,7 +116,7 @@ def create_app(
         return response
 
     if config.client.enabled:
-        app.router.add_get(config.client.path, client_handler(config.client))  # the most specific route wins
+        app[ROUTES].add(config.client.path, client_handler(config.client))
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
 
@@ -122,10 +126,18 @@ def admin_app_for(app: web.Application) -> web.Application:
     return create_admin_app(app[CONFIG], app[METRICS], app[READINESS], app[SESSIONS])
 
 
+@web.middleware
+async def _one_request(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A handshake the bot refused ends its connection: the front end, not aiohttp, serves HTTP here."""
+    response = await handler(request)
+    response.force_close()
+    return response
+
+
 async def _upstream(app: web.Application) -> AsyncIterator[None]:
     """Open the pooled upstream client and the readiness checker; close both on cleanup."""
     client = build_client(app[CONFIG])
-    pool = build_pool(app[CONFIG])
+    pool = build_pool(app[CONFIG], app[METRICS])
     app[PROXY] = Proxy(app[CONFIG], client, pool, app[METRICS], app[STREAMS], app[SESSIONS], app[CORS])
     checker = asyncio.create_task(check_upstream_forever(app[CONFIG], client, app[READINESS]))
     yield

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable
 from importlib import resources
 
-from aiohttp import hdrs, web
+from aiohttp import hdrs
+from multidict import CIMultiDict
 
 from gateway.config import ClientConfig
+from gateway.messages import Incoming, Whole
+from gateway.routes import Page
 
 CONTENT_TYPE = "text/javascript; charset=utf-8"  # RFC 9239: the one JavaScript media type
 
@@ -18,7 +20,7 @@ def client_script() -> bytes:
     return resources.files("gateway").joinpath("static/session-client.js").read_bytes()
 
 
-def client_handler(config: ClientConfig) -> Callable[[web.Request], Awaitable[web.Response]]:
+def client_handler(config: ClientConfig) -> Page:
     """A GET/HEAD handler for the client: cacheable for `max_age`, then revalidated by ETag."""
     body = client_script()
     etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
@@ -31,9 +33,9 @@ def client_handler(config: ClientConfig) -> Callable[[web.Request], Awaitable[we
         hdrs.ACCESS_CONTROL_ALLOW_ORIGIN: "*",
     }
 
-    async def handle(request: web.Request) -> web.Response:
+    async def handle(tail: str, request: Incoming) -> Whole:
         if etag in (tag.strip() for tag in request.headers.get(hdrs.IF_NONE_MATCH, "").split(",")):
-            return web.Response(status=304, headers=headers)
-        return web.Response(body=body, headers={**headers, hdrs.CONTENT_TYPE: CONTENT_TYPE})
+            return Whole(304, "", CIMultiDict(headers), b"")
+        return Whole(200, "", CIMultiDict({**headers, hdrs.CONTENT_TYPE: CONTENT_TYPE}), body)
 
     return handle

@@ -69,9 +69,20 @@ class ListenConfig:
     # auto: uvloop when installed. Measured (bench/): a few percent more requests/s with the front end. Its
     # one-accept-per-iteration tail under connection bursts is worked around in listener.py.
     event_loop: EventLoop = "auto"
+    # The edge's timeouts (README "Limits and timeouts" compares them with nginx, HAProxy and Envoy).
+    header_timeout: float = 10.0  # seconds for a whole request head, from its first byte (408 past it)
+    body_timeout: float = 60.0  # seconds of silence allowed while a request body arrives (408 past it)
+    keepalive_timeout: float = 75.0  # seconds an idle client connection is kept between requests (nginx's)
+    send_timeout: float = 60.0  # seconds a client may accept no response byte before it is cut
+    max_connections: int = 10_000  # client connections at once; past it new ones get 503 and are closed
+    max_inflight: int = 0  # requests proxied at once before new ones get 503 upstream_busy; 0: no limit
 
     def __post_init__(self) -> None:
         _port("listen.port", self.port)
+        for key in ("header_timeout", "body_timeout", "keepalive_timeout", "send_timeout", "max_connections"):
+            _positive(f"listen.{key}", getattr(self, key))
+        if self.max_inflight < 0:
+            raise ConfigError("listen.max_inflight", f"expected 0 (no limit) or more, got {self.max_inflight}")
         _positive("listen.backlog", self.backlog)
         _positive("listen.shutdown_timeout", self.shutdown_timeout)
         _positive("listen.max_field_size", self.max_field_size)
@@ -118,9 +129,15 @@ class UpstreamConfig:
     urls: tuple[str, ...] = ()  # several bot replicas, "name=url" or a bare URL; set it or url, not both
     strict_affinity: bool = False  # a session's replica is down: 503 instead of re-pinning it elsewhere
     down_backoff: float = 10.0  # seconds new sessions avoid a replica after a connect failure or timeout
+    # A request body up to this is read whole before a bot connection is taken, so a slow uploader holds
+    # none (nginx proxy_request_buffering); larger bodies stream.
+    buffer_request_body: int = 1024 * 1024
+    queue_timeout: float = 5.0  # seconds a request may wait for a bot connection (503 upstream_busy past it)
 
     def __post_init__(self) -> None:
         _http_url("upstream.url", self.url)
+        _positive("upstream.buffer_request_body", self.buffer_request_body)
+        _positive("upstream.queue_timeout", self.queue_timeout)
         if self.urls and self.url != DEFAULT_UPSTREAM_URL:
             raise ConfigError(
                 "upstream.urls", "set upstream.url (one bot) or upstream.urls (replicas), not both"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import ipaddress
+import re
 import secrets
 import sys
 import time
@@ -15,9 +16,12 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from aiohttp import hdrs, web
+from multidict import CIMultiDict
 
-from gateway.app import create_app
+from gateway.app import ROUTES, create_app
 from gateway.config import Config
+from gateway.errors import NotFound, error_whole
+from gateway.messages import Incoming, Whole
 from gateway.server import bound_addresses, serve
 
 COOKIE = "JSESSIONID"
@@ -29,6 +33,7 @@ _DEMO_FILES = {  # name under DEMO_PATH -> (file under gateway/static, content t
     "widget.css": ("demo/widget.css", "text/css; charset=utf-8"),
     "session-client.js": ("session-client.js", "text/javascript; charset=utf-8"),  # when [client] is off
 }
+_PAGE_NAME = re.compile(r"[a-z.-]*")
 Clock = Callable[[], float]
 
 
@@ -125,15 +130,17 @@ def add_demo_widget(app: web.Application, config: Config) -> None:
             text = text.replace("__CLIENT_URL__", html.escape(client_url))
         pages[name] = (text.encode(), content_type)
 
-    async def handle(request: web.Request) -> web.Response:
-        page = pages.get(request.match_info["name"])
+    async def handle(name: str, request: Incoming) -> Whole | None:
+        if not _PAGE_NAME.fullmatch(name):
+            return None  # not a widget file name: the bot's to answer, as any other path
+        page = pages.get(name)
         if page is None:
-            raise web.HTTPNotFound()
+            return error_whole(NotFound("The demo widget has no such file."))
         body, content_type = page
-        headers = {hdrs.CONTENT_TYPE: content_type, hdrs.CACHE_CONTROL: "no-cache"}
-        return web.Response(body=body, headers=headers)
+        headers = CIMultiDict({hdrs.CONTENT_TYPE: content_type, hdrs.CACHE_CONTROL: "no-cache"})
+        return Whole(200, "", headers, body)
 
-    app.router.add_get(DEMO_PATH + "{name:[a-z.-]*}", handle)
+    app[ROUTES].add_prefix(DEMO_PATH, handle)
 
 
 def create_host_app(widget_url: str) -> web.Application:

@@ -2,29 +2,43 @@
 
     GatewayError
     ├── ConfigError (ValueError)          a bad configuration file, variable or flag
-    ├── ClientFault                       4xx: the client sent something we refuse
+    ├── ClientFault                       4xx: the client sent something we refuse (never the bot's fault)
     │   ├── BadRequest                    400 bad_request
     │   ├── BadSessionCarrier             400 bad_session_header
-    │   └── BodyTooLarge                  413 body_too_large
+    │   ├── NotFound                      404 not_found: a gateway page that does not exist
+    │   ├── MethodNotAllowed              405 method_not_allowed: CONNECT and TRACE
+    │   ├── RequestTimeout                408 request_timeout: a head or body too slow (listen.*_timeout)
+    │   ├── BodyTooLarge                  413 body_too_large
+    │   ├── UriTooLong                    414 uri_too_long
+    │   ├── ExpectationFailed             417 expectation_failed: an Expect other than 100-continue
+    │   ├── HeadersTooLarge               431 headers_too_large
+    │   └── VersionNotSupported           505 http_version_not_supported: not HTTP/1.0 or 1.1
     ├── UpstreamError                     5xx: the bot failed
     │   ├── UpstreamUnavailable           502 upstream_unavailable
     │   │   └── ReplicaUnavailable        503 upstream_unavailable: a session's own replica (strict_affinity)
     │   └── UpstreamTimeout               504 upstream_timeout
+    ├── Busy                              503 with Retry-After: the gateway sheds load
+    │   ├── UpstreamBusy                  503 upstream_busy: no bot connection within upstream.queue_timeout
+    │   └── TooManyConnections            503 too_many_connections: listen.max_connections reached
     ├── SessionCapacity                   503 session_capacity
     └── StoreUnavailable                  503 store_unavailable
 
-Errors become HTTP responses only in `error_middleware`, with the body
+Errors become HTTP responses in one renderer, `error_whole` (the proxy port's front end) and
+`error_response` (aiohttp's apps: admin, WebSocket handshakes), with the body
 `{"error": {"code": "...", "message": "..."}}`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from gateway.headers import redact_path
+from gateway.messages import Whole
 
 log = logging.getLogger("gateway")
 
@@ -36,6 +50,7 @@ class GatewayError(Exception):
 
     status: int = 500
     code: str = "internal_error"
+    retry_after: int | None = None  # seconds, sent as Retry-After
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -64,9 +79,44 @@ class BadSessionCarrier(ClientFault):
     code = "bad_session_header"
 
 
+class NotFound(ClientFault):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(ClientFault):
+    status = 405
+    code = "method_not_allowed"
+
+
+class RequestTimeout(ClientFault):
+    status = 408
+    code = "request_timeout"
+
+
 class BodyTooLarge(ClientFault):
     status = 413
     code = "body_too_large"
+
+
+class UriTooLong(ClientFault):
+    status = 414
+    code = "uri_too_long"
+
+
+class ExpectationFailed(ClientFault):
+    status = 417
+    code = "expectation_failed"
+
+
+class HeadersTooLarge(ClientFault):
+    status = 431
+    code = "headers_too_large"
+
+
+class VersionNotSupported(ClientFault):
+    status = 505  # a 5xx by RFC 9110 §15.6.6, though the client's choice: never the bot's fault
+    code = "http_version_not_supported"
 
 
 class UpstreamError(GatewayError):
@@ -89,6 +139,20 @@ class UpstreamTimeout(UpstreamError):
     code = "upstream_timeout"
 
 
+class Busy(GatewayError):
+    status = 503
+    code = "busy"
+    retry_after = 1
+
+
+class UpstreamBusy(Busy):
+    code = "upstream_busy"
+
+
+class TooManyConnections(Busy):
+    code = "too_many_connections"
+
+
 class SessionCapacity(GatewayError):
     status = 503
     code = "session_capacity"
@@ -99,9 +163,24 @@ class StoreUnavailable(GatewayError):
     code = "store_unavailable"
 
 
-def error_response(status: int, code: str, message: str) -> web.Response:
+def error_body(code: str, message: str) -> bytes:
     """The JSON error body every gateway error uses."""
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+    return json.dumps({"error": {"code": code, "message": message}}).encode()
+
+
+def error_whole(exc: GatewayError) -> Whole:
+    """A gateway error as the front end writes it."""
+    headers = CIMultiDict({"Content-Type": "application/json; charset=utf-8"})
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(exc.retry_after)
+    return Whole(exc.status, "", headers, error_body(exc.code, exc.message))
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    """The JSON error body every gateway error uses, as an aiohttp response."""
+    return web.Response(
+        body=error_body(code, message), status=status, content_type="application/json", charset="utf-8"
+    )
 
 
 def unexpected_error(method: str, raw_path: str) -> web.Response:

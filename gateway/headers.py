@@ -132,3 +132,14 @@ def redact_path(path: str) -> str:
         head, *params = segment.split(";")
         segments.append(";".join([head, *(p.split("=", 1)[0] + "=…" for p in params)]))
     return "/".join(segments)
+
+
+def content_length(value: str) -> int | None:
+    """A Content-Length value by llhttp's rules (digits, at most 2**64 - 1) as a number; None if invalid.
+
+    Not int() on the raw text: "0000…01" is valid, and int() refuses more than 4,300 digits."""
+    value = value.strip(" \t")
+    if not value.isdigit() or not value.isascii():
+        return None
+    digits = value.lstrip("0")
+    return int(digits) if len(digits) <= 20 else None

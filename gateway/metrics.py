@@ -46,6 +46,9 @@ START_REASONS: Final = ("first", "expired", "lifetime", "ended", "unknown", "ups
 END_REASONS: Final = ("idle", "lifetime", "client", "bot", "upstream", "evicted", "admin")
 CARRIERS: Final = ("cookie", "header", "path", "query", "none")
 STORE_OPS: Final = ("request", "response", "sweep")
+CLIENT_TIMEOUT_PHASES: Final = ("header", "body", "send", "keepalive")
+# Waiting for a bot connection is normally 0; the edges reach upstream.queue_timeout's 5 s default.
+QUEUE_BUCKETS: Final = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
 def method_label(method: str) -> str:
@@ -94,6 +97,11 @@ class Metrics:
             "Time between consecutive requests of a session: which idle timeout fits the traffic.",
             IDLE_GAP_BUCKETS,
         )
+        self.upstream_queue = hot.histogram(
+            f"{PREFIX}_upstream_queue_seconds",
+            "Time a request waited for a connection to its bot replica (upstream.pool_size in use).",
+            QUEUE_BUCKETS,
+        )
         r.register(hot)  # after they exist: the registry learns every name from describe()
         self.upstream_errors = Counter(
             f"{PREFIX}_upstream_errors", "Failed upstream exchanges by reason.", ["reason"], registry=r
@@ -103,6 +111,21 @@ class Metrics:
             "Clients that went away before their response finished.",
             registry=r,
         )
+        self.connections_open = Gauge(
+            f"{PREFIX}_connections_open", "Client connections open on the proxy port.", registry=r
+        )
+        self.connections_rejected = Counter(
+            f"{PREFIX}_connections_rejected",
+            "Client connections refused with 503 at listen.max_connections.",
+            registry=r,
+        )
+        client_timeouts = Counter(
+            f"{PREFIX}_client_timeouts",
+            "Client connections ended by a listen.*_timeout, by what the gateway waited for.",
+            ["phase"],
+            registry=r,
+        )
+        self.client_timeouts = {phase: client_timeouts.labels(phase=phase) for phase in CLIENT_TIMEOUT_PHASES}
         self.streams_open = Gauge(
             f"{PREFIX}_streams_open", "Open long-lived streams by kind.", ["kind"], registry=r
         )

@@ -16,7 +16,15 @@ from yarl import URL
 
 from gateway.config import Config
 from gateway.cors import Cors
-from gateway.errors import BadRequest, BodyTooLarge, ReplicaUnavailable, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import (
+    BadRequest,
+    BodyTooLarge,
+    ClientFault,
+    ReplicaUnavailable,
+    UpstreamBusy,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from gateway.headers import (
     REQUEST_ONLY_DROP,
     WEBSOCKET_HANDSHAKE,
@@ -29,7 +37,7 @@ from gateway.headers import (
 from gateway.messages import Incoming, NewStream, Outgoing, Whole
 from gateway.metrics import Metrics
 from gateway.sessions import LOGOUT, SessionManager, Turn, short_id
-from gateway.upstream_client import Pool, Response, UpstreamConnectError
+from gateway.upstream_client import Pool, PoolBusy, Response, UpstreamConnectError
 from gateway.upstreams import Replica
 from gateway.websocket import proxy_websocket
 
@@ -37,8 +45,8 @@ log = logging.getLogger("gateway")
 access_log = logging.getLogger("gateway.access")
 
 SSE_TYPE = "text/event-stream"
-SMALL_BODY = 64 * 1024  # bytes; a known-length body up to this is sent in one write with its head
-Upstream = aiohttp.ClientResponse | Response  # aiohttp's for HEAD, ours for the rest
+SMALL_BODY = 64 * 1024  # bytes; a known-length response body up to this is read whole, then sent with its head
+Upstream = Response
 _COOKIE = frozenset({hdrs.COOKIE})  # rebuilt by the session layer: merged, session set, gateway's own removed
 
 
@@ -82,19 +90,21 @@ class Streams:
         )
 
 
-def build_pool(config: Config) -> Pool:
-    """The pooled upstream client the proxy path uses."""
+def build_pool(config: Config, metrics: Metrics) -> Pool:
+    """The proxy's one upstream HTTP client."""
     up = config.upstream
     return Pool(
         limit=up.pool_size,
         keepalive_timeout=up.keepalive_timeout,
         connect_timeout=up.connect_timeout,
         read_timeout=up.read_timeout,
+        queue_timeout=up.queue_timeout,
+        on_wait=metrics.upstream_queue.observe,
     )
 
 
 def build_client(config: Config) -> aiohttp.ClientSession:
-    """The one pooled upstream client of the process."""
+    """aiohttp's client, for WebSocket upgrades and the readiness probe only."""
     up = config.upstream
     connector = aiohttp.TCPConnector(limit=up.pool_size, keepalive_timeout=up.keepalive_timeout)
     return aiohttp.ClientSession(
@@ -126,8 +136,9 @@ class Proxy:
     ) -> None:
         self.upstreams = sessions.upstreams
         self.config = config
-        self.client = client  # aiohttp's: WebSocket upgrades and HEAD
+        self.client = client  # aiohttp's: WebSocket upgrades
         self.pool = pool  # ours: everything else (see upstream_client.py for why)
+        self._buffer = config.upstream.buffer_request_body
         self.metrics = metrics
         self.streams = streams
         self.sessions = sessions
@@ -247,22 +258,10 @@ class Proxy:
             replica.requests_metric.inc()
             headers = self.upstream_headers(request, turn)
             try:
-                upstream: Upstream
-                if request.method == hdrs.METH_HEAD:
-                    # aiohttp's client knows a HEAD response has no body whatever its Content-Length.
-                    # A HEAD's own content (RFC 9110 §9.3.2) goes on too: its Content-Length does.
-                    upstream = await self.client.request(
-                        request.method,
-                        self._url(turn),
-                        headers=headers,
-                        data=await self._request_body(request, exchange),
-                        allow_redirects=False,
-                    )
-                else:
-                    body = await self._request_body(request, exchange)
-                    upstream = await self.pool.request(
-                        replica.origin, request.method, replica.prefix + turn.carried.target, headers, body
-                    )
+                body = await self._request_body(request, exchange)
+                upstream = await self.pool.request(
+                    replica.origin, request.method, replica.prefix + turn.carried.target, headers, body
+                )
             except Exception as exc:
                 error = self._request_failure(exc, exchange, replica)
                 refused = isinstance(
@@ -284,11 +283,11 @@ class Proxy:
     async def _request_body(
         self, request: Incoming, exchange: Exchange
     ) -> bytes | AsyncIterator[bytes] | None:
-        """A small sized body whole (sent with the head in one write), anything else as a stream."""
+        """A body the front end read whole is sent with the head in one write; a larger one streams."""
         if not request.body_exists:
             return None
         length = request.content_length
-        if length is not None and length <= SMALL_BODY:
+        if length is not None and length <= self._buffer:
             try:
                 body: bytes = await request.content.readexactly(length)
             except (ConnectionError, asyncio.IncompleteReadError, aiohttp.ClientConnectionResetError):
@@ -312,7 +311,16 @@ class Proxy:
             raise
 
     def _request_failure(self, exc: BaseException, exchange: Exchange, replica: Replica) -> BaseException:
-        """Map a failed upstream request to the gateway error the client gets; count and log it once."""
+        """Map a failed upstream request to the gateway error the client gets; count and log it once.
+        A client's fault (a slow or oversized body, a client gone) and a full pool never count against
+        the replica: they do not mark it down, so no other user's session moves."""
+        if isinstance(exc, ClientFault):
+            return exc
+        if isinstance(exc, PoolBusy):
+            exchange.note = "upstream busy: no connection within upstream.queue_timeout"
+            return UpstreamBusy(
+                f"No connection to the bot became free within {self.config.upstream.queue_timeout:g} s."
+            )
         if exchange.body_too_large:
             return BodyTooLarge(f"The request body exceeds the limit of {self._max_body} bytes.")
         if exchange.client_gone:

@@ -3,8 +3,12 @@
 Why not aiohttp's client: measured on the proxy's path, aiohttp's ClientSession machinery was most of the
 plain proxy's per-request cost (about 165 of 217 µs, issue 6 and bench/). This client does only what a
 reverse proxy needs: keep-alive pooling, a streamed or one-write request, a streamed response with
-back-pressure, a connect timeout and an inactivity (read) timeout, and one retry of a request that met a
-stale pooled connection when that is safe. WebSocket upgrades and HEAD stay on aiohttp's client.
+back-pressure, a connect timeout, a bounded wait for a connection, an inactivity (read) timeout, and one
+retry of a request that met a stale pooled connection when that is safe. It is the proxy's one HTTP client,
+HEAD included; WebSocket upgrades stay on aiohttp's client.
+
+A pooled connection is trusted only while it is quiet: any byte or EOF from the bot between exchanges,
+or bytes after a complete response, closes it, so nothing a bot leaves behind reaches the next user.
 """
 
 from __future__ import annotations
@@ -13,18 +17,20 @@ import asyncio
 import collections
 import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.headers import encode_head
+from gateway.headers import content_length, encode_head
 
-HIGH_WATER: Final = 256 * 1024  # bytes of response body buffered before the upstream socket is paused
-LOW_WATER: Final = 64 * 1024
-IDEMPOTENT: Final = frozenset({"GET", "OPTIONS", "TRACE", "PUT", "DELETE"})
+# Bytes of response body buffered before the bot's socket is paused: with the client transport's own
+# 32 KiB (front_connection.py) a slow client holds at most ~64 KiB per connection (Envoy's edge: 32 KiB).
+HIGH_WATER: Final = 32 * 1024
+LOW_WATER: Final = 8 * 1024
+IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 class UpstreamConnectError(ConnectionError):
@@ -37,6 +43,14 @@ class UpstreamDisconnected(ConnectionError):
 
 class UpstreamProtocolError(Exception):
     """The upstream sent something that is not HTTP/1.1."""
+
+
+class PoolBusy(Exception):
+    """No connection to the origin became free within the queue timeout."""
+
+
+class _Stray(Exception):
+    """Raised in a parser callback: the bot sent a second message where none belongs."""
 
 
 class Origin:
@@ -150,7 +164,7 @@ class Response:
     @property
     def content_length(self) -> int | None:
         value = self.headers.get("Content-Length")
-        return int(value) if value is not None and value.isdigit() else None
+        return content_length(value) if value is not None else None  # llhttp judged the value
 
     def release(self) -> None:
         """Back to the pool if the body was read to its end on a keep-alive connection; else closed."""
@@ -175,6 +189,9 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.requests = 0
+        self.in_exchange = False  # a request is on this connection (from begin() to its release)
+        self.sending = False  # the request body is still being written: the bot's silence is expected
+        self._head_only = False  # the exchange is a HEAD: the response has no body whatever it declares
         self._parser = httptools.HttpResponseParser(self)
         self._drain: asyncio.Future[None] | None = None
         self._paused = False
@@ -206,10 +223,20 @@ class Connection(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
+        if not self.in_exchange or self.complete:
+            self.keep_alive = False  # stray bytes on an idle or answered connection: never reuse it
+            self.close()
+            return
         self.received = True
         self._last_activity = self.loop.time()
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError:
+            self.close()  # _Stray, or the end of a HEAD response's head: the exchange itself is complete
+        except httptools.HttpParserUpgrade:
+            # 101 to a request that asked for no upgrade (WebSocket handshakes go through aiohttp's client).
+            self._fail(UpstreamProtocolError("the upstream switched protocols unasked"))
+            self.close()
         except httptools.HttpParserError as exc:
             self._fail(UpstreamProtocolError(f"invalid HTTP from the upstream: {exc}"))
             self.close()
@@ -219,6 +246,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.keep_alive = False
         self._cancel_timer()
         if self._drain is not None and not self._drain.done():
             self._drain.set_exception(UpstreamDisconnected("the upstream closed the connection"))
@@ -251,8 +279,15 @@ class Connection(asyncio.Protocol):
             (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
         )
 
+    def on_message_begin(self) -> None:
+        if self.complete:
+            self.keep_alive = False
+            raise _Stray()  # a second response where one was due: the bot's stray bytes stop here
+
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
+        if status == 101:
+            return  # llhttp stops at an upgrade: data_received fails the exchange
         if status < 200:
             self._headers, self._reason = [], ""  # 1xx (103 Early Hints): the real response follows
             return
@@ -266,6 +301,13 @@ class Connection(asyncio.Protocol):
         )
         if not self.head.done():
             self.head.set_result((status, self._reason, headers))
+        if self._head_only:
+            # httptools cannot be told that a HEAD response has no body, so the exchange ends at its head
+            # and the connection with it (HEAD is rare on a bot's path: a new connection is cheap enough).
+            self.keep_alive = False
+            self.complete = True
+            self.body.feed_eof()
+            raise _Stray()
 
     def on_body(self, data: bytes) -> None:
         self.body.feed(data)
@@ -285,10 +327,12 @@ class Connection(asyncio.Protocol):
         else:
             self.body.set_exception(exc)
 
-    def begin(self) -> None:
+    def begin(self, head_only: bool = False) -> None:
         """Prepare for the next request on this connection."""
         self.requests += 1
         self._reset()
+        self.in_exchange = True
+        self._head_only = head_only
         if self._timer is None:
             self._arm()
 
@@ -302,7 +346,7 @@ class Connection(asyncio.Protocol):
         if self.complete or self.closed:
             self._timer = None  # idle or gone: the next exchange arms a new one
             return
-        if self._reading_paused:  # our own client is slow: not the upstream's silence
+        if self._reading_paused or self.sending:  # our client is slow to read or to send: not the bot's silence
             self._last_activity = self.loop.time()
         if self.loop.time() - self._last_activity >= self._read_timeout:
             self._fail(TimeoutError())
@@ -347,9 +391,18 @@ class Pool:
     """Keep-alive connections per origin, at most `limit` per origin at once (others queue)."""
 
     def __init__(
-        self, *, limit: int, keepalive_timeout: float, connect_timeout: float, read_timeout: float
+        self,
+        *,
+        limit: int,
+        keepalive_timeout: float,
+        connect_timeout: float,
+        read_timeout: float,
+        queue_timeout: float = 5.0,
+        on_wait: Callable[[float], None] | None = None,
     ) -> None:
         self._limit = limit
+        self._queue_timeout = queue_timeout
+        self._on_wait = on_wait  # observes how long each request waited for a connection
         self._keepalive = keepalive_timeout
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
@@ -386,6 +439,7 @@ class Pool:
         return conn, False
 
     def release(self, conn: Connection) -> None:
+        conn.in_exchange = False
         self._busy.discard(conn)
         self._slots[conn.origin_key].release()
         if self._closing or conn.closed or not conn.complete or not conn.keep_alive or not conn.body.at_eof:
@@ -412,7 +466,20 @@ class Pool:
         slots = self._slots.get(origin.key)
         if slots is None:
             slots = self._slots[origin.key] = asyncio.Semaphore(self._limit)
-        await slots.acquire()
+        if slots.locked():
+            # Only a request that must wait pays for a timer (asyncio.timeout arms one).
+            started = asyncio.get_running_loop().time()
+            try:
+                async with asyncio.timeout(self._queue_timeout):
+                    await slots.acquire()
+            except TimeoutError:
+                raise PoolBusy(f"no connection to {origin.host_header} within {self._queue_timeout:g}s") from None
+            waited = asyncio.get_running_loop().time() - started
+        else:
+            await slots.acquire()  # free: returns at once, without suspending
+            waited = 0.0
+        if self._on_wait is not None:
+            self._on_wait(waited)
         try:
             return await self._exchange(origin, method, target, headers, body)
         except BaseException:
@@ -438,7 +505,7 @@ class Pool:
         retry_safe = method in IDEMPOTENT and not streamed
         for attempt in (1, 2):
             conn, reused = await self._acquire(origin)
-            conn.begin()
+            conn.begin(head_only=method == "HEAD")
             self._busy.add(conn)
             writer: asyncio.Task[None] | None = None
             try:
@@ -475,13 +542,17 @@ class Pool:
 
 
 async def _write_body(conn: Connection, body: AsyncIterator[bytes], chunked: bool) -> None:
-    async for chunk in body:
-        if not chunk:
-            continue
-        conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
-        await conn.drain()
-    if chunked:
-        conn.write(b"0\r\n\r\n")
+    conn.sending = True
+    try:
+        async for chunk in body:
+            if not chunk:
+                continue
+            conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+            await conn.drain()
+        if chunked:
+            conn.write(b"0\r\n\r\n")
+    finally:
+        conn.sending = False
 
 
 async def _head_or_writer_failure(

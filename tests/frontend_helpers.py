@@ -13,7 +13,8 @@ from conftest import LOOPBACK, Gateway, StartGateway, StartReference, wait
 from multidict import CIMultiDict
 
 from gateway.config import Config
-from gateway.frontend import FastConnection, FrontEnd
+from gateway.front_connection import HttpConnection
+from gateway.frontend import FrontEnd
 
 MiB = 1024 * 1024
 
@@ -152,6 +153,6 @@ def handed_over(gw: Gateway) -> int:
     return len(front_end(gw).fallback.connections)
 
 
-def only_fast_connection(gw: Gateway) -> FastConnection:
+def only_fast_connection(gw: Gateway) -> HttpConnection:
     (conn,) = front_end(gw).connections
     return conn
