@@ -28,6 +28,8 @@ class AffinitySigner:
 
     def verify(self, value: str, session_id: str) -> str | None:
         """The replica named by a valid value, else None."""
+        if not value.isascii():  # not ours (we sign in ASCII), and hmac would refuse to compare it
+            return None
         replica, sep, mac = value.rpartition(".")
         if not sep or not replica:
             return None

@@ -38,7 +38,10 @@ def validate_id(value: str, where: str, max_length: int) -> str:
     """A session id as presented; 400 bad_session_header when it cannot be one."""
     if not value:
         raise BadSessionCarrier(f"The session id in the {where} is empty.")
-    if len(value) > max_length or (not value.isascii() and len(value.encode()) > max_length):
+    # surrogateescape: header bytes that are not UTF-8 arrive as surrogates (both parsers decode so)
+    if len(value) > max_length or (
+        not value.isascii() and len(value.encode("utf-8", "surrogateescape")) > max_length
+    ):
         raise BadSessionCarrier(f"The session id in the {where} is longer than {max_length} bytes.")
     if not COOKIE_OCTETS.fullmatch(value):
         if CONTROL.search(value):

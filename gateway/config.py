@@ -82,7 +82,9 @@ class ListenConfig:
         for key in ("header_timeout", "body_timeout", "keepalive_timeout", "send_timeout", "max_connections"):
             _positive(f"listen.{key}", getattr(self, key))
         if self.max_inflight < 0:
-            raise ConfigError("listen.max_inflight", f"expected 0 (no limit) or more, got {self.max_inflight}")
+            raise ConfigError(
+                "listen.max_inflight", f"expected 0 (no limit) or more, got {self.max_inflight}"
+            )
         _positive("listen.backlog", self.backlog)
         _positive("listen.shutdown_timeout", self.shutdown_timeout)
         _positive("listen.max_field_size", self.max_field_size)

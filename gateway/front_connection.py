@@ -182,10 +182,11 @@ class HttpConnection(asyncio.Protocol):
         if not self._in_head:  # llhttp reports a chunked body's trailer fields here
             raise self._refusing(BadRequest("Trailer fields after a chunked body are not accepted."))
         front = self._front
-        if len(name) + len(value) > front.max_field_size or len(self._fields) >= front.max_headers:
+        limit = front.max_field_size  # per name and per value, as aiohttp's server judged them
+        if len(name) > limit or len(value) > limit or len(self._fields) >= front.max_headers:
             raise self._refusing(
                 HeadersTooLarge(
-                    f"The request has a header over {front.max_field_size} bytes or over "
+                    f"The request has a header name or value over {limit} bytes or over "
                     f"{front.max_headers} headers."
                 )
             )
@@ -276,7 +277,9 @@ class HttpConnection(asyncio.Protocol):
             return
         self._stopped = True
         self._pause(_STOPPED)
-        log.info("refused a request from %s: %s %s", self.remote, error.status, error.code)
+        log.info(
+            "refused a request from %s: %s %s (%s)", self.remote, error.status, error.code, error.message
+        )
         request = self._parsing
         if request is not None and request.content.streaming:
             request.content.fail(error)  # the request is being served: its reader gets the error
@@ -354,8 +357,10 @@ class HttpConnection(asyncio.Protocol):
         self._task = self._front.loop.create_task(work)  # type: ignore[arg-type]
 
     async def _answer(self, request: Request, error: GatewayError) -> None:
+        """The front end's own answer: a refusal (then the connection ends) or load shed."""
         if request.refusal is not None:
             self.closing = True
+        self._front.metrics.count_request(request.method or "other", error.status)
         try:
             await self._write_whole(request, error_whole(error))
         except (ConnectionError, asyncio.CancelledError):
@@ -505,7 +510,9 @@ class HttpConnection(asyncio.Protocol):
             self._close()
         elif phase == HEAD and waited > front.header_timeout:
             front.timed_out("header", self.remote)
-            self._refuse(RequestTimeout(f"The request head did not arrive within {front.header_timeout:g} s."))
+            self._refuse(
+                RequestTimeout(f"The request head did not arrive within {front.header_timeout:g} s.")
+            )
             self._advance()
         elif phase == BODY and waited > front.body_timeout and not self.body_paused:
             front.timed_out("body", self.remote)

@@ -149,4 +149,3 @@ class Request:
         self.refusal: GatewayError | None = None  # answered with this error instead of being served
         self.expect_continue = False
         self.upgrade: bytes | None = None  # a WebSocket handshake: the bytes after its head, for aiohttp
-

@@ -32,7 +32,9 @@ from gateway.routes import LocalRoutes
 
 log = logging.getLogger("gateway")
 
-LINGER: Final = 2.0  # seconds the unread bytes of a closing connection are drained (nginx lingering_timeout: 5)
+LINGER: Final = (
+    2.0  # seconds the unread bytes of a closing connection are drained (nginx lingering_timeout: 5)
+)
 MAX_HEAD: Final = 64 * 1024  # bytes of request head, whatever the field limits add up to (nginx: 4 x 8 KiB)
 _REJECT_LOG_INTERVAL: Final = 10.0  # seconds between the log lines about refused connections
 
@@ -71,7 +73,9 @@ class FrontEnd:
         self.linger = min(LINGER, listen.header_timeout)
         shortest = min(self.header_timeout, self.body_timeout, self.keepalive_timeout, self.send_timeout)
         self.tick = min(1.0, shortest / 4)
-        self.too_many = TooManyConnections("The gateway has as many connections as it accepts; retry shortly.")
+        self.too_many = TooManyConnections(
+            "The gateway has as many connections as it accepts; retry shortly."
+        )
         self._rejected_since_log = 0
         self._reject_logged = 0.0
         self.metrics.connections_open.set_function(self.open_connections)
@@ -156,4 +160,3 @@ class GatewayRunner(web.AppRunner):
         # FrontEnd is no aiohttp Server but offers what runners and sites call on one: __call__,
         # pre_shutdown and shutdown.
         return cast(web.Server, FrontEnd(fallback, self.app))
-

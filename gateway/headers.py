@@ -142,4 +142,4 @@ def content_length(value: str) -> int | None:
     if not value.isdigit() or not value.isascii():
         return None
     digits = value.lstrip("0")
-    return int(digits) if len(digits) <= 20 else None
+    return int(digits or "0") if len(digits) <= 20 else None

@@ -45,7 +45,9 @@ log = logging.getLogger("gateway")
 access_log = logging.getLogger("gateway.access")
 
 SSE_TYPE = "text/event-stream"
-SMALL_BODY = 64 * 1024  # bytes; a known-length response body up to this is read whole, then sent with its head
+SMALL_BODY = (
+    64 * 1024
+)  # bytes; a known-length response body up to this is read whole, then sent with its head
 Upstream = Response
 _COOKIE = frozenset({hdrs.COOKIE})  # rebuilt by the session layer: merged, session set, gateway's own removed
 

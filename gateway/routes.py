@@ -34,7 +34,7 @@ class LocalRoutes:
     def match(self, request: Incoming) -> Route | None:
         if request.method not in _READ:
             return None
-        path = request.raw_path.split("?", 1)[0]
+        path = request.raw_path.split("?", 1)[0].split("#", 1)[0]
         if "%" in path:
             path = unquote(path)  # pages are matched on the decoded path
         page = self._exact.get(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import resource
 import signal
 from collections.abc import Awaitable, Callable
 
@@ -16,6 +17,21 @@ from gateway.frontend import GatewayRunner
 from gateway.listener import GatewaySite
 
 log = logging.getLogger("gateway")
+
+
+def raise_file_limit() -> int:
+    """Raise RLIMIT_NOFILE's soft limit to the hard one (each connection is a descriptor); the new soft limit.
+
+    Why: distributions start services with a soft limit of 1,024, which ~1,000 idle connections exhaust
+    long before listen.max_connections (10,000) is reached; nginx asks for the same with worker_rlimit_nofile."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft == hard:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        return soft
+    return hard
 
 
 def bound_addresses(runner: web.AppRunner) -> list[str]:
@@ -32,6 +48,13 @@ async def serve(
     app = app if app is not None else create_app(config)
     runner = GatewayRunner(app, shutdown_timeout=config.listen.shutdown_timeout)
     admin_runner = web.AppRunner(admin_app_for(app), access_log=None, shutdown_timeout=1.0)
+    files = raise_file_limit()
+    if files < config.listen.max_connections + 64:
+        log.warning(
+            "listen.max_connections is %d but only %d file descriptors may be open (RLIMIT_NOFILE)",
+            config.listen.max_connections,
+            files,
+        )
     await runner.setup()
     await admin_runner.setup()
     # Everything built so far lives as long as the process: imports, config, the app, the session store's
@@ -50,11 +73,14 @@ async def serve(
         await site.start()
         await web.TCPSite(admin_runner, config.admin.host, config.admin.port).start()
         log.info(
-            "listening: proxy %s, admin %s, upstream %s (event loop: %s)",
+            "listening: proxy %s, admin %s, upstream %s (event loop: %s; up to %d connections, %d file "
+            "descriptors)",
             " ".join(bound_addresses(runner)),
             " ".join(bound_addresses(admin_runner)),
             config.upstream.base,
             "uvloop, accepting in batches" if site.batched else type(loop).__module__.split(".")[0],
+            config.listen.max_connections,
+            files,
         )
         if on_started is not None:
             await on_started(runner, admin_runner)

@@ -346,7 +346,9 @@ class Connection(asyncio.Protocol):
         if self.complete or self.closed:
             self._timer = None  # idle or gone: the next exchange arms a new one
             return
-        if self._reading_paused or self.sending:  # our client is slow to read or to send: not the bot's silence
+        if (
+            self._reading_paused or self.sending
+        ):  # our client is slow to read or to send: not the bot's silence
             self._last_activity = self.loop.time()
         if self.loop.time() - self._last_activity >= self._read_timeout:
             self._fail(TimeoutError())
@@ -473,7 +475,9 @@ class Pool:
                 async with asyncio.timeout(self._queue_timeout):
                     await slots.acquire()
             except TimeoutError:
-                raise PoolBusy(f"no connection to {origin.host_header} within {self._queue_timeout:g}s") from None
+                raise PoolBusy(
+                    f"no connection to {origin.host_header} within {self._queue_timeout:g}s"
+                ) from None
             waited = asyncio.get_running_loop().time() - started
         else:
             await slots.acquire()  # free: returns at once, without suspending

@@ -232,21 +232,6 @@ async def start_gateway(aiohttp_client: Any) -> StartGateway:
     return start
 
 
-StartReference = Callable[[Config], Awaitable[int]]
-
-
-@pytest.fixture
-async def start_reference(aiohttp_server: Any) -> StartReference:
-    """start(config) -> the port of the same app on aiohttp's own server: the reference for the front end."""
-
-    async def start(config: Config) -> int:
-        server = await aiohttp_server(create_app(config, registry=CollectorRegistry()))
-        port: int = server.port
-        return port
-
-    return start
-
-
 # --- raw HTTP over a socket -----------------------------------------------------------------------------
 
 

@@ -9,10 +9,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import pytest
-from conftest import LOOPBACK, Gateway, StartGateway, StartReference, wait
+from conftest import LOOPBACK, Gateway, wait
 from multidict import CIMultiDict
 
-from gateway.config import Config
 from gateway.front_connection import HttpConnection
 from gateway.frontend import FrontEnd
 
@@ -119,20 +118,7 @@ def post(target: str, body: bytes, *extra: str) -> bytes:
     return "".join([head, *(f"{h}\r\n" for h in extra), "\r\n"]).encode() + body
 
 
-# --- the two lanes ----------------------------------------------------------------------------------------
-
-
-StartLanes = Callable[[Config], Awaitable[tuple[Gateway, int]]]
-
-
-@pytest.fixture
-def start_lanes(start_gateway: StartGateway, start_reference: StartReference) -> StartLanes:
-    """start(config) -> (the gateway, the port of the same app on aiohttp's own server), to compare lanes."""
-
-    async def start(config: Config) -> tuple[Gateway, int]:
-        return await start_gateway(config), await start_reference(config)
-
-    return start
+# --- the front end and its connections ---------------------------------------------------------------
 
 
 def front_end(gw: Gateway) -> FrontEnd:
@@ -143,16 +129,16 @@ def front_end(gw: Gateway) -> FrontEnd:
     return front
 
 
-def fast_connections(gw: Gateway) -> int:
-    """Client connections the fast lane serves now."""
+def front_connections(gw: Gateway) -> int:
+    """Client connections the front end serves now."""
     return len(front_end(gw).connections)
 
 
 def handed_over(gw: Gateway) -> int:
-    """Client connections aiohttp's server took over."""
+    """Client connections aiohttp's server took over (WebSocket handshakes)."""
     return len(front_end(gw).fallback.connections)
 
 
-def only_fast_connection(gw: Gateway) -> HttpConnection:
+def only_connection(gw: Gateway) -> HttpConnection:
     (conn,) = front_end(gw).connections
     return conn

@@ -13,15 +13,13 @@ import pytest
 from conftest import (
     Recorder,
     StartGateway,
-    StartReference,
     StartUpstream,
     make_config,
     raw_exchange,
 )
 from frontend_helpers import Connect, connect, get  # noqa: F401 - fixtures are used by name
-from multidict import CIMultiDict
 
-import gateway.frontend
+import gateway.front_connection
 from gateway.sessions import SessionManager
 
 SECRET = "SECRETVALUE123"
@@ -40,14 +38,14 @@ async def test_a_failure_while_writing_a_response_closes_the_connection_and_logs
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """FastConnection._serve's last `except Exception`: a bug while writing (here in _head) ends the
+    """HttpConnection._serve's last `except Exception`: a bug while writing (here in whole_bytes) ends the
     connection at once instead of leaving the client waiting, and logs one line with the path redacted."""
 
-    def broken_head(status: int, reason: str, headers: CIMultiDict[str], close: bool) -> NoReturn:
+    def broken_whole(*args: object) -> NoReturn:
         raise TypeError("boom")
 
     gw = await start_gateway(make_config(await start_upstream(Recorder().app())))
-    monkeypatch.setattr(gateway.frontend, "_head", broken_head)
+    monkeypatch.setattr(gateway.front_connection, "whole_bytes", broken_whole)
     conn = await connect(gw.port)
     await conn.send(get(TARGET))
     async with asyncio.timeout(2):  # a regression leaves the connection open: this times out
@@ -58,23 +56,20 @@ async def test_a_failure_while_writing_a_response_closes_the_connection_and_logs
     assert SECRET not in caplog.text
 
 
-@pytest.mark.parametrize("lane", ["fast", "aiohttp"])
 async def test_an_unexpected_exception_is_a_json_500_logged_without_the_session_id(
     start_upstream: StartUpstream,
     start_gateway: StartGateway,
-    start_reference: StartReference,
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
-    lane: str,
 ) -> None:
-    """unexpected_error in both lanes (_serve for the fast one, error_middleware for aiohttp's): a generic
-    internal_error body for the client, one "unhandled error" line with redact_path's masked path."""
+    """unexpected_error in HttpConnection._serve: a generic internal_error body for the client, one
+    "unhandled error" line with redact_path's masked path."""
 
     async def broken_prepare(*args: object, **kwargs: object) -> NoReturn:
         raise ZeroDivisionError("a bug of ours")
 
     config = make_config(await start_upstream(Recorder().app()))
-    port = (await start_gateway(config)).port if lane == "fast" else await start_reference(config)
+    port = (await start_gateway(config)).port
     monkeypatch.setattr(SessionManager, "prepare", broken_prepare)
 
     got = await raw_exchange(port, get(TARGET, "Connection: close"))

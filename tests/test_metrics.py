@@ -25,6 +25,7 @@ LABEL_VALUES = {
     "carrier": set(m.CARRIERS),
     "kind": set(m.STREAM_KINDS),
     "op": set(m.STORE_OPS),
+    "phase": set(m.CLIENT_TIMEOUT_PHASES),
     "method": set(m.METHODS),
     "replica": {"default"},
     "version": {__version__},
