@@ -52,10 +52,15 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
 
 @contextmanager
 def process(
-    args: list[str], port: int, env: dict[str, str] | None = None, *, timeout: float = 15.0
+    args: list[str],
+    port: int,
+    env: dict[str, str] | None = None,
+    *,
+    timeout: float = 15.0,
+    cwd: Path = ROOT,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A process started, listening on `port` within `timeout` seconds, and stopped (SIGTERM, then SIGKILL)."""
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cwd)
     try:
         wait_port(port, timeout)
         yield proc

@@ -81,14 +81,18 @@ class HttpConnection(asyncio.Protocol):
         self._in_head = False
         self._url = b""
         self._fields: list[tuple[str, str]] = []
-        self._head_bytes = 0
+        self._head_bytes = 0  # bytes read while a head was incomplete (what a parser buffers in the meantime)
+        self._head_size = 0  # the head's target and fields so far
+        self._fresh = True  # no byte has arrived yet
         self._paused = 0
         self._stopped = False
         self._writing_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self.closing = False  # the connection ends after the response being written
         self.closed = False
-        self.phase = IDLE
+        # A new connection waits for its first head, so listen.header_timeout applies to it from the start
+        # (nginx's client_header_timeout does the same); keepalive_timeout is for between requests.
+        self.phase = HEAD
         self.since = front.now  # when the current phase began (or, for BODY, the last byte arrived)
         self.send_since = 0.0  # when writing last stalled; 0 while the client reads
         self.send_backlog = 0  # bytes then waiting in the transport
@@ -114,11 +118,15 @@ class HttpConnection(asyncio.Protocol):
         if self._stopped:
             return  # a refusal is being answered, or lingering: what follows is not read
         phase = self.phase
-        if phase == IDLE:
+        if phase == IDLE or self._fresh:  # the head's time counts from its first byte
             self.phase, self.since = HEAD, self._front.now
+            self._fresh = False
         elif phase == BODY:
             self.since = self._front.now
-        self._feed(data)
+        try:
+            self._parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._parse_error(exc, data)
         if self._in_head and not self._stopped:
             self._head_bytes += len(data)  # only reads that did not complete a head: bodies never count
             if self._head_bytes > self._front.max_head:
@@ -128,13 +136,19 @@ class HttpConnection(asyncio.Protocol):
     def _feed(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._parse_error(exc, data)
+
+    def _parse_error(self, exc: Exception, data: bytes) -> None:
+        if isinstance(exc, httptools.HttpParserUpgrade):
             self._upgraded(data[cast(int, exc.args[0]) :])
-        except httptools.HttpParserCallbackError as exc:
+        elif isinstance(exc, httptools.HttpParserCallbackError):
             if not self._stopped:  # a bug of ours in a callback, not a refusal
                 log.error("failed to parse a request", exc_info=exc.__context__)
                 self._refuse(GatewayError("The gateway failed to read the request."))
-        except httptools.HttpParserError as exc:
+        elif str(exc) == "Invalid HTTP version":  # llhttp's words for HTTP/1.2, HTTP/3.0...
+            self._refuse(VersionNotSupported("Only HTTP/1.0 and HTTP/1.1 are served."))
+        else:
             self._refuse(BadRequest(f"The request is not valid HTTP/1.1 ({exc})."))
 
     def eof_received(self) -> bool | None:
@@ -167,14 +181,13 @@ class HttpConnection(asyncio.Protocol):
 
     # -- httptools callbacks -----------------------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._in_head = True
-        self._url = b""
-        self._fields = []
-        self._head_bytes = 0
+    # No on_message_begin: a callback fewer per request. on_url comes first in every request; the head's
+    # state is reset in on_headers_complete, once used.
 
     def on_url(self, url: bytes) -> None:
+        self._in_head = True
         self._url += url
+        self._head_size = len(self._url)
         if len(self._url) > MAX_REQUEST_LINE:
             raise self._refusing(UriTooLong(f"The request target is longer than {MAX_REQUEST_LINE} bytes."))
 
@@ -183,11 +196,17 @@ class HttpConnection(asyncio.Protocol):
             raise self._refusing(BadRequest("Trailer fields after a chunked body are not accepted."))
         front = self._front
         limit = front.max_field_size  # per name and per value, as aiohttp's server judged them
-        if len(name) > limit or len(value) > limit or len(self._fields) >= front.max_headers:
+        size = len(name) + len(value)
+        self._head_size += size + 4
+        if (
+            (size > limit and (len(name) > limit or len(value) > limit))
+            or len(self._fields) >= front.max_headers
+            or self._head_size > front.max_head
+        ):
             raise self._refusing(
                 HeadersTooLarge(
-                    f"The request has a header name or value over {limit} bytes or over "
-                    f"{front.max_headers} headers."
+                    f"The request has a header name or value over {limit} bytes, over "
+                    f"{front.max_headers} headers, or a head over {front.max_head} bytes."
                 )
             )
         # rstrip: llhttp keeps a value's trailing whitespace (RFC 9110 §5.5 excludes it from the value).
@@ -197,6 +216,7 @@ class HttpConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._head_bytes = 0
         parser = self._parser
         fields = CIMultiDict(self._fields)
         length = fields.get("Content-Length")
@@ -212,6 +232,7 @@ class HttpConnection(asyncio.Protocol):
             chunked or bool(declared),
             not parser.should_keep_alive(),
         )
+        self._url, self._fields = b"", []
         self._queue.append(request)
         self._parsing = request
         refusal = self._judge(request, fields)
@@ -308,16 +329,27 @@ class HttpConnection(asyncio.Protocol):
 
     def _advance(self) -> None:
         """Serve the next request once it may be served, answer a refusal, or go idle."""
-        if self._task is not None or self.closed:
-            if self._queue and self._task is not None:
+        if self._task is not None:
+            if self._queue:
                 self._pause(_PIPELINED)
             return
-        if not self._queue:
+        if not self._queue or self.closed:
             if self.phase == BUSY:
                 self.phase, self.since = (HEAD if self._in_head else IDLE), self._front.now
             return
         request = self._queue[0]
         front = self._front
+        body = request.content
+        if body.complete and request.refusal is None and request.upgrade is None and not front.max_inflight:
+            # The common case, kept to the fewest steps: a request read whole (a chat turn).
+            self._queue.popleft()
+            if request.body_exists:
+                request.content_length = body.received  # sent upstream with its length, even if chunked
+            self.phase = BUSY
+            self._serving = request
+            front.inflight += 1
+            self._task = front.loop.create_task(self._serve(request))
+            return
         if request.refusal is not None:
             self._queue.clear()
             self._start(request, self._answer(request, request.refusal))
@@ -326,20 +358,19 @@ class HttpConnection(asyncio.Protocol):
             self._queue.popleft()
             front.hand_over(self, request)
             return
-        body = request.content
-        if request.body_exists and not body.complete:
+        if not body.complete:
             declared = request.content_length
+            self._continue(request)
             if (declared is None or declared <= front.buffer_body) and body.received <= front.buffer_body:
-                self._continue(request)
                 self.phase = BODY
                 return  # read whole before it is served: a slow uploader holds no bot connection
-            self._continue(request)
             body.streaming = True
         elif request.body_exists:
-            request.content_length = body.received  # whole: sent upstream with its length, even if chunked
-        self._queue.popleft()
-        if body.complete:
+            request.content_length = body.received
             self.phase = BUSY
+        else:
+            self.phase = BUSY
+        self._queue.popleft()
         if front.max_inflight and front.inflight >= front.max_inflight:
             busy = UpstreamBusy("The gateway is serving as many requests as it may; retry shortly.")
             self._start(request, self._answer(request, busy))
@@ -372,13 +403,21 @@ class HttpConnection(asyncio.Protocol):
         front = self._front
         try:
             try:
-                response = await front.respond(request, self._new_stream)
+                route = front.routes.match(request) if front.routes.may_match(request.raw_path) else None
+                page = None if route is None else await route(request)
+                response: web.StreamResponse | Outgoing | Whole = (
+                    page if page is not None else await front.proxy.handle(request, self._new_stream)
+                )
             except GatewayError as exc:
                 response = error_whole(exc)
             except Exception:
                 response = unexpected_error(request.method, request.raw_path)
             if isinstance(response, Whole | web.Response):
-                await self._write_whole(request, response)
+                if front.cors.enabled:
+                    await self.decorate(request, response)
+                self.send(whole_bytes(request, response, self.last_response(request)))
+                if self._writing_paused:
+                    await self.drain()  # a client that pipelines and never reads must not grow our buffers
             elif isinstance(response, StreamWriter) and not response.prepared:
                 self.closing = True  # a stream that never started (its client left): nothing more to say
         except asyncio.CancelledError:
@@ -396,14 +435,16 @@ class HttpConnection(asyncio.Protocol):
     def _done(self, request: Request) -> None:
         self._task = None
         self._serving = None
-        self._front.inflight -= 1
+        front = self._front
+        front.inflight -= 1
         if self.closed:
             return
-        if self.last_response(request):
-            self._close()
+        if self.closing or front.closing or request.close or not request.content.complete or request.refusal:
+            self._close()  # the last response (last_response() said so in its head)
             return
-        self._resume(_PIPELINED)
-        self.phase, self.since = BUSY, self._front.now
+        if self._paused & _PIPELINED:
+            self._resume(_PIPELINED)
+        self.phase, self.since = BUSY, front.now
         self._advance()
 
     async def _write_whole(self, request: Request, response: Whole | web.Response) -> None:
@@ -510,6 +551,9 @@ class HttpConnection(asyncio.Protocol):
             self._close()
         elif phase == HEAD and waited > front.header_timeout:
             front.timed_out("header", self.remote)
+            if self._fresh:
+                self._close()  # connected and never said a word: nothing to answer (nginx closes too)
+                return
             self._refuse(
                 RequestTimeout(f"The request head did not arrive within {front.header_timeout:g} s.")
             )

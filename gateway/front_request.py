@@ -29,7 +29,7 @@ class RequestBody:
 
     __slots__ = ("_chunks", "_conn", "_exc", "_size", "_waiter", "complete", "received", "streaming")
 
-    def __init__(self, conn: HttpConnection) -> None:
+    def __init__(self, conn: HttpConnection | None) -> None:
         self._conn = conn
         self._chunks: collections.deque[bytes] = collections.deque()
         self._size = 0  # bytes buffered now
@@ -43,13 +43,15 @@ class RequestBody:
         self._chunks.append(data)
         self._size += len(data)
         self.received += len(data)
-        if self.streaming and self._size > HIGH_WATER:
-            self._conn.pause_for_body()
-        self._wake()
+        if self.streaming:
+            if self._size > HIGH_WATER and self._conn is not None:
+                self._conn.pause_for_body()
+            self._wake()
 
     def finish(self) -> None:
         self.complete = True
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     def fail(self, exc: BaseException) -> None:
         """The body cannot be had: its reader gets `exc` (a timeout, a limit, a malformed chunk)."""
@@ -82,7 +84,7 @@ class RequestBody:
                 self._waiter = None
         data = self._chunks.popleft()
         self._size -= len(data)
-        if self._size < LOW_WATER:
+        if self._size < LOW_WATER and self._conn is not None:
             self._conn.resume_for_body()
         return data
 
@@ -102,6 +104,10 @@ class RequestBody:
     async def iter_any(self) -> AsyncIterator[bytes]:
         while data := await self.read():
             yield data
+
+
+NO_BODY: Final = RequestBody(None)  # shared by requests without a body: complete, and never fed
+NO_BODY.complete = True
 
 
 class Request:
@@ -143,7 +149,7 @@ class Request:
         self.content_length = content_length  # declared; set to the size read once a body is read whole
         self.body_exists = body_exists
         self.close = close  # the client asked for the connection to end after this exchange
-        self.content = RequestBody(conn)
+        self.content = RequestBody(conn) if body_exists else NO_BODY
         self.remote = conn.remote
         self.transport: asyncio.Transport | None = conn.transport
         self.refusal: GatewayError | None = None  # answered with this error instead of being served

@@ -25,7 +25,7 @@ from gateway.cors import Cors
 from gateway.errors import TooManyConnections
 from gateway.front_connection import HttpConnection
 from gateway.front_request import Request
-from gateway.messages import NewStream, Outgoing, Whole
+from gateway.messages import Outgoing, Whole
 from gateway.metrics import Metrics
 from gateway.proxy import Proxy
 from gateway.routes import LocalRoutes
@@ -87,15 +87,6 @@ class FrontEnd:
     def open_connections(self) -> int:
         """Client connections on the proxy port, ours and those aiohttp's server took over."""
         return len(self.connections) + len(self.fallback.connections)
-
-    async def respond(self, request: Request, new_stream: NewStream) -> Response:
-        """The gateway's own routes (the JS client, the demo widget) or the proxy."""
-        route = self.routes.match(request)
-        if route is not None:
-            answer = await route(request)
-            if answer is not None:
-                return answer
-        return await self.proxy.handle(request, new_stream)
 
     def hand_over(self, conn: HttpConnection, request: Request) -> None:
         """Give a WebSocket handshake's connection, its head replayed, to aiohttp's server."""

@@ -138,6 +138,8 @@ def content_length(value: str) -> int | None:
     """A Content-Length value by llhttp's rules (digits, at most 2**64 - 1) as a number; None if invalid.
 
     Not int() on the raw text: "0000…01" is valid, and int() refuses more than 4,300 digits."""
+    if len(value) < 19 and value.isdigit():  # the usual spelling: at most 18 digits, so a plain int()
+        return int(value)
     value = value.strip(" \t")
     if not value.isdigit() or not value.isascii():
         return None

@@ -369,6 +369,10 @@ class Proxy:
         is_sse = upstream.headers.get(hdrs.CONTENT_TYPE, "").startswith(SSE_TYPE)
         # RFC 9110 §8.6: a 304 may carry the Content-Length of the 200 it stands for; no body follows it.
         length = upstream.content_length if upstream.status not in (204, 304) else None
+        if length is not None:
+            # The value as parsed, never the bot's spelling: "000…03" is valid, but a client or a proxy in
+            # front of us may read it with int(), which refuses more than 4,300 digits.
+            headers[hdrs.CONTENT_LENGTH] = str(length)
         if not is_sse and length is not None and length <= SMALL_BODY and request.method != hdrs.METH_HEAD:
             # A chat turn's JSON: read it whole and send head and body in one write (measured: the
             # separate header write was ~10% of the per-request cost). Long or unsized bodies stream.

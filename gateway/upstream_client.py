@@ -475,6 +475,8 @@ class Pool:
                 async with asyncio.timeout(self._queue_timeout):
                     await slots.acquire()
             except TimeoutError:
+                if self._on_wait is not None:
+                    self._on_wait(self._queue_timeout)  # saturation shows in the histogram too
                 raise PoolBusy(
                     f"no connection to {origin.host_header} within {self._queue_timeout:g}s"
                 ) from None

@@ -15,7 +15,7 @@ from conftest_tools import REPO
 DASHBOARD = REPO / "deploy" / "grafana" / "session-gateway.json"
 DATASOURCE = "${datasource}"
 
-# Every metric the dashboard must show (issue 4, and the Redis store's), recorded or raw.
+# Every metric the dashboard must show (issue 4, the Redis store's, and issue 16's edge), recorded or raw.
 SHOWN = [
     "session_gateway_sessions_active{",
     "session_gateway_sessions_active_max",
@@ -40,6 +40,11 @@ SHOWN = [
     "session_gateway_expiry_sweep_last_timestamp_seconds",
     "session_gateway_store_up",
     "session_gateway_store_errors_total",
+    "session_gateway_connections_open",
+    "session_gateway_connections_rejected_total",
+    "session_gateway_client_timeouts:rate5m",
+    "session_gateway_upstream_queue_seconds_bucket",
+    'code="503"',
 ]
 
 

@@ -24,6 +24,7 @@ KNOWN_LABEL_VALUES = {
     "carrier": set(gateway_metrics.CARRIERS),
     "kind": set(gateway_metrics.STREAM_KINDS),
     "op": set(gateway_metrics.STORE_OPS),
+    "phase": set(gateway_metrics.CLIENT_TIMEOUT_PHASES),
 }
 
 
@@ -64,7 +65,9 @@ def test_queries_use_only_existing_metrics() -> None:
 
 def test_queries_use_known_label_values() -> None:
     for where, expr in all_queries():
-        for label, _, values in re.findall(r'\b(reason|carrier|kind|op)\s*(=~|=)\s*"([^"]*)"', expr):
+        for label, _, values in re.findall(
+            r'\b(reason|carrier|kind|op|phase)\s*(=~|=|!=|!~)\s*"([^"]*)"', expr
+        ):
             unknown = set(values.split("|")) - KNOWN_LABEL_VALUES[label]
             assert not unknown, f"{where}: {label} values {sorted(unknown)} are not in gateway/metrics.py"
 

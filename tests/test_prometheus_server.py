@@ -54,6 +54,9 @@ EMPTY = {
     "rule SessionGatewayStoreDown": "the memory store is always up",
     "rule SessionGatewayStoreErrors": "the memory store never fails",
     "rule SessionGatewayTargetDown": "the gateway answers every scrape",
+    "rule SessionGatewayUpstreamBusy": "every request gets a bot connection at once",
+    "rule SessionGatewayClientTimeouts": "every client sends and reads promptly",
+    "rule SessionGatewayConnectionsRejected": "a handful of connections, far under listen.max_connections",
 }
 
 
