@@ -82,7 +82,7 @@ class HttpConnection(asyncio.Protocol):
         self._url = b""
         self._fields: list[tuple[str, str]] = []
         self._head_bytes = 0  # bytes read while a head was incomplete (what a parser buffers in the meantime)
-        self._head_size = 0  # the head's target and fields so far
+        self._read = 0  # bytes of the read being parsed
         self._fresh = True  # no byte has arrived yet
         self._paused = 0
         self._stopped = False
@@ -123,12 +123,13 @@ class HttpConnection(asyncio.Protocol):
             self._fresh = False
         elif phase == BODY:
             self.since = self._front.now
+        self._read = len(data)
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             self._parse_error(exc, data)
         if self._in_head and not self._stopped:
-            self._head_bytes += len(data)  # only reads that did not complete a head: bodies never count
+            self._head_bytes += self._read  # only reads that did not complete a head: bodies never count
             if self._head_bytes > self._front.max_head:
                 self._refuse(HeadersTooLarge("The request head is larger than the gateway accepts."))
         self._advance()
@@ -187,28 +188,12 @@ class HttpConnection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self._in_head = True
         self._url += url
-        self._head_size = len(self._url)
         if len(self._url) > MAX_REQUEST_LINE:
             raise self._refusing(UriTooLong(f"The request target is longer than {MAX_REQUEST_LINE} bytes."))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._in_head:  # llhttp reports a chunked body's trailer fields here
             raise self._refusing(BadRequest("Trailer fields after a chunked body are not accepted."))
-        front = self._front
-        limit = front.max_field_size  # per name and per value, as aiohttp's server judged them
-        size = len(name) + len(value)
-        self._head_size += size + 4
-        if (
-            (size > limit and (len(name) > limit or len(value) > limit))
-            or len(self._fields) >= front.max_headers
-            or self._head_size > front.max_head
-        ):
-            raise self._refusing(
-                HeadersTooLarge(
-                    f"The request has a header name or value over {limit} bytes, over "
-                    f"{front.max_headers} headers, or a head over {front.max_head} bytes."
-                )
-            )
         # rstrip: llhttp keeps a value's trailing whitespace (RFC 9110 §5.5 excludes it from the value).
         self._fields.append(
             (name.decode("utf-8", "surrogateescape"), value.rstrip(b" \t").decode("utf-8", "surrogateescape"))
@@ -216,6 +201,11 @@ class HttpConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        front = self._front
+        # No field can be over a limit when all the reads that held the head are shorter than it (the usual
+        # head comes in one read): the fields are measured one by one only otherwise.
+        if self._head_bytes + self._read > front.small_head or len(self._fields) > front.max_headers:
+            self._measure_head()
         self._head_bytes = 0
         parser = self._parser
         fields = CIMultiDict(self._fields)
@@ -258,6 +248,24 @@ class HttpConnection(asyncio.Protocol):
             self.phase = BUSY  # a streamed body is complete: what remains is the bot's to answer
 
     # -- judging -------------------------------------------------------------------------------------------
+
+    def _measure_head(self) -> None:
+        front = self._front
+        limit = front.max_field_size  # per name and per value, as aiohttp's server judged them
+        size = len(self._url)
+        for name, value in self._fields:
+            if len(name) > limit or len(value) > limit:
+                break
+            size += len(name) + len(value) + 4
+        else:
+            if len(self._fields) <= front.max_headers and size <= front.max_head:
+                return
+        raise self._refusing(
+            HeadersTooLarge(
+                f"The request has a header name or value over {limit} bytes, over {front.max_headers} "
+                f"headers, or a head over {front.max_head} bytes."
+            )
+        )
 
     def _judge(self, request: Request, fields: CIMultiDict[str]) -> GatewayError | None:
         """Why the request is refused, or None: what a browser never sends, or we cannot frame."""

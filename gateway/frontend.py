@@ -62,6 +62,7 @@ class FrontEnd:
         self.max_field_size = listen.max_field_size
         self.max_headers = listen.max_headers
         self.max_head = max(MAX_HEAD, 2 * listen.max_field_size)
+        self.small_head = min(self.max_head, listen.max_field_size)  # a head no longer cannot be over a limit
         self.max_body = config.upstream.max_body_size
         self.buffer_body = min(config.upstream.buffer_request_body, config.upstream.max_body_size)
         self.max_connections = listen.max_connections

@@ -410,6 +410,9 @@ class Pool:
         self._read_timeout = read_timeout
         self._idle: dict[tuple[str, str, int], collections.deque[Connection]] = {}
         self._slots: dict[tuple[str, str, int], asyncio.Semaphore] = {}
+        # Connections taken per origin, kept beside the semaphore: Semaphore.locked() builds a generator on
+        # every call (Python 3.11), and this is asked once a request.
+        self._taken: dict[tuple[str, str, int], int] = {}
         self._busy: set[Connection] = set()
         self._closing = False
 
@@ -440,10 +443,14 @@ class Pool:
             ) from exc
         return conn, False
 
+    def _free(self, key: tuple[str, str, int]) -> None:
+        self._taken[key] -= 1
+        self._slots[key].release()
+
     def release(self, conn: Connection) -> None:
         conn.in_exchange = False
         self._busy.discard(conn)
-        self._slots[conn.origin_key].release()
+        self._free(conn.origin_key)
         if self._closing or conn.closed or not conn.complete or not conn.keep_alive or not conn.body.at_eof:
             conn.close()
             return
@@ -454,7 +461,7 @@ class Pool:
         """Close a connection whose response will not be read to its end."""
         conn.close()
         self._busy.discard(conn)
-        self._slots[conn.origin_key].release()
+        self._free(conn.origin_key)
 
     async def request(
         self,
@@ -465,16 +472,23 @@ class Pool:
         body: bytes | AsyncIterator[bytes] | None,
     ) -> Response:
         """Send one request; the Response must be released (or closed) by the caller."""
-        slots = self._slots.get(origin.key)
+        key = origin.key
+        slots = self._slots.get(key)
         if slots is None:
-            slots = self._slots[origin.key] = asyncio.Semaphore(self._limit)
-        if slots.locked():
+            slots = self._slots[key] = asyncio.Semaphore(self._limit)
+            self._taken[key] = 0
+        taken = self._taken[key]
+        self._taken[key] = taken + 1  # counted from now: a waiting request is demand too
+        if taken >= self._limit:
             # Only a request that must wait pays for a timer (asyncio.timeout arms one).
             started = asyncio.get_running_loop().time()
             try:
                 async with asyncio.timeout(self._queue_timeout):
                     await slots.acquire()
-            except TimeoutError:
+            except BaseException as exc:
+                self._taken[key] -= 1
+                if not isinstance(exc, TimeoutError):
+                    raise
                 if self._on_wait is not None:
                     self._on_wait(self._queue_timeout)  # saturation shows in the histogram too
                 raise PoolBusy(
@@ -482,14 +496,20 @@ class Pool:
                 ) from None
             waited = asyncio.get_running_loop().time() - started
         else:
-            await slots.acquire()  # free: returns at once, without suspending
+            # Fewer taken or wanted than the limit: the semaphore has a free slot, so this does not wait
+            # (or only for the loop turn in which a woken waiter takes its own).
+            try:
+                await slots.acquire()
+            except BaseException:  # cancelled in that loop turn: the client left
+                self._taken[key] -= 1
+                raise
             waited = 0.0
         if self._on_wait is not None:
             self._on_wait(waited)
         try:
             return await self._exchange(origin, method, target, headers, body)
         except BaseException:
-            slots.release()
+            self._free(key)
             raise
 
     async def _exchange(
