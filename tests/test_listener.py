@@ -154,7 +154,7 @@ async def test_the_gateway_on_uvloop_answers_a_burst_of_new_connections(
 
     assert statuses == [200] * BURST
     assert len(recorder.seen) == BURST
-    assert "(event loop: uvloop, accepting in batches)" in gw.stderr()  # the BatchListener served them
+    assert "(event loop: uvloop, accepting in batches; " in gw.stderr()  # the BatchListener served them
 
 
 @pytest.mark.parametrize(

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import resource
 import signal
 
 import aiohttp
 import pytest
 from aiohttp import web
 from conftest import GatewayProcess, SpawnGateway, StartUpstream, eventually, wait
+
+from gateway.server import raise_file_limit
 
 pytestmark = pytest.mark.slow
 
@@ -139,3 +142,29 @@ async def test_serve_freezes_what_startup_built_before_taking_traffic() -> None:
         gc.unfreeze()  # the rest of the test session collects as usual
         signal.signal(signal.SIGTERM, previous)  # serve leaves the default action behind
     assert frozen_when_listening and frozen_when_listening[0] > 10_000
+
+
+def test_the_file_limit_is_raised_to_the_hard_limit() -> None:
+    """Each connection takes a descriptor: a soft RLIMIT_NOFILE of 1,024 would cap the gateway far below
+    listen.max_connections, so serve() raises it to the hard limit, as nginx's worker_rlimit_nofile does."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard <= 256:
+        pytest.skip("needs a finite hard limit above 256")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    try:
+        assert raise_file_limit() == hard
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_the_startup_line_says_how_many_connections_and_descriptors(
+    start_upstream: StartUpstream, spawn_gateway: SpawnGateway
+) -> None:
+    gw = await spawn_gateway("serve", upstream_url=await start_upstream(web.Application()))
+    gw.terminate()
+    assert await gw.exit_code(timeout=10) == 0
+    files = resource.getrlimit(resource.RLIMIT_NOFILE)[
+        1
+    ]  # the child inherits our hard limit and raises to it
+    assert f"up to 10000 connections, {files} file descriptors)" in gw.stderr()
