@@ -1,5 +1,5 @@
 """What a request and a response look like to the proxy, whichever server parsed or writes them:
-aiohttp's (web.Request, web.StreamResponse) or the fast front end's (frontend.py)."""
+aiohttp's (web.Request, web.StreamResponse: WebSocket handshakes, handed over) or the front end's (front_request.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 
 class Incoming(Protocol):
-    """What the proxy reads of a request: aiohttp's web.Request, or the fast front end's (frontend.py)."""
+    """What the proxy reads of a request: the front end's (front_request.py), or aiohttp's web.Request (WebSocket)."""
 
     @property
     def method(self) -> str: ...
@@ -35,7 +35,7 @@ class Incoming(Protocol):
 
 
 class Outgoing(Protocol):
-    """A streamed response: aiohttp's web.StreamResponse, or the fast front end's."""
+    """A streamed response: the front end's (front_response.py), or aiohttp's web.StreamResponse."""
 
     @property
     def status(self) -> int: ...
@@ -56,7 +56,7 @@ NewStream = Callable[[int, str, CIMultiDict[str]], Outgoing]
 class Whole:
     """A response the proxy holds complete (a chat turn's JSON), written head and body at once.
 
-    Not a web.Response: building one was ~4% of a proxied request's CPU on the fast lane (issue 6)."""
+    Not a web.Response: building one was ~4% of a proxied request's CPU in the front end (issue 6)."""
 
     status: int
     reason: str

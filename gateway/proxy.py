@@ -226,7 +226,7 @@ class Proxy:
         try:
             try:
                 if is_websocket_upgrade(request.headers):
-                    assert isinstance(request, web.Request)  # the fast front end hands upgrades to aiohttp
+                    assert isinstance(request, web.Request)  # the front end hands WebSocket handshakes to aiohttp
                     return await proxy_websocket(self, request, self._url(turn), turn, exchange)
                 sent = time.perf_counter()
                 upstream = await self._send(request, turn, exchange)

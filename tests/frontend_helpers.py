@@ -1,4 +1,4 @@
-"""Helpers for the front-end tests: a raw HTTP/1.1 client, request bytes, the two lanes and their connections."""
+"""Helpers for the front-end tests: a raw HTTP/1.1 client, request bytes, the front end and its connections."""
 
 from __future__ import annotations
 

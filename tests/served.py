@@ -1,4 +1,4 @@
-"""Serve a gateway app in tests the way `session-gateway serve` does: through the fast front end."""
+"""Serve a gateway app in tests the way `session-gateway serve` does: through its front end."""
 
 from __future__ import annotations
 
