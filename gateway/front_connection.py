@@ -13,6 +13,7 @@ A WebSocket handshake is handed, head and all, to aiohttp's server, which owns t
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import contextlib
 import logging
@@ -62,6 +63,23 @@ LINGER: Final = 4  # the last response is out, the client's unread bytes are dra
 _PIPELINED: Final = 1  # a request waits behind the one being served
 _BODY_FULL: Final = 2  # a streamed body's buffer is above its high-water mark
 _STOPPED: Final = 4  # nothing more will be parsed (a refusal, an upgrade)
+
+
+def _handshake_refusal(request: Request) -> GatewayError | None:
+    """Why a WebSocket handshake is refused before any bot sees it (RFC 6455 §4.2.1), or None."""
+    headers = request.headers
+    if request.method != "GET":
+        return BadRequest("A WebSocket handshake must be a GET.")
+    if headers.get("Sec-WebSocket-Version", "").strip() != "13":
+        return BadRequest("A WebSocket handshake must ask for Sec-WebSocket-Version 13.")
+    key = headers.get("Sec-WebSocket-Key", "").strip()
+    try:
+        valid = key.isascii() and len(base64.b64decode(key, validate=True)) == 16
+    except ValueError:  # binascii.Error is one
+        valid = False
+    if not valid:
+        return BadRequest("A WebSocket handshake needs a Sec-WebSocket-Key of 16 bytes in base64.")
+    return None
 
 
 class _Stop(Exception):
@@ -276,6 +294,10 @@ class HttpConnection(asyncio.Protocol):
             return MethodNotAllowed("CONNECT is not supported: the gateway is no forward proxy.")
         if method == "TRACE":
             return MethodNotAllowed("TRACE is not forwarded.")
+        target = request.raw_path
+        # A path, OPTIONS *, or the absolute form (whose path is used): any other target is refused here.
+        if not target.startswith(("/", "http://", "https://")) and not (target == "*" and method == "OPTIONS"):
+            return BadRequest("The request target is neither a path nor an absolute URL.")
         if request.version == "1.1" and "Host" not in fields:
             return BadRequest("The request has no Host header.")  # RFC 9112 §3.2
         for name in fields.keys() & _SINGLETONS:
@@ -300,8 +322,9 @@ class HttpConnection(asyncio.Protocol):
         self._refuse(error)
         return _Stop()
 
-    def _refuse(self, error: GatewayError) -> None:
-        """Stop reading; answer `error` once the requests before it are answered, then close."""
+    def _refuse(self, error: GatewayError, request: Request | None = None) -> None:
+        """Stop reading; answer `error` (for `request`, else the one being parsed) once the requests before
+        it are answered, then close."""
         if self._stopped:
             return
         self._stopped = True
@@ -309,7 +332,7 @@ class HttpConnection(asyncio.Protocol):
         log.info(
             "refused a request from %s: %s %s (%s)", self.remote, error.status, error.code, error.message
         )
-        request = self._parsing
+        request = request or self._parsing
         if request is not None and request.content.streaming:
             request.content.fail(error)  # the request is being served: its reader gets the error
             return
@@ -323,12 +346,17 @@ class HttpConnection(asyncio.Protocol):
         if self._stopped:
             return
         request = self._queue[-1]
-        if is_websocket_upgrade(request.headers):
+        if request.version == "1.1" and is_websocket_upgrade(request.headers):
+            refusal = _handshake_refusal(request)
+            if refusal is not None:  # refused here: aiohttp would, but only after the bot was asked
+                self._refuse(refusal, request)
+                return
             request.upgrade = rest  # aiohttp's server takes the connection when the request's turn comes
             self._stopped = True
             self._pause(_STOPPED)
             return
-        # Another protocol (h2c...): served as a plain request, the Upgrade header dropped as hop-by-hop.
+        # Another protocol (h2c...), or an HTTP/1.0 request, whose Upgrade is to be ignored (RFC 9110 §7.8):
+        # served as a plain request, the Upgrade header dropped as hop-by-hop.
         self._parser = httptools.HttpRequestParser(self)
         if rest:
             self._feed(rest)
@@ -526,7 +554,8 @@ class HttpConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or self.closed:
             return
-        if (self._stopped or self._parsing is not None) and transport.can_write_eof():
+        unread = self._stopped or self._parsing is not None or self._in_head or self._queue
+        if unread and transport.can_write_eof():
             transport.write_eof()
             self.phase, self.since = LINGER, self._front.now
             self._stopped = True  # data_received drops what comes

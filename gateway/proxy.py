@@ -225,8 +225,9 @@ class Proxy:
         replica.in_flight += 1
         try:
             try:
-                if is_websocket_upgrade(request.headers):
-                    assert isinstance(request, web.Request)  # the front end hands WebSocket handshakes to aiohttp
+                if isinstance(request, web.Request) and is_websocket_upgrade(request.headers):
+                    # The front end hands valid HTTP/1.1 handshakes to aiohttp's server; any other request
+                    # with an Upgrade is a plain one (the header is hop-by-hop).
                     return await proxy_websocket(self, request, self._url(turn), turn, exchange)
                 sent = time.perf_counter()
                 upstream = await self._send(request, turn, exchange)
