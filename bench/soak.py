@@ -138,14 +138,18 @@ async def soak(port: int, admin: int, pid: int, minutes: float, clients: int) ->
     deadline = start + minutes * 60
     workers = [asyncio.create_task(ordinary(port, deadline, counts)) for _ in range(clients)]
     workers += [asyncio.create_task(hostile(port, deadline, counts)) for _ in range(clients)]
-    print("minute  rss_kib  fds  connections_open  requests_so_far", flush=True)
+    print("minute  rss_kib  fds  connections_open  sessions_active  requests_so_far", flush=True)
     minute = 0
     while time.monotonic() < deadline:
         await asyncio.sleep(min(60, max(0.0, deadline - time.monotonic())))
         minute += 1
         rss, fds = usage(pid)
         open_now = await metric(admin, "session_gateway_connections_open")
-        print(f"{minute:6d}  {rss:7d}  {fds:4d}  {open_now:>16}  {sum(counts.values()):15d}", flush=True)
+        sessions = await metric(admin, "session_gateway_sessions_active")
+        print(
+            f"{minute:6d}  {rss:7d}  {fds:4d}  {open_now:>16}  {sessions:>15}  {sum(counts.values()):15d}",
+            flush=True,
+        )
     await asyncio.gather(*workers, return_exceptions=True)
     await asyncio.sleep(5)  # the gateway's timeouts end what the clients left behind
     rss, fds = usage(pid)
@@ -168,6 +172,9 @@ async def main_async(args: argparse.Namespace) -> None:
             "GATEWAY_LISTEN_SEND_TIMEOUT": "2",
             "GATEWAY_LISTEN_KEEPALIVE_TIMEOUT": "5",
             "GATEWAY_UPSTREAM_POOL_SIZE": "32",
+            # Most hostile clients start a session each: a short idle timeout lets the count level off
+            # within the run, so a growing memory column means a leak and not live sessions.
+            "GATEWAY_SESSION_IDLE_TIMEOUT": "30",
         }
     )
     with process([PYTHON, "-m", "gateway", "serve"], port, env) as proc:
