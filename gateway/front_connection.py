@@ -102,6 +102,7 @@ class HttpConnection(asyncio.Protocol):
         self._head_bytes = 0  # bytes read while a head was incomplete (what a parser buffers in the meantime)
         self._read = 0  # bytes of the read being parsed
         self._fresh = True  # no byte has arrived yet
+        self._counted = False  # the request being served counts in front.inflight
         self._paused = 0
         self._stopped = False
         self._writing_paused = False
@@ -135,6 +136,7 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._stopped:
             return  # a refusal is being answered, or lingering: what follows is not read
+        was_in_head = self._in_head
         phase = self.phase
         if phase == IDLE or self._fresh:  # the head's time counts from its first byte
             self.phase, self.since = HEAD, self._front.now
@@ -146,8 +148,9 @@ class HttpConnection(asyncio.Protocol):
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             self._parse_error(exc, data)
-        if self._in_head and not self._stopped:
-            self._head_bytes += self._read  # only reads that did not complete a head: bodies never count
+        if self._in_head and was_in_head and not self._stopped:
+            # Reads wholly inside a head: the read it began in may hold a body before it, never counted.
+            self._head_bytes += self._read
             if self._head_bytes > self._front.max_head:
                 self._refuse(HeadersTooLarge("The request head is larger than the gateway accepts."))
         self._advance()
@@ -184,6 +187,7 @@ class HttpConnection(asyncio.Protocol):
             self._parsing.content.fail(ConnectionResetError("the client closed the connection mid-body"))
         if self._task is not None:
             self._task.cancel()  # the upstream request is abandoned
+            self._settle()
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -296,7 +300,9 @@ class HttpConnection(asyncio.Protocol):
             return MethodNotAllowed("TRACE is not forwarded.")
         target = request.raw_path
         # A path, OPTIONS *, or the absolute form (whose path is used): any other target is refused here.
-        if not target.startswith(("/", "http://", "https://")) and not (target == "*" and method == "OPTIONS"):
+        if not target.startswith(("/", "http://", "https://")) and not (
+            target == "*" and method == "OPTIONS"
+        ):
             return BadRequest("The request target is neither a path nor an absolute URL.")
         if request.version == "1.1" and "Host" not in fields:
             return BadRequest("The request has no Host header.")  # RFC 9112 §3.2
@@ -384,6 +390,7 @@ class HttpConnection(asyncio.Protocol):
             self.phase = BUSY
             self._serving = request
             front.inflight += 1
+            self._counted = True
             self._task = front.loop.create_task(self._serve(request))
             return
         if request.refusal is not None:
@@ -413,14 +420,22 @@ class HttpConnection(asyncio.Protocol):
             return
         self._start(request, self._serve(request))
 
+    def _settle(self) -> None:
+        """The request being served counts no more in front.inflight: once, whether its task ended or was
+        cancelled before it ever ran (a coroutine that never started runs no `finally`)."""
+        if self._counted:
+            self._counted = False
+            self._front.inflight -= 1
+
     def _continue(self, request: Request) -> None:
-        if request.expect_continue:
+        if request.expect_continue and self.transport is not None and not self.transport.is_closing():
             request.expect_continue = False
             self.send(CONTINUE)
 
     def _start(self, request: Request, work: object) -> None:
         self._serving = request
         self._front.inflight += 1
+        self._counted = True
         self._task = self._front.loop.create_task(work)  # type: ignore[arg-type]
 
     async def _answer(self, request: Request, error: GatewayError) -> None:
@@ -472,10 +487,19 @@ class HttpConnection(asyncio.Protocol):
         self._task = None
         self._serving = None
         front = self._front
-        front.inflight -= 1
-        if self.closed:
-            return
-        if self.closing or front.closing or request.close or not request.content.complete or request.refusal:
+        self._settle()
+        transport = self.transport
+        if self.closed or transport is None or transport.is_closing():
+            return  # the client is gone (connection_lost may come a loop turn later): serve nothing more
+        if (
+            self.closing
+            or request.close
+            or not request.content.complete
+            or request.refusal
+            or (
+                front.closing and not self._queue  # at shutdown, requests already read are still answered
+            )
+        ):
             self._close()  # the last response (last_response() said so in its head)
             return
         if self._paused & _PIPELINED:
@@ -501,7 +525,7 @@ class HttpConnection(asyncio.Protocol):
         """Whether the response being written is this connection's last (it says Connection: close)."""
         return (
             self.closing
-            or self._front.closing
+            or (self._front.closing and not self._queue)
             or request.close
             or request.refusal is not None
             or not request.content.complete
@@ -524,7 +548,9 @@ class HttpConnection(asyncio.Protocol):
         self._pause(_BODY_FULL)
 
     def resume_for_body(self) -> None:
-        self._resume(_BODY_FULL)
+        if self._paused & _BODY_FULL:
+            self._resume(_BODY_FULL)
+            self.since = self._front.now  # the wait was the bot's: the client's silence counts from now
 
     @property
     def body_paused(self) -> bool:
@@ -552,12 +578,13 @@ class HttpConnection(asyncio.Protocol):
         lingering close), so that closing with them unread does not reset the connection and the response."""
         self.closing = True
         transport = self.transport
-        if transport is None or self.closed:
+        if transport is None or self.closed or self.phase == LINGER:
             return
+        # The watcher ends it if the client neither reads what is left to send nor closes (check()).
+        self.phase, self.since = LINGER, self._front.now
         unread = self._stopped or self._parsing is not None or self._in_head or self._queue
         if unread and transport.can_write_eof():
             transport.write_eof()
-            self.phase, self.since = LINGER, self._front.now
             self._stopped = True  # data_received drops what comes
             self._paused = 0
             transport.resume_reading()
@@ -599,8 +626,14 @@ class HttpConnection(asyncio.Protocol):
             front.timed_out("body", self.remote)
             self._refuse(RequestTimeout(f"The request body stalled for {front.body_timeout:g} s."))
             self._advance()
-        elif phase == LINGER and waited > front.linger:
-            self.abort()
+        elif phase == LINGER:
+            transport = self.transport
+            if transport is not None and transport.get_write_buffer_size():
+                if waited > front.send_timeout:  # the last response is still unread: a client gone silent
+                    front.timed_out("send", self.remote)
+                    self.abort()
+            elif waited > front.linger:
+                self.abort()
 
     def close_when_idle(self) -> None:
         """Shutdown: close now if no request has started; else after the response being written."""

@@ -126,7 +126,11 @@ class FrontEnd:
             await asyncio.sleep(self.tick)
             now = self.now = self.loop.time()
             for conn in list(self.connections):
-                conn.check(now)
+                try:
+                    conn.check(now)
+                except Exception:  # a bug of ours: one line, and the other connections are still watched
+                    log.exception("failed to check a connection's timeouts")
+                    conn.abort()
 
     # -- shutdown (runners and sites call these as they would on aiohttp's web.Server) -------------
 

@@ -346,9 +346,9 @@ class Connection(asyncio.Protocol):
         if self.complete or self.closed:
             self._timer = None  # idle or gone: the next exchange arms a new one
             return
-        if (
-            self._reading_paused or self.sending
-        ):  # our client is slow to read or to send: not the bot's silence
+        # Our client is slow to read the answer, or to send the body while the bot reads it: not the bot's
+        # silence. A bot that stops reading the body (our writes to it paused) is silent for its own part.
+        if self._reading_paused or (self.sending and not self._paused):
             self._last_activity = self.loop.time()
         if self.loop.time() - self._last_activity >= self._read_timeout:
             self._fail(TimeoutError())
