@@ -24,6 +24,7 @@ from aiohttp import web
 from aiohttp.http_parser import SINGLETON_HEADERS
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway.chunks import HIGH_WATER
 from gateway.errors import (
     BadRequest,
     BodyTooLarge,
@@ -38,7 +39,7 @@ from gateway.errors import (
     error_whole,
     unexpected_error,
 )
-from gateway.front_request import HIGH_WATER, Request
+from gateway.front_request import Request
 from gateway.front_response import StreamWriter, whole_bytes
 from gateway.headers import content_length, encode_head, is_websocket_upgrade, redact_path
 from gateway.messages import Outgoing, Whole
@@ -89,6 +90,7 @@ class _Stop(Exception):
 class HttpConnection(asyncio.Protocol):
     def __init__(self, front: FrontEnd) -> None:
         self._front = front
+        self.loop = front.loop
         self.transport: asyncio.Transport | None = None
         self.remote: str | None = None
         self._parser = httptools.HttpRequestParser(self)
@@ -265,7 +267,7 @@ class HttpConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         request, self._parsing = self._parsing, None
         if request is not None:
-            request.content.finish()
+            request.content.feed_eof()
         if self.phase == BODY:
             self.phase = BUSY  # a streamed body is complete: what remains is the bot's to answer
 
@@ -300,8 +302,10 @@ class HttpConnection(asyncio.Protocol):
             return MethodNotAllowed("TRACE is not forwarded.")
         target = request.raw_path
         # A path, OPTIONS *, or the absolute form (whose path is used): any other target is refused here.
-        if not target.startswith(("/", "http://", "https://")) and not (
-            target == "*" and method == "OPTIONS"
+        if (
+            target[0] != "/"  # llhttp never reports an empty target
+            and not target.startswith(("http://", "https://"))
+            and not (target == "*" and method == "OPTIONS")
         ):
             return BadRequest("The request target is neither a path nor an absolute URL.")
         if request.version == "1.1" and "Host" not in fields:
@@ -487,7 +491,9 @@ class HttpConnection(asyncio.Protocol):
         self._task = None
         self._serving = None
         front = self._front
-        self._settle()
+        if self._counted:  # _settle(), inlined on the path every request takes
+            self._counted = False
+            front.inflight -= 1
         transport = self.transport
         if self.closed or transport is None or transport.is_closing():
             return  # the client is gone (connection_lost may come a loop turn later): serve nothing more

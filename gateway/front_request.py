@@ -8,35 +8,26 @@ the client's socket above HIGH_WATER buffered bytes, so back-pressure from the b
 from __future__ import annotations
 
 import asyncio
-import collections
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Final
 
 from multidict import CIMultiDictProxy
 
+from gateway.chunks import HIGH_WATER, Chunks
 from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
     from gateway.front_connection import HttpConnection
 
-# Envoy's edge guidance: 32 KiB per connection and direction (per_connection_buffer_limit_bytes).
-HIGH_WATER: Final = 32 * 1024
-LOW_WATER: Final = 8 * 1024
 
-
-class RequestBody:
+class RequestBody(Chunks):
     """The body's bytes in arrival order; readexactly() and iter_any() as aiohttp's StreamReader."""
 
-    __slots__ = ("_chunks", "_conn", "_exc", "_size", "_waiter", "complete", "received", "streaming")
+    __slots__ = ("_conn", "received", "streaming")
 
     def __init__(self, conn: HttpConnection | None) -> None:
+        super().__init__(conn.loop if conn is not None else None)
         self._conn = conn
-        self._chunks: collections.deque[bytes] = collections.deque()
-        self._size = 0  # bytes buffered now
-        self._exc: BaseException | None = None
-        self._waiter: asyncio.Future[None] | None = None
         self.received = 0  # bytes received in all
-        self.complete = False
         self.streaming = False  # served before it was complete: back-pressure applies
 
     def feed(self, data: bytes) -> None:
@@ -48,16 +39,14 @@ class RequestBody:
                 self._conn.pause_for_body()
             self._wake()
 
-    def finish(self) -> None:
-        self.complete = True
-        if self._waiter is not None:
-            self._wake()
-
     def fail(self, exc: BaseException) -> None:
         """The body cannot be had: its reader gets `exc` (a timeout, a limit, a malformed chunk)."""
         if not self.complete:
-            self._exc = exc
-            self._wake()
+            self.set_exception(exc)
+
+    def _drained(self) -> None:
+        if self._conn is not None:
+            self._conn.resume_for_body()
 
     def whole(self) -> bytes:
         data = b"".join(self._chunks) if len(self._chunks) != 1 else self._chunks[0]
@@ -65,45 +54,10 @@ class RequestBody:
         self._size = 0
         return data
 
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def read(self) -> bytes:
-        """The next chunk as received, or b"" at the end."""
-        while not self._chunks:
-            if self._exc is not None:
-                raise self._exc
-            if self.complete:
-                return b""
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        data = self._chunks.popleft()
-        self._size -= len(data)
-        if self._size < LOW_WATER and self._conn is not None:
-            self._conn.resume_for_body()
-        return data
-
     async def readexactly(self, n: int) -> bytes:
         if self.complete and self._size == n:  # the common case: a body buffered whole before serving
             return self.whole()
-        parts: list[bytes] = []
-        got = 0
-        while got < n:
-            data = await self.read()
-            if not data:
-                raise asyncio.IncompleteReadError(b"".join(parts), n)
-            parts.append(data)
-            got += len(data)
-        return b"".join(parts)
-
-    async def iter_any(self) -> AsyncIterator[bytes]:
-        while data := await self.read():
-            yield data
+        return await self._read_parts(n)
 
 
 NO_BODY: Final = RequestBody(None)  # shared by requests without a body: complete, and never fed

@@ -225,7 +225,8 @@ class Proxy:
         replica.in_flight += 1
         try:
             try:
-                if isinstance(request, web.Request) and is_websocket_upgrade(request.headers):
+                # (isinstance second: web.Request is an ABC's subclass, and ABC checks are slow)
+                if is_websocket_upgrade(request.headers) and isinstance(request, web.Request):
                     # The front end hands valid HTTP/1.1 handshakes to aiohttp's server; any other request
                     # with an Upgrade is a plain one (the header is hop-by-hop).
                     return await proxy_websocket(self, request, self._url(turn), turn, exchange)

@@ -24,12 +24,9 @@ from urllib.parse import urlsplit
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway.chunks import HIGH_WATER, Chunks
 from gateway.headers import content_length, encode_head
 
-# Bytes of response body buffered before the bot's socket is paused: with the client transport's own
-# 32 KiB (front_connection.py) a slow client holds at most ~64 KiB per connection (Envoy's edge: 32 KiB).
-HIGH_WATER: Final = 32 * 1024
-LOW_WATER: Final = 8 * 1024
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
@@ -70,16 +67,14 @@ class Origin:
         self.key = (parts.scheme, self.host, self.port)
 
 
-class Body:
-    """The response body as it arrives; pauses the socket above HIGH_WATER buffered bytes."""
+class Body(Chunks):
+    """The response body as it arrives; pauses the bot's socket above HIGH_WATER buffered bytes."""
+
+    __slots__ = ("_conn",)
 
     def __init__(self, conn: Connection) -> None:
+        super().__init__(conn.loop)
         self._conn = conn
-        self._chunks: collections.deque[bytes] = collections.deque()
-        self._size = 0
-        self._eof = False
-        self._exc: BaseException | None = None
-        self._waiter: asyncio.Future[None] | None = None
 
     def feed(self, data: bytes) -> None:
         self._chunks.append(data)
@@ -89,61 +84,15 @@ class Body:
         if self._waiter is not None:  # usually None: a chat turn's body arrives with its head
             self._wake()
 
-    def feed_eof(self) -> None:
-        self._eof = True
-        if self._waiter is not None:
-            self._wake()
-
-    def set_exception(self, exc: BaseException) -> None:
-        self._exc = exc
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def read(self) -> bytes:
-        """The next chunk as received, or b"" at the end."""
-        while not self._chunks:
-            if self._exc is not None:
-                raise self._exc
-            if self._eof:
-                return b""
-            self._waiter = self._conn.loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        data = self._chunks.popleft()
-        self._size -= len(data)
-        if self._size < LOW_WATER:
-            self._conn.resume_reading()
-        return data
-
-    async def iter_chunks(self) -> AsyncIterator[tuple[bytes, bool]]:
-        """aiohttp's StreamReader.iter_chunks shape: (data, end_of_http_chunk)."""
-        while data := await self.read():
-            yield data, False
+    def _drained(self) -> None:
+        self._conn.resume_reading()
 
     async def readexactly(self, n: int) -> bytes:
         if self._size == n and len(self._chunks) == 1:  # the common case: the whole body came in one read
             self._size = 0
             self._conn.resume_reading()  # a no-op unless a body over HIGH_WATER paused the socket
             return self._chunks.popleft()
-        parts: list[bytes] = []
-        got = 0
-        while got < n:
-            data = await self.read()
-            if not data:
-                raise asyncio.IncompleteReadError(b"".join(parts), n)
-            parts.append(data)
-            got += len(data)
-        return parts[0][:n] if len(parts) == 1 else b"".join(parts)[:n]  # n == 0: no parts, b""
-
-    @property
-    def at_eof(self) -> bool:
-        return self._eof and not self._chunks
+        return await self._read_parts(n)
 
 
 class Response:
