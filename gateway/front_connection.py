@@ -303,7 +303,7 @@ class HttpConnection(asyncio.Protocol):
         target = request.raw_path
         # A path, OPTIONS *, or the absolute form (whose path is used): any other target is refused here.
         if (
-            target[0] != "/"  # llhttp never reports an empty target
+            target[:1] != "/"
             and not target.startswith(("http://", "https://"))
             and not (target == "*" and method == "OPTIONS")
         ):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -76,6 +77,12 @@ class Conn:
         """True when the server closes the connection without sending anything more."""
         rest: bytes = await wait(self.reader.read())
         return rest == b""
+
+    async def reset(self) -> None:
+        """Close with SO_LINGER 0: the server gets an RST, not a FIN."""
+        sock = self.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await self.close()
 
     async def close(self) -> None:
         self.writer.close()

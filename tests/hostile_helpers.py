@@ -1,6 +1,7 @@
 """The recording raw bot for the hostile tests (tests/test_hostile.py): an asyncio server that records, byte
 for byte, what reached it on each connection, and answers each request as the test scripts it: a complete
-answer, stray bytes or EOF on the idle keep-alive connection after it, a 101, silence, a large body."""
+answer, a late one, stray bytes or EOF on the idle keep-alive connection after it, a 101, silence, a large
+body, or a body never read."""
 
 from __future__ import annotations
 
@@ -79,7 +80,8 @@ class BotConnection:
         self.received += data
         return data
 
-    async def read_request(self) -> BotRequest:
+    async def read_head(self) -> BotRequest:
+        """The next request's head; its body, if any, is still unread (read_body)."""
         head = await self._readuntil(b"\r\n\r\n")
         request_line, *lines = head[:-4].decode("latin-1").split("\r\n")
         method, target, _ = request_line.split(" ", 2)
@@ -87,7 +89,12 @@ class BotConnection:
         for line in lines:
             name, _, value = line.partition(":")
             headers.add(name.strip(), value.strip())
-        raw = [head]
+        return BotRequest(self, method, target, headers, b"", head)
+
+    async def read_body(self, request: BotRequest) -> None:
+        """Read the request's body by its framing: `body` de-chunked, `raw` as it came."""
+        headers = request.headers
+        raw = [request.raw]
         body = []
         if "chunked" in headers.get("Transfer-Encoding", "").lower():
             while True:
@@ -106,7 +113,7 @@ class BotConnection:
             data = await self._readexactly(length_of(headers["Content-Length"]))
             raw.append(data)
             body.append(data)
-        return BotRequest(self, method, target, headers, b"".join(body), b"".join(raw))
+        request.body, request.raw = b"".join(body), b"".join(raw)
 
     async def read_until_closed(self) -> None:
         """Record whatever arrives until the gateway closes the connection."""
@@ -148,10 +155,13 @@ class BotConnection:
     async def serve(self) -> None:
         try:
             while True:
-                request = await self.read_request()
+                request = await self.read_head()
+                action = self.bot.action_for(request)
+                if action is not ignore_body:
+                    await self.read_body(request)
                 self.requests.append(request)
                 self.bot.requests.append(request)
-                await self.bot.action_for(request)(request)
+                await action(request)
                 if self.writer.is_closing():
                     break
         except _Eof:
@@ -326,6 +336,21 @@ def send_and_close(data: bytes) -> Action:
 async def silent(request: BotRequest) -> None:
     """Never answer; return when the gateway closes the connection."""
     await request.conn.read_until_closed()
+
+
+async def ignore_body(request: BotRequest) -> None:
+    """Read the request's head only: never read its body, never answer (a bot stuck before an upload)."""
+    await asyncio.get_running_loop().create_future()  # until the bot is stopped
+
+
+def late(delay: float) -> Action:
+    """Echo, `delay` seconds after the request arrived."""
+
+    async def act(request: BotRequest) -> None:
+        await asyncio.sleep(delay)
+        await echo(request)
+
+    return act
 
 
 def large(size: int, piece: int = 256 * 1024) -> Action:

@@ -6,8 +6,10 @@ clients, a full pool, smuggling attempts, broken bots; each with small timeouts 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
+import socket
 from typing import Any
 
 import pytest
@@ -19,14 +21,25 @@ from conftest import (
     make_config,
     wait,
 )
-from frontend_helpers import Conn, Connect, connect, get, post  # noqa: F401 - fixtures are used by name
+from frontend_helpers import (  # noqa: F401 - fixtures are used by name
+    Conn,
+    Connect,
+    connect,
+    front_connections,
+    front_end,
+    get,
+    only_connection,
+    post,
+)
 from hostile_helpers import (  # noqa: F401 - fixtures are used by name
     Action,
     RawAnswer,
     StartRawBot,
     echo,
     hold,
+    ignore_body,
     large,
+    late,
     length_of,
     read_answer,
     response,
@@ -234,6 +247,32 @@ async def test_stalled_body_gets_408_and_never_reaches_the_bot(
     assert_no_errors(caplog)
 
 
+async def test_bot_that_never_reads_a_streamed_upload_is_timed_out_with_504(
+    start_raw_bot: StartRawBot,
+    start_gateway: StartGateway,
+    connect: Connect,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The bot reads the head of a streamed upload, then neither its body nor answers: while the gateway's
+    writes to it are paused, its silence is its own, and read_timeout ends it (both the read and the body
+    timeout used to hold off for good, the one for a body still being sent, the other for a paused read)."""
+    bot = await start_raw_bot(ignore_body)
+    config = edge_config(
+        bot.url, listen={"body_timeout": 1.0}, upstream={"buffer_request_body": 64 * 1024, "read_timeout": 1.0}
+    )
+    gw = await start_gateway(config)
+    conn = await connect(gw.port)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    conn.writer.write(post("/upload", b"x" * (2 * MiB)))  # as fast as the gateway takes it, never drained
+    answer = await read_answer(conn)
+    assert (answer.status, error_code(answer)) == (504, "upstream_timeout")
+    assert loop.time() - started < 3.0  # read_timeout (1 s) after the bot's last sign of life
+    assert bot.targets == ["/upload"]
+    assert len(bot.received) < 2 * MiB  # the bot read the head alone
+    assert_no_errors(caplog)
+
+
 # --- 3. bounded waiting for a bot connection ------------------------------------------------------------------
 
 
@@ -304,6 +343,37 @@ async def test_max_inflight_sheds_load_with_503_upstream_busy_at_once(
     assert_no_errors(caplog)
 
 
+async def test_clients_resetting_behind_a_pipelined_request_leave_max_inflight_free(
+    start_raw_bot: StartRawBot,
+    start_gateway: StartGateway,
+    connect: Connect,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A client pipelines /b behind /a, then resets. The reset is seen when /a's answer is written: /b
+    must not start then (its task, cancelled before it ran, used to keep its place in front.inflight, until
+    max_inflight was used up by nobody and every request got 503)."""
+    bot = await start_raw_bot(default=late(0.3))
+    gw = await start_gateway(edge_config(bot.url, listen={"max_inflight": 2}))
+    front = front_end(gw)
+    for n in range(1, 4):
+        conn = await connect(gw.port)
+        await conn.send(get("/a"))
+        await eventually(lambda: len(bot.targets) == n)  # /a is with the bot
+        await asyncio.sleep(0.05)
+        await conn.send(get("/b"))
+        await asyncio.sleep(0.05)
+        await conn.reset()
+        await eventually(lambda: front.inflight == 0 and front_connections(gw) == 0, timeout=2)
+
+    fresh = await connect(gw.port)
+    await fresh.send(get("/fresh"))
+    answer = await read_answer(fresh)
+    assert (answer.status, answer.body) == (200, b"GET /fresh ")
+    assert bot.targets == ["/a", "/a", "/a", "/fresh"]  # never /b
+    assert b"/b" not in bot.received
+    assert_no_errors(caplog)
+
+
 # --- 4. clients that never read -------------------------------------------------------------------------------
 
 
@@ -355,6 +425,52 @@ async def test_client_leaving_while_the_bot_is_silent_closes_its_bot_connection_
     assert bot.requests[1].conn is not abandoned
     assert gw.metric("session_gateway_upstream_up", replica="default") == 1
     assert upstream_errors(gw) == NO_UPSTREAM_ERRORS
+    assert_no_errors(caplog)
+
+
+@pytest.mark.parametrize("last", ["idle", "connection-close"])
+async def test_client_that_stops_reading_below_the_high_water_mark_is_cut_after_send_timeout(
+    start_raw_bot: StartRawBot,
+    start_gateway: StartGateway,
+    connect: Connect,
+    caplog: pytest.LogCaptureFixture,
+    last: str,
+) -> None:
+    """Under 32 KiB queued, pause_writing never fires: the last answer left unread is cut send_timeout after
+    the connection starts closing (after keepalive_timeout idle, or after a `Connection: close` answer),
+    each timeout counted once. It used to stay open for good, a keep-alive timeout counted every tick."""
+    bot = await start_raw_bot(default=send(response(b"x" * 8000)))
+    gw = await start_gateway(edge_config(bot.url, listen={"keepalive_timeout": 0.5, "send_timeout": 0.5}))
+    conn = await connect(gw.port, rcvbuf=4096)
+    await eventually(lambda: front_connections(gw) == 1)
+    transport = only_connection(gw).transport
+    assert transport is not None
+    # The gateway's kernel buffer kept small (it grows to megabytes on loopback), so that a few answers fill
+    # it and the next ones wait in the transport, as behind a slow network.
+    transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    for n in range(50):  # pipelined, never read, one at a time: until the transport holds an answer's worth
+        await conn.send(get(f"/{n}"))
+        await asyncio.sleep(0.02)
+        if transport.get_write_buffer_size() > 8192:
+            break
+    if last == "connection-close":
+        await conn.send(get("/last", "Connection: close"))
+        await eventually(lambda: bot.targets[-1] == "/last")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.sleep(0.05)  # the last answer is written
+    assert 0 < transport.get_write_buffer_size() < 32 * 1024
+    assert only_connection(gw).send_since == 0  # below the high-water mark: writing never paused
+
+    await eventually(lambda: front_connections(gw) == 0, timeout=2.5, what="the connection cut")
+    elapsed = loop.time() - started
+    if last == "idle":
+        assert 0.7 < elapsed < 2.0  # keepalive_timeout, then send_timeout (0.5 s each), give or take ticks
+        assert timeouts(gw, "keepalive") == 1
+    else:
+        assert 0.3 < elapsed < 1.5  # send_timeout (0.5 s), give or take ticks
+        assert timeouts(gw, "keepalive") == 0
+    assert timeouts(gw, "send") == 1
     assert_no_errors(caplog)
 
 
@@ -937,6 +1053,36 @@ async def test_expect_100_continue_is_answered_before_the_body_is_sent(
     assert_no_errors(caplog)
 
 
+async def test_client_resetting_behind_a_pipelined_expect_100_continue_logs_no_error(
+    start_raw_bot: StartRawBot,
+    start_gateway: StartGateway,
+    connect: Connect,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """/a is answered into a reset connection: the POST pipelined behind it is not started, so no
+    100 Continue is written to the closing transport (it used to raise in /a's task: "Task exception was
+    never retrieved ... ConnectionResetError" at ERROR)."""
+    bot = await start_raw_bot(default=late(0.3))
+    gw = await start_gateway(edge_config(bot.url, listen={"max_inflight": 2}))
+    conn = await connect(gw.port)
+    await conn.send(get("/a"))
+    await eventually(lambda: bot.targets == ["/a"])
+    await asyncio.sleep(0.05)
+    await conn.send(
+        b"POST /b HTTP/1.1\r\nHost: gw.example\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n"
+    )
+    await asyncio.sleep(0.05)
+    await conn.reset()
+
+    front = front_end(gw)
+    await eventually(lambda: front.inflight == 0 and front_connections(gw) == 0, timeout=2)
+    await asyncio.sleep(0.05)  # a task that failed is collected, and logged, by now
+    gc.collect()
+    await healthy(gw, connect)
+    assert bot.targets == ["/a", "/healthy"]
+    assert_no_errors(caplog)
+
+
 HTTP_1_0_ANSWERS = {
     "sized": send(response(b"hello")),
     "chunked": send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhe\r\n3\r\nllo\r\n0\r\n\r\n"),
@@ -987,4 +1133,27 @@ async def test_pipelined_requests_are_answered_in_order(
     assert bot.targets == ["/one", "/two", "/three", "/four"]
     await conn.send(get("/five"))  # nothing left over on the connection
     assert (await read_answer(conn)).body == b"GET /five "
+    assert_no_errors(caplog)
+
+
+async def test_a_head_begun_in_the_read_that_ends_a_large_body_is_not_counted_as_that_read(
+    start_raw_bot: StartRawBot,
+    start_gateway: StartGateway,
+    connect: Connect,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The read that ends a 100 kB body also begins the next head: only reads wholly inside a head count
+    toward its size (the whole read used to, and the small head got 431 headers_too_large)."""
+    bot = await start_raw_bot()
+    gw = await start_gateway(edge_config(bot.url))
+    body = b"x" * 100_000
+    conn = await connect(gw.port)
+    await conn.send(post("/one", body) + b"GET /two HTTP/1.1\r\nHost: gw")
+    await asyncio.sleep(0.2)
+    await conn.send(b".example\r\n\r\n")
+    one = await read_answer(conn)
+    assert (one.status, one.body) == (200, b"POST /one " + body)
+    two = await read_answer(conn)
+    assert (two.status, two.body) == (200, b"GET /two ")
+    assert bot.targets == ["/one", "/two"]
     assert_no_errors(caplog)
