@@ -642,8 +642,8 @@ class HttpConnection(asyncio.Protocol):
                 self.abort()
 
     def close_when_idle(self) -> None:
-        """Shutdown: close now if no request has started; else after the response being written."""
-        self.closing = True
+        """Shutdown: close now if no request has started; else after the requests already read are answered
+        (front.closing makes the last of them say Connection: close)."""
         if self._task is None and self.phase in (IDLE, HEAD) and not self._queue:
             self._close()
 
