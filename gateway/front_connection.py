@@ -458,7 +458,10 @@ class HttpConnection(asyncio.Protocol):
         front = self._front
         try:
             try:
-                route = front.routes.match(request) if front.routes.may_match(request.raw_path) else None
+                target = request.raw_path
+                # Most targets are none of the gateway's pages (see LocalRoutes.starts)
+                own = target.startswith(front.routes.starts) or "%" in target
+                route = front.routes.match(request) if own else None
                 page = None if route is None else await route(request)
                 response: web.StreamResponse | Outgoing | Whole = (
                     page if page is not None else await front.proxy.handle(request, self._new_stream)

@@ -22,7 +22,9 @@ class LocalRoutes:
         self._exact: dict[str, Page] = {}
         self._prefixes: dict[str, Page] = {}
         self._prefix_tuple: tuple[str, ...] = ()
-        self.starts: tuple[str, ...] = ()  # every page's path or prefix, as written
+        # Every page's path or prefix as written: a target that starts with none of them and has no "%" in it
+        # is no page's (the front end asks so before it calls match()).
+        self.starts: tuple[str, ...] = ()
 
     def add(self, path: str, page: Page) -> None:
         self._exact[path] = page
@@ -33,10 +35,6 @@ class LocalRoutes:
         # Longest first: the most specific prefix wins, as aiohttp's router did.
         self._prefix_tuple = tuple(sorted(self._prefixes, key=len, reverse=True))
         self.starts = (*self.starts, prefix)
-
-    def may_match(self, target: str) -> bool:
-        """A quick test that rules out most targets: a page's path as written, or any percent-encoding."""
-        return target.startswith(self.starts) or "%" in target
 
     def match(self, request: Incoming) -> Route | None:
         if request.method not in _READ:

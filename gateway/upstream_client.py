@@ -113,7 +113,11 @@ class Response:
     @property
     def content_length(self) -> int | None:
         value = self.headers.get("Content-Length")
-        return content_length(value) if value is not None else None  # llhttp judged the value
+        if value is None:
+            return None
+        if len(value) < 19 and value.isdigit():  # headers.content_length's usual case, without the call
+            return int(value)
+        return content_length(value)  # llhttp judged the value
 
     def release(self) -> None:
         """Back to the pool if the body was read to its end on a keep-alive connection; else closed."""
@@ -399,7 +403,9 @@ class Pool:
     def release(self, conn: Connection) -> None:
         conn.in_exchange = False
         self._busy.discard(conn)
-        self._free(conn.origin_key)
+        key = conn.origin_key
+        self._taken[key] -= 1  # _free(), inlined on the path every request takes
+        self._slots[key].release()
         if self._closing or conn.closed or not conn.complete or not conn.keep_alive or not conn.body.at_eof:
             conn.close()
             return
