@@ -1,4 +1,4 @@
-"""The recording raw bot for the hostile tests (tests/test_hostile.py): an asyncio server that records, byte
+"""The recording raw bot for the hostile tests (tests/test_hostile_*.py): an asyncio server that records, byte
 for byte, what reached it on each connection, and answers each request as the test scripts it: a complete
 answer, a late one, stray bytes or EOF on the idle keep-alive connection after it, a 101, silence, a large
 body, or a body never read."""

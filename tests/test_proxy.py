@@ -45,7 +45,16 @@ def error_body(code: str, body: Any) -> None:
 # --- byte-exact forwarding ------------------------------------------------------------------------------
 
 TARGET = "/a%2Fb;x=1?q=%20+y&q=2"
-METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "PURGE"]  # TRACE: test_hostile.py
+METHODS = [
+    "GET",
+    "HEAD",
+    "POST",
+    "PUT",
+    "PATCH",
+    "DELETE",
+    "OPTIONS",
+    "PURGE",
+]  # TRACE: test_hostile_requests.py
 
 
 @pytest.mark.parametrize("body", [b"", b"payload \x00\xff"], ids=["no-body", "body"])
@@ -378,7 +387,7 @@ async def test_request_body_is_streamed_not_buffered(
 
     app = web.Application()
     app.router.add_post("/upload", handle)
-    # A body past upstream.buffer_request_body streams; one within it is read whole first (test_hostile.py).
+    # A body past upstream.buffer_request_body streams; one within it is read whole first (test_hostile_clients.py).
     gw = await start_gateway(
         make_config(await start_upstream(app), upstream={"buffer_request_body": len(part) // 2})
     )
