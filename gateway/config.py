@@ -63,9 +63,8 @@ class ListenConfig:
     port: int = 8080
     shutdown_timeout: float = 20.0  # seconds to drain in-flight requests; keep under K8s' 30 s grace
     trusted_proxies: tuple[str, ...] = ()  # peers (IPs or CIDRs) whose X-Forwarded-* are kept
-    max_field_size: int = (
-        16384  # bytes per request header name and per value (431 past it); big cookies, JWTs
-    )
+    # Bytes per request header name and per value (431 past it): chat widgets send big cookies and JWTs.
+    max_field_size: int = 16384
     max_headers: int = 128
     backlog: int = 1024  # pending connections the kernel queues; aiohttp's 128 drops SYNs under bursts
     # auto: uvloop when installed. Measured (bench/): a few percent more requests/s with the front end. Its

@@ -96,7 +96,6 @@ class HttpConnection(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._queue: collections.deque[Request] = collections.deque()  # parsed, not yet served
         self._parsing: Request | None = None  # the request whose body is arriving
-        self._serving: Request | None = None
         self._task: asyncio.Task[None] | None = None
         self._in_head = False
         self._url = b""
@@ -392,7 +391,6 @@ class HttpConnection(asyncio.Protocol):
             if request.body_exists:
                 request.content_length = body.received  # sent upstream with its length, even if chunked
             self.phase = BUSY
-            self._serving = request
             front.inflight += 1
             self._counted = True
             self._task = front.loop.create_task(self._serve(request))
@@ -437,7 +435,6 @@ class HttpConnection(asyncio.Protocol):
             self.send(CONTINUE)
 
     def _start(self, request: Request, work: object) -> None:
-        self._serving = request
         self._front.inflight += 1
         self._counted = True
         self._task = self._front.loop.create_task(work)  # type: ignore[arg-type]
@@ -492,28 +489,16 @@ class HttpConnection(asyncio.Protocol):
 
     def _done(self, request: Request) -> None:
         self._task = None
-        self._serving = None
-        front = self._front
-        if self._counted:  # _settle(), inlined on the path every request takes
-            self._counted = False
-            front.inflight -= 1
+        self._settle()
         transport = self.transport
         if self.closed or transport is None or transport.is_closing():
             return  # the client is gone (connection_lost may come a loop turn later): serve nothing more
-        if (
-            self.closing
-            or request.close
-            or not request.content.complete
-            or request.refusal
-            or (
-                front.closing and not self._queue  # at shutdown, requests already read are still answered
-            )
-        ):
-            self._close()  # the last response (last_response() said so in its head)
+        if self.last_response(request):
+            self._close()  # its head said Connection: close
             return
         if self._paused & _PIPELINED:
             self._resume(_PIPELINED)
-        self.phase, self.since = BUSY, front.now
+        self.phase, self.since = BUSY, self._front.now
         self._advance()
 
     async def _write_whole(self, request: Request, response: Whole | web.Response) -> None:
@@ -531,7 +516,8 @@ class HttpConnection(asyncio.Protocol):
             await cors.on_response_prepare(request, response)
 
     def last_response(self, request: Request) -> bool:
-        """Whether the response being written is this connection's last (it says Connection: close)."""
+        """Whether the response being written is this connection's last (it says Connection: close). At
+        shutdown, requests already read are still answered: the last of them is the last response."""
         return (
             self.closing
             or (self._front.closing and not self._queue)

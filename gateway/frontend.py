@@ -25,20 +25,16 @@ from gateway.cors import Cors
 from gateway.errors import TooManyConnections
 from gateway.front_connection import HttpConnection
 from gateway.front_request import Request
-from gateway.messages import Outgoing, Whole
 from gateway.metrics import Metrics
 from gateway.proxy import Proxy
 from gateway.routes import LocalRoutes
 
 log = logging.getLogger("gateway")
 
-LINGER: Final = (
-    2.0  # seconds the unread bytes of a closing connection are drained (nginx lingering_timeout: 5)
-)
+# Seconds the unread bytes of a closing connection are drained (nginx's lingering_timeout: 5).
+LINGER_SECONDS: Final = 2.0
 MAX_HEAD: Final = 64 * 1024  # bytes of request head, whatever the field limits add up to (nginx: 4 x 8 KiB)
 _REJECT_LOG_INTERVAL: Final = 10.0  # seconds between the log lines about refused connections
-
-Response = web.StreamResponse | Outgoing | Whole
 
 
 class FrontEnd:
@@ -71,7 +67,7 @@ class FrontEnd:
         self.body_timeout = listen.body_timeout
         self.keepalive_timeout = listen.keepalive_timeout
         self.send_timeout = listen.send_timeout
-        self.linger = min(LINGER, listen.header_timeout)
+        self.linger = min(LINGER_SECONDS, listen.header_timeout)
         shortest = min(self.header_timeout, self.body_timeout, self.keepalive_timeout, self.send_timeout)
         self.tick = min(1.0, shortest / 4)
         self.too_many = TooManyConnections(

@@ -45,10 +45,8 @@ log = logging.getLogger("gateway")
 access_log = logging.getLogger("gateway.access")
 
 SSE_TYPE = "text/event-stream"
-SMALL_BODY = (
-    64 * 1024
-)  # bytes; a known-length response body up to this is read whole, then sent with its head
-Upstream = Response
+# Bytes: a known-length response body up to this is read whole, then sent with its head.
+SMALL_BODY = 64 * 1024
 _COOKIE = frozenset({hdrs.COOKIE})  # rebuilt by the session layer: merged, session set, gateway's own removed
 
 
@@ -75,7 +73,7 @@ class Streams:
     """Open SSE responses and WebSockets, so shutdown can close them with "going away"."""
 
     def __init__(self) -> None:
-        self.responses: set[Upstream] = set()
+        self.responses: set[Response] = set()
         self.sockets: set[web.WebSocketResponse] = set()
         self.closing = False
 
@@ -253,7 +251,7 @@ class Proxy:
         assert turn.replica is not None
         return URL(turn.replica.base + turn.carried.target, encoded=True)
 
-    async def _send(self, request: Incoming, turn: Turn, exchange: Exchange) -> Upstream:
+    async def _send(self, request: Incoming, turn: Turn, exchange: Exchange) -> Response:
         """Send upstream; a replica that refuses the connection is marked down, and a live session whose
         replica is gone moves once to another (nothing was sent yet, so the retry is safe)."""
         while True:
@@ -353,7 +351,7 @@ class Proxy:
     async def _respond(
         self,
         request: Incoming,
-        upstream: Upstream,
+        upstream: Response,
         exchange: Exchange,
         turn: Turn,
         *,
@@ -420,7 +418,7 @@ class Proxy:
         return response
 
     async def _pump(
-        self, request: Incoming, upstream: Upstream, response: Outgoing, exchange: Exchange
+        self, request: Incoming, upstream: Response, response: Outgoing, exchange: Exchange
     ) -> None:
         """Copy the upstream body chunk by chunk as it arrives; write() awaits drain (back-pressure)."""
         try:

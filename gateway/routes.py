@@ -45,8 +45,7 @@ class LocalRoutes:
         page = self._exact.get(path)
         if page is not None:
             return functools.partial(page, "")
-        if path.startswith(self._prefix_tuple):
-            for prefix in self._prefix_tuple:
-                if path.startswith(prefix):
-                    return functools.partial(self._prefixes[prefix], path[len(prefix) :])
+        for prefix in self._prefix_tuple:
+            if path.startswith(prefix):
+                return functools.partial(self._prefixes[prefix], path[len(prefix) :])
         return None

@@ -46,8 +46,9 @@ class PoolBusy(Exception):
     """No connection to the origin became free within the queue timeout."""
 
 
-class _Stray(Exception):
-    """Raised in a parser callback: the bot sent a second message where none belongs."""
+class _EndOfExchange(Exception):
+    """Raised in a parser callback: what follows is not this exchange's (a HEAD's head is its end; a second
+    message where none belongs is a bot's stray bytes)."""
 
 
 class Origin:
@@ -185,7 +186,7 @@ class Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError:
-            self.close()  # _Stray, or the end of a HEAD response's head: the exchange itself is complete
+            self.close()  # _EndOfExchange: the exchange itself is complete, nothing after it is trusted
         except httptools.HttpParserUpgrade:
             # 101 to a request that asked for no upgrade (WebSocket handshakes go through aiohttp's client).
             self._fail(UpstreamProtocolError("the upstream switched protocols unasked"))
@@ -235,7 +236,7 @@ class Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self.complete:
             self.keep_alive = False
-            raise _Stray()  # a second response where one was due: the bot's stray bytes stop here
+            raise _EndOfExchange()  # a second response where one was due: the bot's stray bytes stop here
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
@@ -260,7 +261,7 @@ class Connection(asyncio.Protocol):
             self.keep_alive = False
             self.complete = True
             self.body.feed_eof()
-            raise _Stray()
+            raise _EndOfExchange()
 
     def on_body(self, data: bytes) -> None:
         self.body.feed(data)
