@@ -50,7 +50,7 @@ def validate_id(value: str, where: str, max_length: int) -> str:
     return value
 
 
-def _split_path_param(path: str, name: str) -> tuple[str, str | None]:
+def split_path_param(path: str, name: str) -> tuple[str, str | None]:
     """Remove `;<name>=<value>` (Tomcat-style, any segment, name case-insensitive) from a raw path."""
     if ";" not in path or not name:
         return path, None
@@ -114,7 +114,7 @@ class Extractor:
         path, qsep, query = target.partition("?")
         from_path = from_query = None
         if ";" in path or (config.query_param and query):
-            path, from_path = _split_path_param(path, config.path_param.lower())
+            path, from_path = split_path_param(path, config.path_param.lower())
             query, from_query = _split_query_param(query, config.query_param)
             new_target = path + (qsep + query if query else "")
         else:  # nothing to take out (the common case): the target as it came, but for an empty "?"

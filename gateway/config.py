@@ -136,6 +136,11 @@ class UpstreamConfig:
     # none (nginx proxy_request_buffering); larger bodies stream.
     buffer_request_body: int = 1024 * 1024
     queue_timeout: float = 5.0  # seconds a request may wait for a bot connection (503 upstream_busy past it)
+    # The path prefix clients reach the gateway under ("/chat" behind an ingress that strips it); "" at the root.
+    public_prefix: str = ""
+    # Map the bot's cookie paths and redirects from its URL (upstream.url's path) back to the public one, as
+    # nginx's proxy_cookie_path and proxy_redirect do.
+    rewrite_paths: bool = True
 
     def __post_init__(self) -> None:
         _http_url("upstream.url", self.url)
@@ -161,6 +166,14 @@ class UpstreamConfig:
         _positive("upstream.pool_size", self.pool_size)
         _positive("upstream.keepalive_timeout", self.keepalive_timeout)
         _positive("upstream.max_ws_message_size", self.max_ws_message_size)
+        if self.public_prefix and (
+            not self.public_prefix.startswith("/")
+            or self.public_prefix.endswith("/")
+            or "//" in self.public_prefix
+        ):
+            raise ConfigError(
+                "upstream.public_prefix", f"expected '' or a path such as '/chat', got {self.public_prefix!r}"
+            )
         if self.ready_path and not self.ready_path.startswith("/"):
             raise ConfigError(
                 "upstream.ready_path", f"expected a path starting with '/', got {self.ready_path!r}"
@@ -189,6 +202,7 @@ OnFull = Literal["evict", "reject"]
 SameSite = Literal["Lax", "Strict", "None"]
 StoreKind = Literal["memory", "redis"]
 StoreFailure = Literal["open", "closed"]
+OnBotNewId = Literal["restart", "rename"]
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
@@ -218,6 +232,10 @@ class SessionConfig:
     on_full: OnFull = "evict"  # at max_sessions: end the session nearest expiry, or answer 503
     max_id_length: int = 128  # bytes
     end_path: str = "endsession"  # a request whose last path segment is this ends the session
+    # A new bot id for a live session: "restart" (a new conversation, X-Session-New: upstream; the Teneo
+    # engine issues one only when it lost the session) or "rename" (the same conversation under a new id:
+    # Tomcat's changeSessionId(), Spring Security's session-fixation protection on login).
+    on_bot_new_id: OnBotNewId = "restart"
     cookie_samesite: SameSite = "Lax"  # for the gateway's cookies; "None" for cross-site widgets
     cookie_secure: bool = False
     cookie_partitioned: bool = False  # CHIPS: a third-party cookie partitioned by the embedding site

@@ -8,10 +8,21 @@ from __future__ import annotations
 
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+)
 
 from gateway import __version__
 from gateway.hotmetrics import HotCounter, HotMetrics
+
+# No `_created` series: they double the exposition, and no dashboard or rule reads them (increase() and
+# rate() handle counter resets by themselves). The switch is process-wide in prometheus_client.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 PREFIX: Final = "session_gateway"
 METHODS: Final = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other")
@@ -151,6 +162,12 @@ class Metrics:
         )
         self.sessions_ended = Counter(
             f"{PREFIX}_sessions_ended", "Sessions ended, by reason.", ["reason"], registry=r
+        )
+        self.sessions_renamed = Counter(
+            f"{PREFIX}_sessions_renamed",
+            "Sessions the bot moved to a new id, continuing the conversation (session.on_bot_new_id = rename, "
+            "or X-Session-Control: rename).",
+            registry=r,
         )
         self.sessions_rejected = Counter(
             f"{PREFIX}_sessions_rejected",

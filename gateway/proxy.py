@@ -36,6 +36,7 @@ from gateway.headers import (
 )
 from gateway.messages import Incoming, NewStream, Outgoing, Whole
 from gateway.metrics import Metrics
+from gateway.reverse import REVERSED, reverse
 from gateway.sessions import LOGOUT, SessionManager, Turn, short_id
 from gateway.upstream_client import Pool, PoolBusy, Response, UpstreamConnectError
 from gateway.upstreams import Replica
@@ -147,6 +148,7 @@ class Proxy:
         self._max_body = config.upstream.max_body_size
         self._drop = REQUEST_ONLY_DROP | sessions.owned_request_headers | _COOKIE
         self._drop_websocket = self._drop | WEBSOCKET_HANDSHAKE
+        self._path_param = config.session.path_param.lower()
 
     async def handle(
         self, request: Incoming, new_stream: NewStream = aiohttp_stream
@@ -364,6 +366,10 @@ class Proxy:
             await self.sessions.finish(turn, upstream.status, logout_headers)
             return web.json_response(LOGOUT, headers=logout_headers)
         headers = strip_hop_by_hop(upstream.headers)
+        path_map = turn.replica.path_map if turn.replica is not None else None
+        if path_map is not None and headers.keys() & REVERSED:
+            # A `;jsessionid=` in a redirect stays only for a client that carries its session that way.
+            reverse(headers, path_map, "" if turn.carried.carrier == "path" else self._path_param)
         await self.sessions.finish(turn, upstream.status, headers)
         exchange.session = turn.session_id
         is_sse = upstream.headers.get(hdrs.CONTENT_TYPE, "").startswith(SSE_TYPE)

@@ -59,6 +59,7 @@ _RESTART_REASON: Final[dict[TombReason, StartReason]] = {
     "evicted": "ended",
     "admin": "ended",
     "unknown": "unknown",
+    "renamed": "ended",  # never read while the successor it names is followed
 }
 
 
@@ -270,25 +271,41 @@ class SessionManager:
 
     async def _prepare_end(self, turn: Turn, now: float) -> None:
         presented = turn.carried.session_id
-        touch = await self.store.touch(presented, now) if presented else None
-        if touch is not None and touch.outcome in (Outcome.EXPIRED, Outcome.LIFETIME) and touch.session:
+        if presented is None:
+            turn.answer_logout = True  # no session: nothing to end, and nothing for the bot to decide
+            return
+        current, touch = presented, await self.store.touch(presented, now)
+        for _ in range(_MAX_SUCCESSOR_HOPS):  # an id that was renamed (or restarted) leads to its successor
+            if touch.successor is None:
+                break
+            current = touch.successor
+            touch = await self.store.touch(current, now)
+        if touch.outcome in (Outcome.EXPIRED, Outcome.LIFETIME) and touch.session:
             self._observe_end(touch.session, "idle" if touch.outcome is Outcome.EXPIRED else "lifetime", now)
             await self._refresh_active()
-        if touch is None or touch.outcome is not Outcome.LIVE or touch.session is None:
-            if presented and touch is not None and touch.outcome is not Outcome.PENDING:
-                await self.store.release(
-                    presented
-                )  # touch() claimed the dead or unknown id; we start nothing
-            turn.answer_logout = True  # no session, or one we do not know: change nothing
+        if touch.outcome is Outcome.LIVE and touch.session is not None:
+            if (
+                touch.idle_gap is not None
+            ):  # the end request is one of the session's requests (touch counted it)
+                self.metrics.idle_gap.observe(touch.idle_gap)
+            info = await self.store.end(touch.session.id, now, "client")
+            turn.pinned_name = touch.session.replica
+            if info is not None:
+                self._observe_end(info, "client", now)
+            await self._refresh_active()
+        elif self.config.issuer == "gateway":
+            # An id the gateway did not mint or no longer knows never reaches the bot: answer the logout.
+            if touch.outcome is not Outcome.PENDING and touch.successor is None:
+                await self.store.release(current)
+            turn.answer_logout = True
             return
-        if touch.idle_gap is not None:  # the end request is one of the session's requests (touch counted it)
-            self.metrics.idle_gap.observe(touch.idle_gap)
-        info = await self.store.end(touch.session.id, now, "client")
-        turn.pinned_name = touch.session.replica
-        if info is not None:
-            self._observe_end(info, "client", now)
-        await self._refresh_active()
-        turn.session_id = touch.session.id
+        elif touch.outcome is Outcome.MISSING:
+            # Unknown here (a gateway restart, an adopted id) but perhaps not to the bot: it decides, and the
+            # id is remembered as ended so its next request hears `ended`. Counted nowhere: we had no record.
+            await self.store.mark_ended(current, now, "client")
+        elif touch.outcome is not Outcome.PENDING and touch.successor is None:
+            await self.store.release(current)  # touch() claimed the dead id; we start nothing
+        turn.session_id = current
         turn.ended = True
 
     async def _resolve(self, turn: Turn, presented: str, now: float) -> None:
@@ -356,7 +373,7 @@ class SessionManager:
     def _place(self, turn: Turn) -> bool:
         """Choose the replica: the pinned one; the affinity value's for an id the store lost; else the least
         busy. False: the live session's replica is gone, so the session must move (repin)."""
-        if turn.live or turn.ended:
+        if turn.live or (turn.ended and turn.pinned_name):
             replica = self.upstreams.get(turn.pinned_name)
             if replica is None:
                 replica = self._affinity_replica(turn.carried)
@@ -367,7 +384,7 @@ class SessionManager:
                 raise ReplicaUnavailable("The bot replica holding this session is unavailable.")
             if turn.live:
                 return False
-        elif turn.adopting:
+        elif turn.adopting or turn.ended:  # an id the gateway does not know: where the client says it lives
             turn.replica = self._affinity_replica(turn.carried) or self.upstreams.choose()
             return True
         turn.replica = self.upstreams.choose()
@@ -489,7 +506,9 @@ class SessionManager:
             elif self.config.issuer == "gateway":
                 signal = turn.reason
             else:
-                session_id, signal = await self._follow_bot(turn, status, bot_id, bot_deleted, now)
+                session_id, signal = await self._follow_bot(
+                    turn, status, bot_id, bot_deleted, now, told_rename="rename" in controls
+                )
             if controls and session_id is not None and not turn.untracked and not turn.ended:
                 await self._apply_controls(session_id, controls, now)
         except SessionCapacity:
@@ -504,11 +523,12 @@ class SessionManager:
         if turn.ended:
             self._end_headers(headers)
             return
-        if session_id is not None:
-            headers[X_SESSION_ID] = session_id
         if signal is not None:
             headers[X_SESSION_NEW] = signal
-        self._affinity_headers(headers, session_id or "", turn.replica)
+        if session_id:
+            headers[X_SESSION_ID] = session_id
+            self._affinity_headers(headers, session_id, turn.replica)
+        # else no session: nothing to pin, so no affinity value (and no cookie signed over an empty id)
 
     @staticmethod
     def _take_owned(headers: CIMultiDict[str]) -> list[str]:
@@ -546,9 +566,10 @@ class SessionManager:
         return bot_id, bot_deleted
 
     async def _follow_bot(
-        self, turn: Turn, status: int, bot_id: str | None, bot_deleted: bool, now: float
+        self, turn: Turn, status: int, bot_id: str | None, bot_deleted: bool, now: float, *, told_rename: bool
     ) -> tuple[str | None, StartReason | None]:
-        """Upstream-issued mode: from the bot's Set-Cookie, learn which session it continued or started."""
+        """Upstream-issued mode: from the bot's Set-Cookie, learn which session it continued or started
+        (`told_rename`: the bot said `X-Session-Control: rename`)."""
         current = turn.session_id
         if turn.ended:
             return current, None
@@ -557,6 +578,13 @@ class SessionManager:
                 await self._end(current, "bot", now)
                 return None, None
             if bot_id is not None and bot_id != current:
+                renames = told_rename or self.config.on_bot_new_id == "rename"
+                if renames and await self.store.rename(current, bot_id, now) is not None:
+                    # The same conversation under a new id (session-fixation protection): no signal; the
+                    # old id leads to the new one, so another tab still holding it continues too.
+                    self.metrics.sessions_renamed.inc()
+                    turn.session_id = bot_id
+                    return bot_id, None
                 await self._end(current, "upstream", now)
                 await self._start(bot_id, "upstream", now, previous=current, replica=turn.replica)
                 turn.session_id = bot_id
@@ -564,9 +592,11 @@ class SessionManager:
             return current, None
         if turn.adopting and current is not None:
             if bot_id is not None and bot_id != current:
-                await self._start(bot_id, "unknown", now, previous=current, replica=turn.replica)
+                # An explicit rename of an id we did not know: the bot's conversation goes on, adopted.
+                reason: StartReason = "adopted" if told_rename else "unknown"
+                await self._start(bot_id, reason, now, previous=current, replica=turn.replica)
                 turn.session_id, turn.claimed = bot_id, None
-                return bot_id, "unknown"
+                return bot_id, None if told_rename else "unknown"
             if bot_deleted or status >= 500:
                 turn.session_id = None
                 return None, None
@@ -600,7 +630,7 @@ class SessionManager:
                     continue
                 if seconds > 0:
                     await self.store.set_idle_timeout(session_id, min(seconds, self.config.absolute_timeout))
-            elif control:
+            elif control and control != "rename":  # rename was read with the bot's Set-Cookie
                 log.warning("ignoring X-Session-Control %r from the upstream", control)
 
     def _cookie(self, name: str, value: str, max_age: int | None = None) -> str:

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from gateway.config import UpstreamConfig
 from gateway.metrics import Metrics
+from gateway.reverse import PathMap
 from gateway.upstream_client import Origin
 
 log = logging.getLogger("gateway")
@@ -27,6 +28,7 @@ class Replica:
     origin: Origin = field(init=False)
     prefix: str = field(init=False)  # the base URL's path ("/bot/v1"), put before every request target
     requests_metric: Any = field(default=None)  # the bound replica_requests child
+    path_map: PathMap | None = None  # maps its cookie paths and redirects to public ones (rewrite_paths)
 
     def __post_init__(self) -> None:
         self.origin = Origin(self.base)
@@ -46,6 +48,9 @@ class Upstreams:
             Replica(name, url.rstrip("/"), order=i) for i, (name, url) in enumerate(config.replicas())
         ]
         self.by_name = {r.name: r for r in self.replicas}
+        if config.rewrite_paths:
+            for replica in self.replicas:
+                replica.path_map = PathMap(replica.base, config.public_prefix)
         self._turn = itertools.count()
         for replica in self.replicas:
             replica.requests_metric = metrics.replica_requests.labels(replica=replica.name)

@@ -20,7 +20,7 @@ def _without_created(text: bytes) -> str:
     return re.sub(r"^\w+_created(\{[^}]*\})? \S+\n", "", text.decode(), flags=re.MULTILINE)
 
 
-def test_exposition_matches_prometheus_client_for_the_same_updates() -> None:
+def test_exposition_matches_prometheus_client_for_the_same_updates(created_series_enabled: None) -> None:
     theirs, ours = CollectorRegistry(), CollectorRegistry()
     hot = HotMetrics()
     counter = (
@@ -78,13 +78,33 @@ def test_declared_names_types_and_labels_before_any_sample() -> None:
 # --- prometheus_client's switches and registry checks ----------------------------------------
 
 
-@pytest.fixture
-def created_series_disabled() -> Iterator[None]:
-    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+def _created_series(enabled: bool) -> Iterator[None]:
+    """The process-wide switch set for one test, then put back (gateway.metrics turns it off at import)."""
+    was = prometheus_client.metrics._use_created
+    if enabled:
+        prometheus_client.enable_created_metrics()  # type: ignore[no-untyped-call]
+    else:
+        prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     try:
         yield
     finally:
-        prometheus_client.enable_created_metrics()  # type: ignore[no-untyped-call]
+        prometheus_client.metrics._use_created = was
+
+
+@pytest.fixture
+def created_series_disabled() -> Iterator[None]:
+    yield from _created_series(False)
+
+
+@pytest.fixture
+def created_series_enabled() -> Iterator[None]:
+    yield from _created_series(True)
+
+
+def test_the_gateway_turns_created_series_off() -> None:
+    import gateway.metrics  # noqa: F401  (the import is the switch)
+
+    assert prometheus_client.metrics._use_created is False
 
 
 def test_hot_metrics_honour_disabled_created_series(created_series_disabled: None) -> None:

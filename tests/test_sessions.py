@@ -535,31 +535,50 @@ async def test_endsession_demo_bot_answers_get_with_405_and_the_gateway_falls_ba
     assert rig.ended("client") == 1
 
 
-@pytest.mark.parametrize(
-    "kwargs",
-    [{}, {"header": "UNKNOWN0001"}, {"cookie": "UNKNOWN0002"}],
-    ids=["none", "unknown-header", "unknown-cookie"],
-)
-async def test_endsession_without_a_known_session_changes_nothing(
-    demo: Bot, rig_for: StartRig, kwargs: dict[str, str]
-) -> None:
+async def test_endsession_without_a_session_changes_nothing(demo: Bot, rig_for: StartRig) -> None:
     rig = await rig_for(demo.url)
     live = (await rig.send()).session_id
     assert live is not None
     bot_requests = len(demo.seen)
     before = {r: rig.ended(r) for r in END_REASONS} | {r: rig.started(r) for r in START_REASONS}
-    reply = await rig.send("/endsession", method="POST", **kwargs)
+    reply = await rig.send("/endsession", method="POST")
     assert reply.status == 200 and reply.json == LOGOUT
     assert len(demo.seen) == bot_requests  # the bot was not contacted
     assert {r: rig.ended(r) for r in END_REASONS} | {r: rig.started(r) for r in START_REASONS} == before
     assert rig.active == 1
     assert (await rig.send(header=live)).turn == 2
-    if kwargs:
-        # The unknown id is left as it was: a later request with it is offered to the bot at once.
-        (unknown,) = kwargs.values()
-        reply = await asyncio.wait_for(rig.send(header=unknown), 3)
-        assert reply.status == 200 and reply.new == "unknown"
-        assert ("JSESSIONID", unknown) in demo.last.cookies
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"header": "UNKNOWN0001"}, {"cookie": "UNKNOWN0002"}, {"path": "/endsession;jsessionid=UNKNOWN0003"}],
+    ids=["header", "cookie", "path"],
+)
+async def test_endsession_for_an_unknown_id_is_forwarded_and_remembered(
+    demo: Bot, rig_for: StartRig, kwargs: dict[str, str]
+) -> None:
+    """A gateway restart (memory store) forgets sessions the bot still holds: "End chat" must reach the bot."""
+    rig = await rig_for(demo.url)
+    live = (await rig.send()).session_id
+    assert live is not None
+    unknown = next(iter(kwargs.values())).rpartition("=")[2]
+    before = {r: rig.ended(r) for r in END_REASONS} | {r: rig.started(r) for r in START_REASONS}
+    path = kwargs.get("path", "/endsession")
+    carried = {k: v for k, v in kwargs.items() if k != "path"}
+    reply = await rig.send(path, method="POST", **carried)
+    assert reply.status == 200 and reply.json == LOGOUT
+    assert demo.last.raw_path.startswith("/endsession")
+    assert ("JSESSIONID", unknown) in demo.last.cookies  # the bot decides
+    assert reply.headers["X-Gateway-Session"] == ""  # the affinity cookie is expired, as for a known end
+    assert "X-Session-Id" not in reply.headers
+    # Counted nowhere: the gateway had no record of it.
+    assert {r: rig.ended(r) for r in END_REASONS} | {r: rig.started(r) for r in START_REASONS} == before
+    assert rig.active == 1
+    # The id is remembered as ended: its next request hears so, and the bot is not offered it again.
+    nxt = await asyncio.wait_for(rig.send(header=unknown), 3)
+    assert nxt.status == 200 and nxt.new == "ended" and nxt.turn == 1
+    assert ("JSESSIONID", unknown) not in demo.last.cookies
+    assert (await rig.send(header=live)).turn == 2
 
 
 async def test_endsession_with_an_expired_session(demo: Bot, rig_for: StartRig, clock: FakeClock) -> None:
@@ -567,10 +586,10 @@ async def test_endsession_with_an_expired_session(demo: Bot, rig_for: StartRig, 
     sid = (await rig.send()).session_id
     assert sid is not None
     clock.advance(601)
-    bot_requests = len(demo.seen)
     reply = await rig.send("/endsession", method="POST", header=sid)
     assert reply.status == 200 and reply.json == LOGOUT
-    assert len(demo.seen) == bot_requests
+    # Forwarded all the same: a bot whose own timeout is longer still holds the conversation.
+    assert demo.last.raw_path == "/endsession" and ("JSESSIONID", sid) in demo.last.cookies
     assert rig.ended("idle") == 1 and rig.ended("client") == 0
     assert rig.active == 0
     # A later request with the same id is told it expired, without waiting for anything.

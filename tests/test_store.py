@@ -435,3 +435,64 @@ async def test_a_clock_behind_the_last_request_never_moves_last_seen_back(make_s
     assert touch.outcome is Outcome.LIVE and touch.session is not None
     assert (touch.idle_gap, touch.session.last_seen, touch.session.requests) == (0.0, 100.0, 3)
     assert (await store.touch("s", 100.0 + IDLE - 1)).outcome is Outcome.LIVE  # counted from 100, not 90
+
+
+async def test_mark_ended_tombstones_an_unknown_id_and_releases_its_claim(make_store: StoreFactory) -> None:
+    store = make_store()
+    assert (await store.touch("gone", 1.0)).outcome is Outcome.MISSING  # claimed
+    await store.mark_ended("gone", 2.0, "client")
+    touch = await store.touch("gone", 3.0)  # no claim left to wait on; the id is remembered as ended
+    assert touch.outcome is Outcome.ENDED and touch.ended_reason == "client"
+    await store.release("gone")
+
+
+async def test_mark_ended_leaves_live_sessions_and_existing_tombstones_alone(
+    make_store: StoreFactory,
+) -> None:
+    store = make_store()
+    await store.create("live", 0.0, idle_timeout=IDLE, replica="r")
+    await store.mark_ended("live", 1.0, "client")
+    assert (await store.touch("live", 2.0)).outcome is Outcome.LIVE
+    await store.create("old", 0.0, idle_timeout=IDLE, replica="r")
+    await store.end("old", 1.0, "bot")
+    await store.mark_ended("old", 2.0, "client")
+    assert (await store.touch("old", 3.0)).ended_reason == "bot"
+    await store.release("old")
+    await store.create("new", 4.0, idle_timeout=IDLE, replica="r", previous="old")
+    await store.mark_ended("old", 5.0, "client")
+    assert (await store.touch("old", 6.0)).successor == "new"  # the successor is kept
+
+
+async def test_rename_moves_the_record_and_the_old_id_leads_to_the_new(make_store: StoreFactory) -> None:
+    store = make_store()
+    await store.create("a", 100.0, idle_timeout=IDLE, replica="r2")
+    await store.touch("a", 150.0)
+    renamed = await store.rename("a", "b", 160.0)
+    assert renamed is not None
+    assert (renamed.id, renamed.created, renamed.last_seen, renamed.requests, renamed.replica) == (
+        "b",
+        100.0,
+        150.0,
+        2,
+        "r2",
+    )
+    assert await store.count() == 1
+    old = await store.touch("a", 170.0)
+    assert old.outcome is Outcome.ENDED and old.successor == "b" and old.ended_reason == "renamed"
+    live = await store.touch("b", 170.0)
+    assert live.outcome is Outcome.LIVE and live.session is not None and live.session.requests == 3
+    # The deadline moved with it: idle from its last request, absolute from its first.
+    assert (await store.expire_due(170.0 + IDLE - 1, 100)).ended == []
+    swept = await store.expire_due(170.0 + IDLE, 100)
+    assert [(e.reason, e.session.requests) for e in swept.ended] == [("idle", 3)]
+    assert await store.count() == 0
+
+
+async def test_rename_refuses_a_dead_old_id_or_an_existing_new_one(make_store: StoreFactory) -> None:
+    store = make_store()
+    assert await store.rename("nope", "b", 1.0) is None
+    await store.create("a", 0.0, idle_timeout=IDLE, replica="r")
+    await store.create("b", 0.0, idle_timeout=IDLE, replica="r")
+    assert await store.rename("a", "b", 1.0) is None
+    assert (await store.touch("a", 2.0)).outcome is Outcome.LIVE
+    assert await store.count() == 2

@@ -15,8 +15,11 @@ import enum
 from typing import Literal, NamedTuple, Protocol
 
 EndReason = Literal["idle", "lifetime", "client", "bot", "upstream", "evicted", "admin"]
-# A tombstone also remembers ids that were never sessions but got a successor ("unknown").
-TombReason = Literal["idle", "lifetime", "client", "bot", "upstream", "evicted", "admin", "unknown"]
+# A tombstone also remembers ids that were never sessions but got a successor ("unknown"), and ids the bot
+# replaced with a new one for the same conversation ("renamed": its successor continues it).
+TombReason = Literal[
+    "idle", "lifetime", "client", "bot", "upstream", "evicted", "admin", "unknown", "renamed"
+]
 END_REASONS: tuple[EndReason, ...] = ("idle", "lifetime", "client", "bot", "upstream", "evicted", "admin")
 
 
@@ -95,6 +98,17 @@ class SessionStore(Protocol):
 
     async def end(self, session_id: str, now: float, reason: EndReason) -> SessionInfo | None:
         """End a live session and tombstone it; None when it was not live."""
+        ...
+
+    async def mark_ended(self, session_id: str, now: float, reason: EndReason) -> None:
+        """Tombstone an id that is not live here (one a client ended while the gateway did not know it),
+        releasing its claim; an id that is live, or already has a tombstone, keeps what it has."""
+        ...
+
+    async def rename(self, session_id: str, new_id: str, now: float) -> SessionInfo | None:
+        """Move a live session to a new id (the bot rotated it), keeping its deadlines, pin and counters;
+        the old id's tombstone names the new one as successor. None: the old id is not live, or the new one
+        already exists."""
         ...
 
     async def set_idle_timeout(self, session_id: str, seconds: float) -> None: ...

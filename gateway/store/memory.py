@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from typing import Final
+from typing import Final, NamedTuple
 
 from gateway.store import (
     CapacityExceeded,
@@ -30,6 +30,14 @@ IDLE: Final = 2
 REQUESTS: Final = 3
 REPLICA: Final = 4
 DUE: Final = 5
+Tomb = tuple[TombReason, str | None, float]  # (reason, successor, forget_at)
+
+
+class Snapshot(NamedTuple):
+    """A memory store's sessions and tombstones as plain data (claims are transient: never kept)."""
+
+    sessions: dict[str, Record]  # a record's `due` is recomputed by restore()
+    tombstones: dict[str, Tomb]
 
 
 class MemoryStore:
@@ -196,6 +204,22 @@ class MemoryStore:
             return None
         return self._remove(session_id, reason, now)
 
+    async def mark_ended(self, session_id: str, now: float, reason: EndReason) -> None:
+        self._claims.pop(session_id, None)
+        self._forget_tombstones(now)
+        if session_id not in self._sessions and session_id not in self._tombs:
+            self._tombstone(session_id, reason, now)
+
+    async def rename(self, session_id: str, new_id: str, now: float) -> SessionInfo | None:
+        rec = self._sessions.get(session_id)
+        if rec is None or new_id in self._sessions:
+            return None
+        del self._sessions[session_id]  # its heap entry turns stale: no record under that id
+        self._claims.pop(new_id, None)
+        rec = self._push(new_id, rec)
+        self._tombstone(session_id, "renamed", now, successor=new_id)
+        return self._info(new_id, rec)
+
     async def set_idle_timeout(self, session_id: str, seconds: float) -> None:
         rec = self._sessions.get(session_id)
         if rec is None:
@@ -224,6 +248,41 @@ class MemoryStore:
             ended.append(Ended(self._remove(session_id, reason, now), reason))
         self._forget_tombstones(now)
         return Swept(ended, more=bool(heap) and heap[0][0] <= now)
+
+    def snapshot(self) -> Snapshot:
+        """The live sessions and the tombstones; shallow copies suffice, as records are immutable tuples."""
+        return Snapshot(dict(self._sessions), dict(self._tombs))
+
+    async def restore(self, snapshot: Snapshot, now: float) -> list[Ended]:
+        """Fill this empty store from a snapshot (taking its dicts): sessions past a timeout end as expire_due
+        ends them, then those nearest expiry past max_sessions are evicted; the ends are returned for the
+        metrics. Forgotten tombstones are dropped, and none outlives tombstone_ttl from now."""
+        if self._sessions or self._tombs:
+            raise RuntimeError("restore() needs an empty store")
+        # The latest tombstones, at most max_tombstones, in forget order.
+        latest = now + self._tomb_ttl
+        tombs = sorted(
+            (min(forget_at, latest), sid, reason, successor)
+            for sid, (reason, successor, forget_at) in snapshot.tombstones.items()
+            if forget_at > now
+        )
+        for forget_at, sid, reason, successor in tombs[-self._max_tombs :]:
+            self._tombs[sid] = (reason, successor, forget_at)
+            self._tomb_order.append((forget_at, sid))
+        sessions, absolute = snapshot.sessions, self._absolute
+        for sid, (created, last_seen, idle, requests, replica, _) in sessions.items():
+            due = min(last_seen + idle, created + absolute)
+            # Replacing values keeps the dict's size, so it is safe while iterating, and frees each old tuple.
+            sessions[sid] = (created, last_seen, idle, requests, replica, due)
+        self._sessions = sessions
+        self._heap = [(rec[DUE], sid) for sid, rec in sessions.items()]
+        heapq.heapify(self._heap)
+        ended = (await self.expire_due(now, len(self._heap))).ended
+        while len(sessions) > self._max:
+            evicted = self._evict_one(now)
+            assert evicted is not None  # the heap holds an entry for every record
+            ended.append(Ended(evicted, "evicted"))
+        return ended
 
     async def count(self) -> int:
         return len(self._sessions)

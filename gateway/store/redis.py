@@ -201,6 +201,32 @@ redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return {reason, rec[1], rec[2], rec[3], rec[4], rec[5]}
 """
 
+# KEYS: the id's record and tombstone. An id that is live, or already has a tombstone, keeps it.
+_MARK_ENDED: Final = """
+redis.call('HDEL', KEYS[2], 'p', 'o')
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('HSET', KEYS[2], 'r', ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 1
+"""
+
+# KEYS: the old id's record, tombstone and index, then the new id's. The two ids usually live on different
+# shards, so like the create script this needs a standalone (or Sentinel-managed) Redis, not a Cluster.
+_RENAME: Final = """
+local rec = redis.call('HMGET', KEYS[1], 'c', 'l', 'i', 'n', 'r')
+if not rec[1] or redis.call('EXISTS', KEYS[4]) == 1 then return false end
+local now = tonumber(ARGV[6])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[5])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('HSET', KEYS[4], 'c', rec[1], 'l', rec[2], 'i', rec[3], 'n', rec[4], 'r', rec[5])
+local deadline = math.min(tonumber(rec[2]) + tonumber(rec[3]), tonumber(rec[1]) + tonumber(ARGV[7]))
+redis.call('ZADD', KEYS[6], deadline, ARGV[2])
+redis.call('PEXPIRE', KEYS[4], math.max(1, math.ceil((deadline - now + tonumber(ARGV[5])) * 1000)))
+redis.call('HSET', KEYS[2], 'r', 'renamed', 's', ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return rec
+"""
+
 _SET_TIMEOUT: Final = """
 local rec = redis.call('HMGET', KEYS[1], 'c', 'l')
 if not rec[1] then return 0 end
@@ -350,6 +376,8 @@ class RedisStore:
         self._release = self.client.register_script(_RELEASE)
         self._end = self.client.register_script(_END)
         self._set_timeout = self.client.register_script(_SET_TIMEOUT)
+        self._mark_ended = self.client.register_script(_MARK_ENDED)
+        self._rename = self.client.register_script(_RENAME)
 
     def _tag(self, shard: int) -> str:
         return f"{self._prefix}:{{{shard}}}"
@@ -438,6 +466,25 @@ class RedisStore:
         args = [digest, reason, repr(now), self._tomb_ms, "now", repr(self._absolute)]
         result = await self._call(self._end(keys=keys[:3], args=args))
         return _info(session_id, result[1:6]) if result else None
+
+    async def mark_ended(self, session_id: str, now: float, reason: EndReason) -> None:
+        _, keys = self._keys(session_id)
+        await self._call(self._mark_ended(keys=keys[:2], args=[reason, self._tomb_ms]))
+
+    async def rename(self, session_id: str, new_id: str, now: float) -> SessionInfo | None:
+        digest, keys = self._keys(session_id)
+        new_digest, new_keys = self._keys(new_id)
+        args = [
+            digest,
+            new_digest,
+            seal_successor(new_id, session_id),
+            self._tomb_ms,
+            repr(TTL_SLACK),
+            repr(now),
+            repr(self._absolute),
+        ]
+        result = await self._call(self._rename(keys=[*keys[:3], *new_keys[:3]], args=args))
+        return _info(new_id, result) if result else None
 
     async def set_idle_timeout(self, session_id: str, seconds: float) -> None:
         digest, keys = self._keys(session_id)
