@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
+from aiohttp import web
 from conftest import eventually
 from replica_helpers import (  # noqa: F401 - fixtures are used by name
     StartNode,
@@ -31,6 +32,7 @@ from session_helpers import (  # noqa: F401 - fixtures are used by name
     start_demo,
 )
 
+from gateway.app import SESSIONS
 from tests.redis_server import RedisServer
 
 IDLE = 600.0
@@ -236,3 +238,55 @@ async def test_gateway_processes_share_sessions_through_redis(
     for gw in gws:
         assert gw.proc.returncode == 0, gw.stderr()
         assert "Traceback" not in gw.stderr()
+
+
+async def test_a_rename_on_one_replica_is_followed_on_the_others(
+    redis: RedisServer, start_node: StartNode, clock: FakeClock, aiohttp_server: Any
+) -> None:
+    """Tomcat-style id rotation with session.on_bot_new_id = "rename", through Redis: the old id, presented to
+    another replica, continues the conversation under the new id; nothing starts or ends."""
+    turns: dict[str, int] = {}
+
+    async def bot(request: web.Request) -> web.Response:
+        sid = request.cookies.get("JSESSIONID")
+        issued = None
+        if sid not in turns:
+            sid = issued = f"S{len(turns)}"
+            turns[sid] = 0
+        assert sid is not None
+        if request.query.get("rotate"):
+            turns[sid + "R"] = turns.pop(sid)
+            sid = issued = sid + "R"
+        turns[sid] += 1
+        response = web.json_response({"turn": turns[sid]})
+        if issued:
+            response.set_cookie("JSESSIONID", issued)
+        return response
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", bot)
+    server = await aiohttp_server(app)
+    a, b = nodes = await _nodes(
+        start_node, 2, f"http://{server.host}:{server.port}", redis, clock, on_bot_new_id="rename"
+    )
+    old = (await a.send()).session_id
+    assert old is not None
+    rotated = await a.send("/?rotate=1", header=old)
+    assert (rotated.new, rotated.session_id, rotated.json["turn"]) == (None, old + "R", 2)
+    late = await b.send(header=old)
+    assert (late.new, late.session_id, late.json["turn"]) == (None, old + "R", 3)
+    assert total(nodes, "sessions_renamed_total") == 1
+    assert sum(total(nodes, "sessions_started_total", reason=r) for r in START_REASONS) == 1
+    assert await a.app[SESSIONS].store.count() == 1  # one session, under its new id
+
+
+async def test_endsession_for_an_id_no_replica_knows_reaches_the_bot_and_is_remembered_by_all(
+    redis: RedisServer, demo: Bot, start_node: StartNode, clock: FakeClock
+) -> None:
+    a, b = nodes = await _nodes(start_node, 2, demo.url, redis, clock)
+    end = await a.send("/endsession", method="POST", header="LOSTBYREDIS01")
+    assert end.status == 200 and end.json == {"status": 1, "message": "logout"}
+    assert ("JSESSIONID", "LOSTBYREDIS01") in demo.last.cookies
+    after = await b.send(header="LOSTBYREDIS01")
+    assert after.new == "ended" and after.turn == 1
+    assert total(nodes, "sessions_ended_total", reason="client") == 0
