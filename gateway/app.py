@@ -20,7 +20,7 @@ from gateway.metrics import Metrics
 from gateway.proxy import Proxy, Streams, build_client, build_pool
 from gateway.routes import LocalRoutes
 from gateway.sessions import Clock, SessionManager
-from gateway.store import SessionStore
+from gateway.store import SessionStore, state_file
 from gateway.store.memory import MemoryStore
 from gateway.upstreams import Upstreams
 
@@ -149,9 +149,16 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _sessions(app: web.Application) -> AsyncIterator[None]:
-    app[SESSIONS].start()
+    """Restore the sessions a graceful shutdown saved (session.state_file), sweep; on cleanup, which runs
+    after the proxy drained its requests, save them again and close the store."""
+    manager, path = app[SESSIONS], app[CONFIG].session.state_file
+    store = manager.store if path and isinstance(manager.store, MemoryStore) else None
+    if store is not None:
+        bound = state_file.size_bound(app[CONFIG].session)
+        await manager.restore(await state_file.load(store, path, manager.clock(), bound))
+    manager.start()
     yield
-    await app[SESSIONS].stop()
+    await manager.stop(None if store is None else lambda: state_file.save(store, path, manager.clock()))
 
 
 async def _close_streams(app: web.Application) -> None:

@@ -248,6 +248,8 @@ class SessionConfig:
     redis_sentinels: tuple[str, ...] = ()  # "host:port" of Sentinels; set, they name the master to use
     redis_sentinel_master: str = "mymaster"  # the Sentinel service name; redis_url then gives password and db
     store_failure: StoreFailure = "open"  # store down: "open" proxies untracked, "closed" answers 503
+    # The memory store's sessions are saved here on a graceful shutdown and restored at start; empty: off.
+    state_file: str = ""
 
     def __post_init__(self) -> None:
         for key in ("cookie", "header", "affinity_cookie"):
@@ -284,6 +286,16 @@ class SessionConfig:
         if self.cookie_partitioned and not self.cookie_secure:
             raise ConfigError(
                 "session.cookie_partitioned", "Partitioned requires session.cookie_secure = true"
+            )
+        if self.state_file and self.store != "memory":
+            raise ConfigError(
+                "session.state_file",
+                f"only the memory store is saved to a file; with store = {self.store!r} expected '', "
+                f"got {self.state_file!r}",
+            )
+        if self.state_file.endswith("/"):
+            raise ConfigError(
+                "session.state_file", f"expected a file path, got a directory: {self.state_file!r}"
             )
 
 

@@ -8,7 +8,7 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -133,7 +133,17 @@ class SessionManager:
     def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="session-sweeper")
 
-    async def stop(self) -> None:
+    async def restore(self, ended: Iterable[tuple[SessionInfo, EndReason]]) -> None:
+        """Count the sessions a state file held that ended while the gateway was down (before start())."""
+        now = self.clock()
+        for info, reason in ended:
+            # An idle or lifetime end happened at its deadline: the downtime is not part of the session.
+            deadline = min(info.last_seen + info.idle_timeout, info.created + self.config.absolute_timeout)
+            self._observe_end(info, reason, now if reason == "evicted" else min(now, deadline))
+        await self._refresh_active()
+
+    async def stop(self, save: Callable[[], None] | None = None) -> None:
+        """Stop the sweeper, then `save` (session.state_file), then close the store (a memory store empties)."""
         if self._sweeper is not None:
             # The flag ends the loop even when the cancel is lost: redis-py sends through asyncio.wait_for,
             # which on Python 3.11 swallows a cancel that lands as the send completes (bpo-42130).
@@ -141,6 +151,8 @@ class SessionManager:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        if save is not None:
+            save()
         await self.store.close()
 
     async def _sweep_forever(self) -> None:

@@ -7,7 +7,7 @@ import ipaddress
 import json
 import re
 import tomllib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -221,6 +221,20 @@ def test_sidecar_example_bot_runs_from_the_image() -> None:
     from gateway.demo import create_bot_app
 
     assert callable(create_bot_app)
+
+
+def test_sidecar_keeps_sessions_across_container_restarts_in_the_pod() -> None:
+    """session.state_file on an emptyDir mounted in the gateway container: it outlives the container, not
+    the Pod, as the bot's own sessions do."""
+    _, pod = sidecar()
+    container = gateway(pod)
+    env = {v["name"]: v.get("value") for v in container["env"]}
+    path = PurePosixPath(env["GATEWAY_SESSION_STATE_FILE"])
+    assert load_config(None, {"GATEWAY_SESSION_STATE_FILE": str(path)}).session.state_file == str(path)
+    (mount,) = [m for m in container["volumeMounts"] if PurePosixPath(m["mountPath"]) == path.parent]
+    assert not mount.get("readOnly", False)
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert "emptyDir" in volume and volume["emptyDir"].get("medium") != "Memory"  # not counted as memory
 
 
 def test_standalone_runs_three_replicas_sharing_redis(tmp_path: Path) -> None:
