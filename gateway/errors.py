@@ -5,6 +5,7 @@
     ├── ClientFault                       4xx: the client sent something we refuse (never the bot's fault)
     │   ├── BadRequest                    400 bad_request
     │   ├── BadSessionCarrier             400 bad_session_header
+    │   ├── BadRequestBody                400 bad_request_body: a body the session id cannot be placed in or read from
     │   ├── NotFound                      404 not_found: a gateway page that does not exist
     │   ├── MethodNotAllowed              405 method_not_allowed: CONNECT and TRACE
     │   ├── RequestTimeout                408 request_timeout: a head or body too slow (listen.*_timeout)
@@ -77,6 +78,10 @@ class BadRequest(ClientFault):
 
 class BadSessionCarrier(ClientFault):
     code = "bad_session_header"
+
+
+class BadRequestBody(ClientFault):
+    code = "bad_request_body"
 
 
 class NotFound(ClientFault):
