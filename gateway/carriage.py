@@ -14,8 +14,8 @@ from gateway.config import SessionConfig
 from gateway.cookies import CONTROL, COOKIE_OCTETS, Pairs, parse_cookie_header, parse_cookie_string
 from gateway.errors import BadSessionCarrier
 
-Carrier = Literal["header", "cookie", "path", "query", "none"]
-CARRIERS: Final = ("header", "cookie", "path", "query", "none")
+Carrier = Literal["header", "cookie", "path", "query", "body", "none"]
+CARRIERS: Final = ("header", "cookie", "path", "query", "body", "none")
 Cookies = tuple[tuple[str, str], ...]
 _CACHED: Final = 4096  # distinct (Cookie, session header) values remembered
 _CACHEABLE: Final = 1024  # characters of both; longer values are parsed each time
@@ -98,7 +98,8 @@ class _Found(NamedTuple):
 
 
 class Extractor:
-    """Resolve the session a request carries, by precedence header > Cookie > path parameter > query parameter.
+    """Resolve the session a request carries, by precedence header > Cookie > path parameter > query parameter
+    > the JSON body's `session.carry_json` member (read by the proxy, which holds the body).
 
     The header part is remembered per (Cookie, session header) value: a widget sends the same ones with
     every message, and parsing them was about a sixth of the session layer's bytecodes per request (issue 6).
@@ -109,7 +110,7 @@ class Extractor:
         self._own = {config.cookie, config.affinity_cookie}
         self._found = functools.lru_cache(maxsize=_CACHED)(self._find)
 
-    def __call__(self, target: str, headers: CIMultiDictProxy[str]) -> Carried:
+    def __call__(self, target: str, headers: CIMultiDictProxy[str], body_id: str | None = None) -> Carried:
         config = self.config
         path, qsep, query = target.partition("?")
         from_path = from_query = None
@@ -136,6 +137,9 @@ class Extractor:
         if from_query:
             session_id = validate_id(from_query, "query", config.max_id_length)
             return Carried(session_id, "query", found.affinity, found.cookies, new_target, is_end, small)
+        if body_id:
+            session_id = validate_id(body_id, "request body", config.max_id_length)
+            return Carried(session_id, "body", found.affinity, found.cookies, new_target, is_end, small)
         return Carried(None, "none", found.affinity, found.cookies, new_target, is_end, small)
 
     def _find(self, cookie: tuple[str, ...], raw_header: str | None) -> _Found:

@@ -10,11 +10,15 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from gateway import __version__
-from gateway.config import Config, EventLoop, effective, load_config
+from gateway.config import PRESETS, Config, EventLoop, effective, load_config
 from gateway.errors import ConfigError
 from gateway.logs import setup_logging
 
 EXIT_CONFIG = 2
+DEMO_BOTS = (
+    "teneo",
+    "rasa-rest",
+)  # gateway.demo.run_demo's bots (not imported here: demo pulls in the server)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,9 +28,17 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_text in (
         ("serve", "run the gateway"),
         ("check", "validate the configuration and print the effective values"),
-        ("demo", "run a Teneo-style demo bot with the gateway in front of it"),
+        ("demo", "run a demo bot (Teneo-style, or Rasa's REST channel) with the gateway in front of it"),
     ):
         cmd = sub.add_parser(name, help=help_text)
+        if name == "demo":
+            cmd.add_argument(
+                "--bot",
+                choices=list(DEMO_BOTS),
+                default="teneo",
+                help="the demo bot: teneo (a JSESSIONID cookie) or rasa-rest (the conversation in the body's "
+                "sender, placed by the gateway: session.preset = rasa-rest)",
+            )
         cmd.add_argument("--config", metavar="FILE", help="TOML configuration file")
         cmd.add_argument(
             "--set",
@@ -53,6 +65,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, str]:
         overrides["log.format"] = args.log_format
     if args.log_level:
         overrides["log.level"] = args.log_level
+    if getattr(args, "bot", "teneo") != "teneo":
+        overrides.setdefault("session.preset", args.bot)
     return overrides
 
 
@@ -83,6 +97,10 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
         print(f"{exc.source}: {exc}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
     if args.command == "check":
+        preset = config.session.preset
+        if preset:  # what the preset filled in (keys set explicitly won)
+            sets = ", ".join(f"session.{k} = {json.dumps(v)}" for k, v in PRESETS[preset].items())
+            print(f"session.preset = {preset!r} sets, unless set explicitly: {sets}", file=sys.stderr)
         print(json.dumps(effective(config), indent=2))
         return
     setup_logging(config.log)
@@ -93,4 +111,4 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
     else:
         from gateway.demo import run_demo
 
-        _run(run_demo(config), config.listen.event_loop)
+        _run(run_demo(config, bot=args.bot), config.listen.event_loop)

@@ -15,10 +15,11 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Final, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 
 from gateway.errors import ConfigError
+from gateway.placement import IdFormat, PathPlacement, parse_pointer
 
 ENV_PREFIX = "GATEWAY_"
 _REPLICA_NAME = re.compile(r"[A-Za-z0-9.:_-]{1,64}")  # it rides in the affinity cookie and a metric label
@@ -203,6 +204,29 @@ SameSite = Literal["Lax", "Strict", "None"]
 StoreKind = Literal["memory", "redis"]
 StoreFailure = Literal["open", "closed"]
 OnBotNewId = Literal["restart", "rename"]
+Preset = Literal["", "teneo", "rasa-rest", "dialogflow-cx", "botpress"]
+# What each session.preset sets, for the keys the configuration leaves unset (README "Any bot").
+PRESETS: dict[str, dict[str, Any]] = {
+    "teneo": {
+        "issuer": "upstream",
+        "cookie": "JSESSIONID",
+        "header": "X-Teneo-Session",
+        "path_param": "jsessionid",
+    },
+    # Rasa's REST channel: the conversation is the body's `sender`.
+    "rasa-rest": {"issuer": "gateway", "place_json": "/sender"},
+    # detectIntent's URL names the session: .../sessions/<id>:detectIntent, an id of at most 36 bytes;
+    # 30 minutes is Dialogflow CX's own session lifetime.
+    "dialogflow-cx": {
+        "issuer": "gateway",
+        "place_path": "/sessions/{session}",
+        "place_required": True,
+        "id_format": "uuid4",
+        "idle_timeout": 1800.0,
+    },
+    "botpress": {"issuer": "gateway", "place_path": "/converse/{session}", "place_required": True},
+}
+_DIALOGFLOW_MAX_ID: Final = 36  # bytes of a Dialogflow CX session id
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
@@ -232,6 +256,16 @@ class SessionConfig:
     on_full: OnFull = "evict"  # at max_sessions: end the session nearest expiry, or answer 503
     max_id_length: int = 128  # bytes
     end_path: str = "endsession"  # a request whose last path segment is this ends the session
+    # Where a gateway-issued id goes on its way to the bot (issuer = "gateway"), one or several ways:
+    place_header: bool = True  # X-Session-Id
+    place_json: str = ""  # a JSON Pointer into the JSON request body: "/sender" (Rasa's REST channel)
+    place_path: str = ""  # a path pattern: "/sessions/{session}" (Dialogflow CX), "/converse/{session}"
+    place_required: bool = (
+        False  # refuse (400) a request place_path does not match, or with no body for place_json
+    )
+    id_format: str = "uuid4"  # minted ids: "uuid4", "hex32", or a template with "{uuid}"
+    carry_json: str = ""  # a JSON Pointer where a client that cannot set headers carries its id in the body
+    preset: Preset = ""  # fills the keys above (and issuer) for a kind of bot; keys set explicitly win
     # A new bot id for a live session: "restart" (a new conversation, X-Session-New: upstream; the Teneo
     # engine issues one only when it lost the session) or "rename" (the same conversation under a new id:
     # Tomcat's changeSessionId(), Spring Security's session-fixation protection on login).
@@ -287,6 +321,37 @@ class SessionConfig:
             raise ConfigError(
                 "session.cookie_partitioned", "Partitioned requires session.cookie_secure = true"
             )
+        self._check_placement()
+
+    def _check_placement(self) -> None:
+        try:
+            for key in ("place_json", "carry_json"):
+                if getattr(self, key) and not parse_pointer(getattr(self, key)):
+                    raise ValueError("expected a member, not the whole body ('')")
+            id_length = IdFormat(self.id_format).max_length
+            if self.place_path:
+                PathPlacement(self.place_path)
+        except ValueError as exc:
+            raise ConfigError(f"session.{_failed_key(self, str(exc))}", str(exc)) from None
+        if self.issuer != "gateway":
+            for key in ("place_json", "place_path"):
+                if getattr(self, key):
+                    raise ConfigError(
+                        f"session.{key}", 'places gateway-issued ids: set session.issuer = "gateway"'
+                    )
+        if self.issuer == "gateway" and id_length > self.max_id_length:
+            raise ConfigError(
+                "session.id_format",
+                f"makes ids of {id_length} bytes, over session.max_id_length ({self.max_id_length})",
+            )
+        if self.place_path and (
+            "/" in self.id_format or (id_length > _DIALOGFLOW_MAX_ID and "sessions/" in self.place_path)
+        ):
+            raise ConfigError(
+                "session.id_format",
+                f"makes ids of {id_length} bytes for a path segment; a session path such as Dialogflow CX's takes "
+                f"ids of at most {_DIALOGFLOW_MAX_ID} bytes without '/' (uuid4 or hex32)",
+            )
         if self.state_file and self.store != "memory":
             raise ConfigError(
                 "session.state_file",
@@ -297,6 +362,15 @@ class SessionConfig:
             raise ConfigError(
                 "session.state_file", f"expected a file path, got a directory: {self.state_file!r}"
             )
+
+
+def _failed_key(config: SessionConfig, message: str) -> str:
+    """Which placement key a ValueError from gateway.placement is about (its message quotes the value)."""
+    for key in ("place_json", "carry_json", "place_path"):
+        value = getattr(config, key)
+        if value and repr(value) in message:
+            return key
+    return "id_format"
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,6 +577,9 @@ def _load(path: str | Path | None, environ: Mapping[str, str], overrides: Mappin
         except ConfigError as exc:
             exc.source = f"--set {dotted}"
             raise
+    session = layers.setdefault("session", {})
+    for key, value in PRESETS.get(session.get("preset", ""), {}).items():
+        session.setdefault(key, value)
     sections = _section_types()
     built = {name: sections[name](**layers.get(name, {})) for name in sections}
     return Config(**built)

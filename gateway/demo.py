@@ -9,7 +9,7 @@ import re
 import secrets
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -20,6 +20,7 @@ from multidict import CIMultiDict
 
 from gateway.app import ROUTES, create_app
 from gateway.config import Config
+from gateway.demo_rasa import REST_WEBHOOK, create_rasa_bot_app
 from gateway.errors import NotFound, error_whole
 from gateway.messages import Incoming, Whole
 from gateway.server import bound_addresses, serve
@@ -143,20 +144,24 @@ def add_demo_widget(app: web.Application, config: Config) -> None:
     app[ROUTES].add_prefix(DEMO_PATH, handle)
 
 
-def create_host_app(widget_url: str) -> web.Application:
+def create_host_app(widget_url: str, widget_params: Mapping[str, str] | None = None) -> web.Application:
     """The embedding site: one page with the widget twice in iframes (with the session client; cookies only).
 
-    Its query string is passed on to the client widget (for example `?endOnPageHide=1`).
+    `widget_params` go to both widgets (`bot`, `endpoint`); the page's own query string is passed on to the
+    client widget (for example `?endOnPageHide=1`).
     """
     template = _static("demo/host.html")
     parts = urlsplit(widget_url)
+    common = list((widget_params or {}).items())
+
+    def url(pairs: list[tuple[str, str]]) -> str:
+        return widget_url + (f"?{urlencode(pairs)}" if pairs else "")
 
     async def handle(request: web.Request) -> web.Response:
-        client_url = widget_url + (f"?{urlencode(list(request.query.items()))}" if request.query else "")
         page = (
             template.replace("__WIDGET_ORIGIN__", html.escape(f"{parts.scheme}://{parts.netloc}"))
-            .replace("__CLIENT_WIDGET_URL__", html.escape(client_url))
-            .replace("__COOKIES_WIDGET_URL__", html.escape(widget_url + "?mode=cookies"))
+            .replace("__CLIENT_WIDGET_URL__", html.escape(url([*common, *request.query.items()])))
+            .replace("__COOKIES_WIDGET_URL__", html.escape(url([*common, ("mode", "cookies")])))
         )
         return web.Response(text=page, content_type="text/html", headers={hdrs.CACHE_CONTROL: "no-cache"})
 
@@ -187,9 +192,12 @@ async def _start_host_site(runner: web.AppRunner, port: int) -> str:
     return bound_addresses(runner)[-1]
 
 
-async def run_demo(config: Config) -> None:
-    """Start the demo bot on a free loopback port and the gateway in front of it; run until Ctrl-C."""
-    bot_runner = web.AppRunner(create_bot_app(), access_log=None)
+async def run_demo(config: Config, bot: str = "teneo") -> None:
+    """Start the demo bot (`teneo`, or `rasa-rest` with session.preset = "rasa-rest") on a free loopback port
+    and the gateway in front of it; run until Ctrl-C."""
+    rasa = bot == "rasa-rest"
+    bot_app = create_rasa_bot_app() if rasa else create_bot_app()
+    bot_runner = web.AppRunner(bot_app, access_log=None)
     await bot_runner.setup()
     await web.TCPSite(bot_runner, "127.0.0.1", 0).start()
     bot_url = bound_addresses(bot_runner)[0]
@@ -202,7 +210,14 @@ async def run_demo(config: Config) -> None:
         nonlocal host_runner
         gateway = bound_addresses(runner)[0].replace("0.0.0.0", "localhost")
         widget = widget_url_for(bound_addresses(runner)[0])
-        host_runner = web.AppRunner(create_host_app(widget), access_log=None)
+        params: dict[str, str] = {}
+        if rasa:  # the widget speaks the REST channel to its webhook
+            params = {"bot": "rasa-rest", "endpoint": REST_WEBHOOK}
+            body = '{"message": "hi"}'
+            try_it = f"curl -si {gateway}{REST_WEBHOOK} -H 'Content-Type: application/json' -d '{body}'"
+        else:
+            try_it = f"curl -si '{gateway}/?userinput=hi'"
+        host_runner = web.AppRunner(create_host_app(widget, params), access_log=None)
         await host_runner.setup()
         host = await _start_host_site(host_runner, config.listen.port + 1 if config.listen.port else 0)
         print(
@@ -210,7 +225,7 @@ async def run_demo(config: Config) -> None:
             f"gateway:   {gateway}\n"
             f"chat page: {host}/  (a host site embedding the chat widget from {widget})\n"
             f"admin:     {bound_addresses(admin)[0].replace('0.0.0.0', 'localhost')}/metrics\n"
-            f"try:       curl -si '{gateway}/?userinput=hi'\n"
+            f"try:       {try_it}\n"
             "Ctrl-C stops.",
             file=sys.stderr,
             flush=True,

@@ -55,7 +55,7 @@ IDLE_GAP_BUCKETS: Final = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 900, 1200, 18
 SWEEP_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 START_REASONS: Final = ("first", "expired", "lifetime", "ended", "unknown", "upstream", "adopted")
 END_REASONS: Final = ("idle", "lifetime", "client", "bot", "upstream", "evicted", "admin")
-CARRIERS: Final = ("cookie", "header", "path", "query", "none")
+CARRIERS: Final = ("cookie", "header", "path", "query", "body", "none")
 STORE_OPS: Final = ("request", "response", "sweep")
 CLIENT_TIMEOUT_PHASES: Final = ("header", "body", "send", "keepalive")
 # Waiting for a bot connection is normally 0; the edges reach upstream.queue_timeout's 5 s default.

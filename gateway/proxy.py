@@ -18,6 +18,7 @@ from gateway.config import Config
 from gateway.cors import Cors
 from gateway.errors import (
     BadRequest,
+    BadRequestBody,
     BodyTooLarge,
     ClientFault,
     ReplicaUnavailable,
@@ -36,6 +37,7 @@ from gateway.headers import (
 )
 from gateway.messages import Incoming, NewStream, Outgoing, Whole
 from gateway.metrics import Metrics
+from gateway.placing import NOTHING, Checked, Placer
 from gateway.reverse import REVERSED, reverse
 from gateway.sessions import LOGOUT, SessionManager, Turn, short_id
 from gateway.upstream_client import Pool, PoolBusy, Response, UpstreamConnectError
@@ -149,6 +151,7 @@ class Proxy:
         self._drop = REQUEST_ONLY_DROP | sessions.owned_request_headers | _COOKIE
         self._drop_websocket = self._drop | WEBSOCKET_HANDSHAKE
         self._path_param = config.session.path_param.lower()
+        self._placer = Placer(config.session)
 
     async def handle(
         self, request: Incoming, new_stream: NewStream = aiohttp_stream
@@ -216,7 +219,14 @@ class Proxy:
             raise BodyTooLarge(
                 f"The request body of {declared} bytes exceeds the limit of {self._max_body} bytes."
             )
-        turn = await self.sessions.prepare(self.request_target(request), request.headers)
+        target = self.request_target(request)
+        checked = NOTHING
+        if self._placer.reads_body:
+            body = await self._whole_body(request, exchange) if request.body_exists else None
+            checked = self._placer.check(target, body)
+        elif self._placer.places:
+            checked = self._placer.check(target, None)
+        turn = await self.sessions.prepare(target, request.headers, checked.body_id)
         exchange.session = turn.session_id
         if turn.answer_logout:
             return web.json_response(LOGOUT)
@@ -231,7 +241,7 @@ class Proxy:
                     # with an Upgrade is a plain one (the header is hop-by-hop).
                     return await proxy_websocket(self, request, self._url(turn), turn, exchange)
                 sent = time.perf_counter()
-                upstream = await self._send(request, turn, exchange)
+                upstream = await self._send(request, turn, exchange, checked)
             except BaseException:
                 await asyncio.shield(self.sessions.abandon(turn))
                 raise
@@ -248,12 +258,13 @@ class Proxy:
             assert turn.replica is not None
             turn.replica.in_flight -= 1  # not `replica`: a re-pin in _send moved the count to the new one
 
-    @staticmethod
-    def _url(turn: Turn) -> URL:
+    def _url(self, turn: Turn) -> URL:
         assert turn.replica is not None
-        return URL(turn.replica.base + turn.carried.target, encoded=True)
+        return URL(
+            turn.replica.base + self._placer.target(turn.carried.target, turn.session_id), encoded=True
+        )
 
-    async def _send(self, request: Incoming, turn: Turn, exchange: Exchange) -> Response:
+    async def _send(self, request: Incoming, turn: Turn, exchange: Exchange, checked: Checked) -> Response:
         """Send upstream; a replica that refuses the connection is marked down, and a live session whose
         replica is gone moves once to another (nothing was sent yet, so the retry is safe)."""
         while True:
@@ -261,10 +272,16 @@ class Proxy:
             assert replica is not None
             replica.requests_metric.inc()
             headers = self.upstream_headers(request, turn)
+            target = turn.carried.target
             try:
-                body = await self._request_body(request, exchange)
+                if checked.body is None:
+                    body = await self._request_body(request, exchange)
+                else:  # read whole for session placement or carriage; placed again after a re-pin
+                    body = self._placer.body(checked, turn.session_id)
+                if self._placer.places:
+                    target = self._placer.target(target, turn.session_id)
                 upstream = await self.pool.request(
-                    replica.origin, request.method, replica.prefix + turn.carried.target, headers, body
+                    replica.origin, request.method, replica.prefix + target, headers, body
                 )
             except Exception as exc:
                 error = self._request_failure(exc, exchange, replica)
@@ -300,6 +317,32 @@ class Proxy:
             exchange.bytes_in = length
             return body
         return self._body(request, exchange)
+
+    async def _whole_body(self, request: Incoming, exchange: Exchange) -> bytes:
+        """The body read whole, up to upstream.buffer_request_body, for session placement or carriage."""
+        length = request.content_length
+        too_large = BadRequestBody(
+            f"The request body is over upstream.buffer_request_body ({self._buffer} bytes), so no session id "
+            f"can be placed or read at {self._placer.pointers()}."
+        )
+        if length is not None and length > self._buffer:
+            raise too_large
+        chunks: list[bytes] = []
+        try:
+            if length is not None:
+                chunks.append(await request.content.readexactly(length))
+            else:
+                async for chunk in request.content.iter_any():
+                    chunks.append(chunk)
+                    exchange.bytes_in += len(chunk)
+                    if exchange.bytes_in > self._buffer:
+                        raise too_large
+        except (ConnectionError, asyncio.IncompleteReadError, aiohttp.ClientConnectionResetError):
+            exchange.client_gone = True
+            raise asyncio.CancelledError() from None
+        body = b"".join(chunks)
+        exchange.bytes_in = len(body)
+        return body
 
     async def _body(self, request: Incoming, exchange: Exchange) -> AsyncIterator[bytes]:
         """The request body as it arrives, counted against upstream.max_body_size."""

@@ -7,7 +7,6 @@ import contextlib
 import functools
 import logging
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -28,6 +27,7 @@ from gateway.cookies import (
 )
 from gateway.errors import ReplicaUnavailable, SessionCapacity, StoreUnavailable
 from gateway.metrics import Metrics
+from gateway.placement import IdFormat
 from gateway.store import CapacityExceeded, EndReason, Outcome, SessionInfo, SessionStore, TombReason, Touch
 from gateway.upstreams import Replica, Upstreams
 
@@ -107,6 +107,7 @@ class SessionManager:
         self.clock = clock
         self.signer = AffinitySigner(config.secret)
         self.extract = Extractor(config)
+        self.mint_id = IdFormat(config.id_format).mint  # gateway-issued ids (uuid4: a valid Dialogflow CX id)
         self.claim_wait = claim_wait
         self.upstreams = upstreams
         self.strict_affinity = strict_affinity
@@ -235,9 +236,10 @@ class SessionManager:
 
     # -- before forwarding -------------------------------------------------------------------------
 
-    async def prepare(self, target: str, headers: CIMultiDictProxy[str]) -> Turn:
-        """Resolve the session a request carries and decide what the bot is told."""
-        carried = self.extract(target, headers)
+    async def prepare(self, target: str, headers: CIMultiDictProxy[str], body_id: str | None = None) -> Turn:
+        """Resolve the session a request carries (`body_id`: what its body carries, session.carry_json) and
+        decide what the bot is told."""
+        carried = self.extract(target, headers, body_id)
         self.metrics.carriers[carried.carrier].inc()
         turn = Turn(carried)
         if carried.session_id is None and self.config.store_failure == "closed" and not self.store_healthy:
@@ -432,9 +434,9 @@ class SessionManager:
             raise SessionCapacity("The gateway holds as many sessions as it may; try again later.")
 
     async def _mint(self, turn: Turn, now: float) -> None:
-        """Gateway-issued mode: a UUID4 (36 bytes, a valid Dialogflow CX session id), created before forwarding."""
+        """Gateway-issued mode: a new id in session.id_format, created before forwarding."""
         assert turn.reason is not None
-        session_id = str(uuid.uuid4())
+        session_id = self.mint_id()
         await self._start(session_id, turn.reason, now, previous=turn.previous, replica=turn.replica)
         turn.session_id = session_id
         turn.claimed = None  # create() released it
@@ -461,7 +463,7 @@ class SessionManager:
         """The Cookie field (the client's cookies, then the session's) and the gateway-issued id's field."""
         pairs = [*cookies, (self.config.cookie, session_cookie)] if session_cookie else cookies
         fields = [(hdrs.COOKIE, render_cookie_header(pairs))] if pairs else []
-        if issued:
+        if issued and self.config.place_header:
             fields.append((X_SESSION_ID, issued))
         return tuple(fields)
 

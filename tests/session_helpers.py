@@ -26,7 +26,7 @@ from gateway.demo import create_bot_app
 P = "session_gateway_"
 START_REASONS = ("first", "expired", "lifetime", "ended", "unknown", "upstream", "adopted")
 END_REASONS = ("idle", "lifetime", "client", "bot", "upstream", "evicted", "admin")
-CARRIERS = ("cookie", "header", "path", "query", "none")
+CARRIERS = ("cookie", "header", "path", "query", "body", "none")
 
 
 class FakeClock:

@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 from gateway.app import create_app
 from gateway.config import Config, load_config
 from gateway.demo import add_demo_widget, create_bot_app, create_host_app, teneo_answer, widget_url_for
+from gateway.demo_rasa import REST_WEBHOOK, create_rasa_bot_app
 from gateway.frontend import GatewayRunner
 
 CHROMIUM = "/usr/bin/chromium"
@@ -150,14 +151,19 @@ def stateless_bot() -> web.Application:
 
 
 async def start_stack(issuer: str = "upstream") -> Stack:
-    bot = create_bot_app(idle_timeout=IDLE_TIMEOUT * 10) if issuer == "upstream" else stateless_bot()
+    """issuer: "upstream" (the Teneo-style demo bot), "gateway" (a stateless bot), or "rasa-rest" (the Rasa demo
+    bot with session.preset = "rasa-rest", the widget speaking the REST channel)."""
+    if issuer == "rasa-rest":
+        bot = create_rasa_bot_app()
+    else:
+        bot = create_bot_app(idle_timeout=IDLE_TIMEOUT * 10) if issuer == "upstream" else stateless_bot()
     bot_runner, bot_port = await _site(bot)
     config: Config = load_config(
         None,
         environ={},
         overrides={
             "upstream.url": f"http://127.0.0.1:{bot_port}",
-            "session.issuer": issuer,
+            **({"session.preset": issuer} if issuer == "rasa-rest" else {"session.issuer": issuer}),
             "session.idle_timeout": str(IDLE_TIMEOUT),
             "session.sweep_interval": "0.1",
             "log.access": "false",
@@ -168,7 +174,8 @@ async def start_stack(issuer: str = "upstream") -> Stack:
     add_demo_widget(gateway, config)
     gateway_runner, gateway_port = await _site(gateway, runner_class=GatewayRunner)
     gateway_url = f"http://localhost:{gateway_port}"
-    host_runner, host_port = await _site(create_host_app(widget_url_for(gateway_url)))
+    params = {"bot": "rasa-rest", "endpoint": REST_WEBHOOK} if issuer == "rasa-rest" else {}
+    host_runner, host_port = await _site(create_host_app(widget_url_for(gateway_url), params))
     return Stack(
         host_url=f"http://127.0.0.1:{host_port}/",
         gateway_url=gateway_url,
@@ -379,6 +386,21 @@ def test_gateway_issued_sessions(make_stack: Callable[..., Stack], page: Any) ->
     assert uuid.UUID(stored["id"]).version == 4
     assert stored["pair"].startswith("GatewayAffinity=")
     shot(page, "09-gateway-issued-sessions")
+
+
+def test_a_rasa_rest_bot_keeps_its_conversation_in_a_cookieless_iframe(
+    make_stack: Callable[..., Stack], page: Any
+) -> None:
+    """session.preset = "rasa-rest": the widget never picks a sender; the gateway's id is the conversation."""
+    stack = make_stack("rasa-rest")
+    chat = open_chat(page, stack.host_url)
+    assert [send(chat, text) for text in ("One", "Two", "Three")] == [1, 2, 3]
+    cookies_only = open_chat(page, stack.host_url, COOKIES_FRAME)
+    assert [send(cookies_only, text) for text in ("One", "Two")] == [1, 1]  # the control: cookies are blocked
+    chat.get_by_role("button", name="End chat").click()
+    assert send(chat, "Again") == 1
+    assert reasons(chat)[-1] == "ended"
+    shot(page, "10-rasa-rest")
 
 
 def test_end_on_pagehide_uses_keepalive(stack: Stack, page: Any) -> None:

@@ -1011,6 +1011,7 @@ async def test_exact_metrics_after_a_scripted_scenario(
         "header": 2.0,
         "path": 1.0,
         "query": 0.0,
+        "body": 0.0,
         "none": 2.0,
     }
     assert rig.active == 1

@@ -2,11 +2,13 @@
 // ?mode=cookies: the comparison widget that relies on cookies alone (plain fetch, no session client).
 // ?endpoint=<url>: the bot endpoint behind the gateway (default: this origin's "/").
 // ?endOnPageHide=1: end the session when the page goes away (also on reload).
+// ?bot=rasa-rest: speak Rasa's REST channel ({"message"} in, a list of bot messages out) instead of Teneo's.
 import { SessionClient } from "session-client";
 
 const params = new URLSearchParams(location.search);
 const mode = params.get("mode") === "cookies" ? "cookies" : "client";
 const endpoint = new URL(params.get("endpoint") || "/", location.href);
+const rasa = params.get("bot") === "rasa-rest";
 
 const NOTICES = {
   first: ["A new conversation started.", "info"],
@@ -82,13 +84,34 @@ const client = new SessionClient({
   endOnPageHide: params.get("endOnPageHide") === "1",
 });
 
+// What one message looks like on the wire, for the bot this widget talks to.
+function request(text) {
+  if (rasa) {
+    // The gateway puts the conversation's id in `sender` (session.place_json): the widget never picks one.
+    return { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ message: text }) };
+  }
+  return { method: "POST", body: new URLSearchParams({ userinput: text }) };
+}
+
+// The bot's answer as {text, turn}.
+function reply(data) {
+  if (rasa) {
+    const texts = data.filter((m) => typeof m.text === "string").map((m) => m.text);
+    const custom = data.find((m) => m.custom) || { custom: {} };
+    return { text: texts.join("\n"), turn: custom.custom.turn };
+  }
+  return { text: data.output.text, turn: data.output.parameters.turn };
+}
+
+async function sendWithClient(text) {
+  const response = await client.fetch("", request(text));
+  if (!response.ok) throw new Error(`the chat service answered ${response.status}`);
+  return response.json();
+}
+
 // The comparison: what a widget does without the client. Its cookie never comes back in a third-party iframe.
 async function sendWithCookiesOnly(text) {
-  const response = await fetch(endpoint, {
-    method: "POST",
-    body: new URLSearchParams({ userinput: text }),
-    credentials: "include",
-  });
+  const response = await fetch(endpoint, { ...request(text), credentials: "include" });
   const reason = response.headers.get("X-Session-New");
   if (reason) notice(reason);
   if (!response.ok) throw new Error(`the chat service answered ${response.status}`);
@@ -113,8 +136,8 @@ form.addEventListener("submit", async (event) => {
   input.value = "";
   setBusy(true);
   try {
-    const answer = mode === "cookies" ? await sendWithCookiesOnly(text) : await client.send(text);
-    add({ kind: "bot", text: answer.output.text, turn: answer.output.parameters.turn });
+    const answer = reply(mode === "cookies" ? await sendWithCookiesOnly(text) : await sendWithClient(text));
+    add({ kind: "bot", text: answer.text, turn: answer.turn });
   } catch (error) {
     add({ kind: "notice", tone: "error", text: "The message could not be delivered. Please try again." });
     console.error(error);
