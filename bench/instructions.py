@@ -7,8 +7,12 @@ the measure of the targets. Each tree (a checkout, e.g. `git worktree add /tmp/b
 `python -m gateway serve` under callgrind behind the bench's backend; counters are zeroed after a warm-up and
 read after exactly `--requests` requests on `--connections` keep-alive connections.
 
-    .venv/bin/python -m bench.instructions [--tree DIR ...] [--mix cookie|new|browser] [--store memory|redis]
-        [--requests 2000]
+    .venv/bin/python -m bench.instructions [--tree DIR ...] [--mix cookie|new|browser|rasa ...]
+        [--store memory|redis] [--requests 2000]
+
+Several --mix values are measured one after the other on each tree, with their ratio to the first: e.g.
+`--mix cookie --mix rasa` is what placing the session in a 1 KiB Rasa body (session.preset = "rasa-rest")
+costs against a continued cookie request.
 """
 
 from __future__ import annotations
@@ -39,6 +43,16 @@ REQUESTS = {
     "Referer: https://shop.example.org/\r\nAccept-Encoding: gzip, deflate, br\r\nAccept-Language: en-GB\r\n"
     "\r\nuserinput=hi&viewtype=tieapi",
 }
+# Rasa's REST channel behind session.preset = "rasa-rest": a 1 KiB JSON body whose `sender` the gateway replaces.
+# The id presented is unknown at first; its successor, started by the warm-up, continues from then on.
+_RASA_BODY = (
+    '{"sender": "chosen-by-client", "message": "hi", "metadata": {"page": "' + "p" * (1024 - 72) + '"}}'
+)
+REQUESTS["rasa"] = (
+    "POST /webhooks/rest/webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    f"X-Teneo-Session: JSESSIONID={SESSION}\r\nContent-Length: {len(_RASA_BODY)}\r\n\r\n{_RASA_BODY}"
+)
+MIX_ENV: dict[str, dict[str, str]] = {"rasa": {"GATEWAY_SESSION_PRESET": "rasa-rest"}}
 
 
 async def drive(port: int, request: bytes, count: int, connections: int) -> None:
@@ -71,7 +85,7 @@ def _dump(out: str, timeout: float) -> str:
     return ""
 
 
-def count(tree: str, port: int, env: dict[str, str], args: argparse.Namespace) -> float:
+def count(tree: str, port: int, env: dict[str, str], args: argparse.Namespace, mix: str) -> float:
     out = tempfile.mkdtemp(prefix="sg-callgrind-")
     valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/cg.out"]
     proc = subprocess.Popen(
@@ -83,7 +97,7 @@ def count(tree: str, port: int, env: dict[str, str], args: argparse.Namespace) -
     )
     try:
         wait_port(port, timeout=120)  # callgrind runs Python ~50x slower: start-up takes a while
-        request = REQUESTS[args.mix].encode()
+        request = REQUESTS[mix].encode()
         asyncio.run(drive(port, request, 300, args.connections))  # warm-up: imports, caches, the session
         subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
         asyncio.run(drive(port, request, args.requests, args.connections))
@@ -107,7 +121,7 @@ def main() -> None:
     parser.add_argument(
         "--tree", action="append", help="a checkout to measure (repeatable); default: this one"
     )
-    parser.add_argument("--mix", choices=sorted(REQUESTS), default="cookie")
+    parser.add_argument("--mix", choices=sorted(REQUESTS), action="append", help="repeatable; default cookie")
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--store", choices=["memory", "redis"], default="memory")
@@ -120,9 +134,16 @@ def main() -> None:
             raise SystemExit("redis-server is not installed")
         rig.redis_url = redis_url
         for tree in trees:
-            port, admin = free_port(), free_port()
-            per_request = count(tree, port, gateway_env(rig, port, admin, args.store), args)
-            print(f"{tree}  mix={args.mix}  store={args.store}  instructions/request={per_request:,.0f}")
+            first = None
+            for mix in args.mix or ["cookie"]:
+                port, admin = free_port(), free_port()
+                env = {**gateway_env(rig, port, admin, args.store), **MIX_ENV.get(mix, {})}
+                per_request = count(tree, port, env, args, mix)
+                first = first or per_request
+                print(
+                    f"{tree}  mix={mix}  store={args.store}  instructions/request={per_request:,.0f}"
+                    f"  ratio to the first mix={per_request / first:.3f}"
+                )
 
 
 if __name__ == "__main__":

@@ -117,3 +117,18 @@ def test_serve_with_a_bad_file_exits_2_before_listening(tmp_path: Path) -> None:
 
     assert result.returncode == 2
     assert result.stderr.startswith(f"{path}: log.format: expected one of")
+
+
+def test_check_says_what_a_preset_sets_and_explicit_keys_win() -> None:
+    result = run("check", "--set", "session.preset=dialogflow-cx", GATEWAY_SESSION_IDLE_TIMEOUT="300")
+
+    assert result.returncode == 0, result.stderr
+    session = json.loads(result.stdout)["session"]
+    assert (session["issuer"], session["place_path"], session["place_required"]) == (
+        "gateway",
+        "/sessions/{session}",
+        True,
+    )
+    assert session["idle_timeout"] == 300.0  # set explicitly: the preset's 1800 does not apply
+    assert "session.preset = 'dialogflow-cx' sets" in result.stderr
+    assert 'session.place_path = "/sessions/{session}"' in result.stderr

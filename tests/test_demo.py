@@ -133,3 +133,23 @@ async def test_session_gateway_demo_answers_a_turn(spawn_gateway: SpawnGateway) 
 
     demo.terminate()
     assert await demo.exit_code(timeout=10) == 0
+
+
+@pytest.mark.slow
+async def test_session_gateway_demo_with_the_rasa_bot_places_its_own_sender(
+    spawn_gateway: SpawnGateway,
+) -> None:
+    demo = await spawn_gateway("demo", "--bot", "rasa-rest")
+    url = f"{demo.url}/webhooks/rest/webhook"
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, json={"sender": "someone-else", "message": "hi"}) as response:
+            first = await response.json()
+            sid = response.headers["X-Session-Id"]
+            assert response.headers["X-Session-New"] == "first"
+        headers = {"X-Teneo-Session": f"JSESSIONID={sid}"}
+        async with session.post(url, json={"message": "again"}, headers=headers) as response:
+            second = await response.json()
+    assert first[0] == {"recipient_id": sid, "text": "Hello! You said: hi"}
+    assert second[0]["recipient_id"] == sid and second[1]["custom"]["turn"] == 2
+    demo.terminate()
+    assert await demo.exit_code(timeout=10) == 0

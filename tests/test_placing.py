@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from conftest import LOOPBACK
-from protocol_bots import BotpressConverseBot, DialogflowCxBot, ProtocolBot, RasaRestBot
+from protocol_bots import BotpressConverseBot, DialogflowCxBot, DialogflowWebhookBot, ProtocolBot, RasaRestBot
 from session_helpers import (  # noqa: F401 - fixtures are used by name
     FakeClock,
     Reply,
@@ -202,3 +202,24 @@ async def test_botpress_converse_gets_the_gateways_user_id(serve_bot: StartBot, 
     second = await post(rig, "/api/v1/bots/shop/converse/victim", {"type": "text", "text": "again"}, sid)
     assert second.json["responses"][0]["text"] == "turn 2: again"
     assert bot.keys == [sid, sid] and "victim" not in bot.turns
+
+
+async def test_a_webhook_gets_a_templated_session_name_in_its_body(
+    serve_bot: StartBot, gateway: Gateway
+) -> None:
+    """place_json = "/sessionInfo/session" with an id_format template: a full Dialogflow CX session name."""
+    bot = DialogflowWebhookBot()
+    name = "projects/p/locations/global/agents/a/sessions/{uuid}"
+    rig = await gateway(
+        await serve_bot(bot), issuer="gateway", place_json="/sessionInfo/session", id_format=name
+    )
+    body = {
+        "sessionInfo": {"session": "projects/p/locations/global/agents/a/sessions/other", "parameters": {}}
+    }
+    first = await post(rig, "/webhook", {**body, "text": "hi"})
+    sid = first.session_id
+    assert sid is not None and sid.startswith(name.removesuffix("{uuid}")) and len(sid) == len(name) - 6 + 36
+    second = await post(rig, "/webhook", {**body, "text": "again"}, sid)
+    assert second.json["fulfillmentResponse"]["messages"][0]["text"]["text"] == ["turn 2: again"]
+    assert bot.keys == [sid, sid]
+    assert bot.last.json["sessionInfo"]["parameters"] == {}  # the rest of the body as the client sent it
