@@ -14,8 +14,10 @@ from gateway.admin import Readiness, check_upstream_forever, create_admin_app
 from gateway.client import client_handler
 from gateway.config import Config
 from gateway.cors import Cors
+from gateway.deferral import PICKUP_PREFIX, Deferrals
+from gateway.deferred import DeferredStore, MemoryDeferred
 from gateway.errors import Handler, error_middleware
-from gateway.messages import Whole
+from gateway.messages import Incoming, Whole
 from gateway.metrics import Metrics
 from gateway.proxy import Proxy, Streams, build_client, build_pool
 from gateway.routes import LocalRoutes
@@ -32,6 +34,7 @@ PROXY = web.AppKey("proxy", Proxy)
 SESSIONS = web.AppKey("sessions", SessionManager)
 CORS = web.AppKey("cors", Cors)
 ROUTES = web.AppKey("routes", LocalRoutes)
+DEFERRALS = web.AppKey("deferrals", Deferrals)
 
 
 def claim_ttl(config: Config) -> float:
@@ -100,6 +103,9 @@ def create_app(
     )
     app[CORS] = Cors(config.cors, config.session.header)
     app[ROUTES] = LocalRoutes()
+    app[DEFERRALS] = _deferrals(config, app[METRICS], app[SESSIONS])
+    if app[DEFERRALS].enabled:
+        app[ROUTES].add_prefix(PICKUP_PREFIX, app[DEFERRALS].pickup)
     if app[CORS].enabled:  # a hook on every response costs even when it does nothing
         app.on_response_prepare.append(app[CORS].on_response_prepare)
     app.cleanup_ctx.append(_sessions)
@@ -121,6 +127,24 @@ def create_app(
     return app
 
 
+def _deferrals(config: Config, metrics: Metrics, sessions: SessionManager) -> Deferrals:
+    """Deferred answers, kept where the sessions are: in process, or in the shared Redis."""
+    d = config.deferred
+    store: DeferredStore
+    if config.session.store == "redis" and d.after > 0:
+        from gateway.store.redis_deferred import RedisDeferred
+
+        store = RedisDeferred.for_config(config, on_expired=metrics.deferred["expired"].inc)
+    else:
+        store = MemoryDeferred(d.max_pending, on_expired=metrics.deferred["expired"].inc)
+    cap = config.upstream.max_response_size or d.max_answer
+
+    def carried_session(request: Incoming) -> str | None:
+        return sessions.extract(request.raw_path, request.headers).session_id
+
+    return Deferrals(d, store, metrics, cap, carried_session)
+
+
 def admin_app_for(app: web.Application) -> web.Application:
     """The admin app sharing `app`'s metrics and readiness."""
     return create_admin_app(app[CONFIG], app[METRICS], app[READINESS], app[SESSIONS])
@@ -138,9 +162,15 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
     """Open the pooled upstream client and the readiness checker; close both on cleanup."""
     client = build_client(app[CONFIG])
     pool = build_pool(app[CONFIG], app[METRICS])
-    app[PROXY] = Proxy(app[CONFIG], client, pool, app[METRICS], app[STREAMS], app[SESSIONS], app[CORS])
+    app[PROXY] = Proxy(
+        app[CONFIG], client, pool, app[METRICS], app[STREAMS], app[SESSIONS], app[CORS], app[DEFERRALS]
+    )
     checker = asyncio.create_task(check_upstream_forever(app[CONFIG], client, app[READINESS]))
     yield
+    # Deferred exchanges ran beside the drain; what is left of listen.shutdown_timeout is theirs to finish.
+    deferrals = app[DEFERRALS]
+    spent = time.monotonic() - (deferrals.shutdown_began or time.monotonic())
+    await deferrals.close(max(0.0, app[CONFIG].listen.shutdown_timeout - spent))
     checker.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await checker
@@ -162,5 +192,6 @@ async def _sessions(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _close_streams(app: web.Application) -> None:
+    app[DEFERRALS].shutdown_began = time.monotonic()
     app[READINESS].shutting_down = True
     await app[STREAMS].close_all()

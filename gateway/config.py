@@ -137,6 +137,9 @@ class UpstreamConfig:
     # none (nginx proxy_request_buffering); larger bodies stream.
     buffer_request_body: int = 1024 * 1024
     queue_timeout: float = 5.0  # seconds a request may wait for a bot connection (503 upstream_busy past it)
+    # Bytes a bot answer may have (declared, or counted before its head is sent); 502 upstream_response_too_large
+    # past it. 0: no cap. Dialogflow CX takes webhook answers of at most 64 KiB (65536). SSE streams are exempt.
+    max_response_size: int = 0
     # The path prefix clients reach the gateway under ("/chat" behind an ingress that strips it); "" at the root.
     public_prefix: str = ""
     # Map the bot's cookie paths and redirects from its URL (upstream.url's path) back to the public one, as
@@ -147,6 +150,10 @@ class UpstreamConfig:
         _http_url("upstream.url", self.url)
         _positive("upstream.buffer_request_body", self.buffer_request_body)
         _positive("upstream.queue_timeout", self.queue_timeout)
+        if self.max_response_size < 0:
+            raise ConfigError(
+                "upstream.max_response_size", f"expected bytes >= 0, got {self.max_response_size}"
+            )
         if self.urls and self.url != DEFAULT_UPSTREAM_URL:
             raise ConfigError(
                 "upstream.urls", "set upstream.url (one bot) or upstream.urls (replicas), not both"
@@ -373,6 +380,34 @@ def _failed_key(config: SessionConfig, message: str) -> str:
     return "id_format"
 
 
+DeferredFormat = Literal["json", "teneo", "dialogflow-cx"]
+
+
+@dataclass(frozen=True, slots=True)
+class DeferredConfig:
+    """Interim answers for slow bots (README "Slow bots"); off while `after` is 0."""
+
+    after: float = 0.0  # seconds without the bot's response head before the client gets an interim answer
+    format: DeferredFormat = (
+        "json"  # the interim body: 202 JSON, the Teneo engine's shape, a Dialogflow CX one
+    )
+    message: str = (
+        "One moment, I am still working on your answer."  # the interim's text (teneo, dialogflow-cx)
+    )
+    poll_wait: float = 20.0  # seconds a pick-up waits for the answer before it gets the interim again
+    keep: float = 300.0  # seconds an answer is kept for its pick-up
+    max_pending: int = (
+        10_000  # deferred answers not yet picked up, per gateway process; past it: not deferred
+    )
+    max_answer: int = 1024 * 1024  # bytes of an answer kept when upstream.max_response_size is 0
+
+    def __post_init__(self) -> None:
+        if self.after < 0 or self.after != self.after:
+            raise ConfigError("deferred.after", f"expected seconds >= 0 (0: off), got {self.after!r}")
+        for key in ("poll_wait", "keep", "max_pending", "max_answer"):
+            _positive(f"deferred.{key}", getattr(self, key))
+
+
 @dataclass(frozen=True, slots=True)
 class CorsConfig:
     """CORS for chat widgets on other sites; empty allow_origins leaves CORS to the bot."""
@@ -423,6 +458,17 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DemoConfig:
+    """The demo bot of `session-gateway demo`."""
+
+    slow_seconds: float = 5.0  # seconds the demo bot takes to answer "think" (shows [deferred] at work)
+
+    def __post_init__(self) -> None:
+        if not self.slow_seconds >= 0:  # also refuses NaN
+            raise ConfigError("demo.slow_seconds", f"expected seconds >= 0, got {self.slow_seconds!r}")
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration."""
 
@@ -430,9 +476,11 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     session: SessionConfig = field(default_factory=SessionConfig)
+    deferred: DeferredConfig = field(default_factory=DeferredConfig)
     cors: CorsConfig = field(default_factory=CorsConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
 
 
 SECRET_KEYS: frozenset[str] = frozenset({"session.secret"})

@@ -10,7 +10,7 @@ from gateway.config import CorsConfig
 from gateway.errors import error_response
 from gateway.messages import Incoming, Outgoing, Whole
 
-EXPOSED: Final = "X-Gateway-Session, X-Session-Id, X-Session-New"
+EXPOSED: Final = "X-Gateway-Session, X-Session-Id, X-Session-New, X-Session-Deferred"
 
 
 class Cors:

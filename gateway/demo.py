@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import html
 import ipaddress
@@ -35,6 +36,8 @@ _DEMO_FILES = {  # name under DEMO_PATH -> (file under gateway/static, content t
     "session-client.js": ("session-client.js", "text/javascript; charset=utf-8"),  # when [client] is off
 }
 _PAGE_NAME = re.compile(r"[a-z.-]*")
+SLOW_COMMAND = "think"  # the demo bot answers it after `slow_seconds` ([demo] slow_seconds)
+DEMO_DEFERRED_AFTER = 1.0  # seconds; `session-gateway demo` turns [deferred] on with it unless after is set
 Clock = Callable[[], float]
 
 
@@ -78,8 +81,11 @@ def teneo_answer(text: str, reply: str, session_id: str, turn: int, extra: dict[
     }
 
 
-def create_bot_app(*, idle_timeout: float = 600.0, clock: Clock = time.monotonic) -> web.Application:
-    """The demo bot: `userinput` on any path, JSESSIONID cookie sessions, `<path>/endsession`."""
+def create_bot_app(
+    *, idle_timeout: float = 600.0, clock: Clock = time.monotonic, slow_seconds: float = 5.0
+) -> web.Application:
+    """The demo bot: `userinput` on any path, JSESSIONID cookie sessions, `<path>/endsession`; "think" takes
+    `slow_seconds` to answer."""
     bot = DemoBot(idle_timeout=idle_timeout, clock=clock)
 
     async def handle(request: web.Request) -> web.Response:
@@ -107,6 +113,9 @@ def create_bot_app(*, idle_timeout: float = 600.0, clock: Clock = time.monotonic
         session.turn += 1
         session.last_seen = bot.clock()
         reply = f"Hello! You said: {text}" if session.turn == 1 else f"You said: {text}"
+        if text.strip().lower() == SLOW_COMMAND:
+            await asyncio.sleep(slow_seconds)
+            reply = f"I thought about it for {slow_seconds:g} seconds. Done!"
         extra = (
             {"gatewaySignal": request.headers["X-Session-New"]} if "X-Session-New" in request.headers else {}
         )
@@ -192,11 +201,21 @@ async def _start_host_site(runner: web.AppRunner, port: int) -> str:
     return bound_addresses(runner)[-1]
 
 
+def demo_config(config: Config, bot: str = "teneo") -> Config:
+    """The demo's configuration: for the Teneo bot, [deferred] on (so "think" gets an interim answer the widget
+    shows) unless deferred.after is set."""
+    if bot == "rasa-rest" or config.deferred.after:
+        return config
+    deferred = dataclasses.replace(config.deferred, after=DEMO_DEFERRED_AFTER, format="teneo")
+    return dataclasses.replace(config, deferred=deferred)
+
+
 async def run_demo(config: Config, bot: str = "teneo") -> None:
     """Start the demo bot (`teneo`, or `rasa-rest` with session.preset = "rasa-rest") on a free loopback port
     and the gateway in front of it; run until Ctrl-C."""
     rasa = bot == "rasa-rest"
-    bot_app = create_rasa_bot_app() if rasa else create_bot_app()
+    bot_app = create_rasa_bot_app() if rasa else create_bot_app(slow_seconds=config.demo.slow_seconds)
+    config = demo_config(config, bot)
     bot_runner = web.AppRunner(bot_app, access_log=None)
     await bot_runner.setup()
     await web.TCPSite(bot_runner, "127.0.0.1", 0).start()
@@ -217,6 +236,11 @@ async def run_demo(config: Config, bot: str = "teneo") -> None:
             try_it = f"curl -si {gateway}{REST_WEBHOOK} -H 'Content-Type: application/json' -d '{body}'"
         else:
             try_it = f"curl -si '{gateway}/?userinput=hi'"
+            if config.deferred.after:
+                try_it += (
+                    f"\n           or type {SLOW_COMMAND!r} in the chat: the bot takes {config.demo.slow_seconds:g} s,"
+                    f" the gateway answers for it after {config.deferred.after:g} s"
+                )
         host_runner = web.AppRunner(create_host_app(widget, params), access_log=None)
         await host_runner.setup()
         host = await _start_host_site(host_runner, config.listen.port + 1 if config.listen.port else 0)

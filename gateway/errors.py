@@ -7,6 +7,7 @@
     │   ├── BadSessionCarrier             400 bad_session_header
     │   ├── BadRequestBody                400 bad_request_body: a body the session id cannot be placed in or read from
     │   ├── NotFound                      404 not_found: a gateway page that does not exist
+    │   │   └── DeferredNotFound          404 deferred_not_found: a pick-up token unknown, expired or taken
     │   ├── MethodNotAllowed              405 method_not_allowed: CONNECT and TRACE
     │   ├── RequestTimeout                408 request_timeout: a head or body too slow (listen.*_timeout)
     │   ├── BodyTooLarge                  413 body_too_large
@@ -16,7 +17,8 @@
     │   └── VersionNotSupported           505 http_version_not_supported: not HTTP/1.0 or 1.1
     ├── UpstreamError                     5xx: the bot failed
     │   ├── UpstreamUnavailable           502 upstream_unavailable
-    │   │   └── ReplicaUnavailable        503 upstream_unavailable: a session's own replica (strict_affinity)
+    │   │   ├── ReplicaUnavailable        503 upstream_unavailable: a session's own replica (strict_affinity)
+    │   │   └── UpstreamResponseTooLarge  502 upstream_response_too_large: over upstream.max_response_size
     │   └── UpstreamTimeout               504 upstream_timeout
     ├── Busy                              503 with Retry-After: the gateway sheds load
     │   ├── UpstreamBusy                  503 upstream_busy: no bot connection within upstream.queue_timeout
@@ -89,6 +91,10 @@ class NotFound(ClientFault):
     code = "not_found"
 
 
+class DeferredNotFound(NotFound):
+    code = "deferred_not_found"
+
+
 class MethodNotAllowed(ClientFault):
     status = 405
     code = "method_not_allowed"
@@ -137,6 +143,10 @@ class ReplicaUnavailable(UpstreamUnavailable):
     """The bot replica holding a session is down, and upstream.strict_affinity keeps the session there."""
 
     status = 503  # temporary: the replica may come back, so the client may retry
+
+
+class UpstreamResponseTooLarge(UpstreamUnavailable):
+    code = "upstream_response_too_large"
 
 
 class UpstreamTimeout(UpstreamError):

@@ -26,7 +26,7 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 
 PREFIX: Final = "session_gateway"
 METHODS: Final = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other")
-UPSTREAM_ERROR_REASONS: Final = ("connect", "timeout", "reset", "protocol")
+UPSTREAM_ERROR_REASONS: Final = ("connect", "timeout", "reset", "protocol", "too_large")
 STREAM_KINDS: Final = ("sse", "websocket")
 
 # Chat turns take milliseconds, LLM answers minutes: edges from 5 ms to 300 s, with one at every
@@ -58,6 +58,9 @@ END_REASONS: Final = ("idle", "lifetime", "client", "bot", "upstream", "evicted"
 CARRIERS: Final = ("cookie", "header", "path", "query", "body", "none")
 STORE_OPS: Final = ("request", "response", "sweep")
 CLIENT_TIMEOUT_PHASES: Final = ("header", "body", "send", "keepalive")
+DEFERRED_OUTCOMES: Final = ("delivered", "expired", "too_large", "failed")
+# From a bot's late answer picked up at once to a widget polling back minutes later (deferred.keep is 300 s).
+PICKUP_BUCKETS: Final = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 # Waiting for a bot connection is normally 0; the edges reach upstream.queue_timeout's 5 s default.
 QUEUE_BUCKETS: Final = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -162,6 +165,25 @@ class Metrics:
         )
         self.sessions_ended = Counter(
             f"{PREFIX}_sessions_ended", "Sessions ended, by reason.", ["reason"], registry=r
+        )
+        deferred = Counter(
+            f"{PREFIX}_deferred",
+            "Deferred answers by outcome: delivered (picked up), expired (not picked up within deferred.keep), "
+            "too_large (over the cap, kept as a 502), failed (the bot failed; its error was kept).",
+            ["outcome"],
+            registry=r,
+        )
+        self.deferred = {outcome: deferred.labels(outcome=outcome) for outcome in DEFERRED_OUTCOMES}
+        self.deferred_pending = Gauge(
+            f"{PREFIX}_deferred_pending",
+            "Bot exchanges running after their client got an interim answer.",
+            registry=r,
+        )
+        self.deferred_pickup = Histogram(
+            f"{PREFIX}_deferred_pickup_seconds",
+            "Time from the interim answer to the pick-up that delivered the bot's answer (on the same replica).",
+            buckets=PICKUP_BUCKETS,
+            registry=r,
         )
         self.sessions_renamed = Counter(
             f"{PREFIX}_sessions_renamed",

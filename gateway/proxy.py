@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -16,6 +18,7 @@ from yarl import URL
 
 from gateway.config import Config
 from gateway.cors import Cors
+from gateway.deferral import DIALOGFLOW_MAX_BODY, Deferrals
 from gateway.errors import (
     BadRequest,
     BadRequestBody,
@@ -23,6 +26,7 @@ from gateway.errors import (
     ClientFault,
     ReplicaUnavailable,
     UpstreamBusy,
+    UpstreamResponseTooLarge,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
@@ -48,6 +52,7 @@ log = logging.getLogger("gateway")
 access_log = logging.getLogger("gateway.access")
 
 SSE_TYPE = "text/event-stream"
+LOGOUT_BODY = json.dumps(LOGOUT).encode()
 # Bytes: a known-length response body up to this is read whole, then sent with its head.
 SMALL_BODY = 64 * 1024
 _COOKIE = frozenset({hdrs.COOKIE})  # rebuilt by the session layer: merged, session set, gateway's own removed
@@ -136,6 +141,7 @@ class Proxy:
         streams: Streams,
         sessions: SessionManager,
         cors: Cors,
+        deferrals: Deferrals,
     ) -> None:
         self.upstreams = sessions.upstreams
         self.config = config
@@ -152,6 +158,8 @@ class Proxy:
         self._drop_websocket = self._drop | WEBSOCKET_HANDSHAKE
         self._path_param = config.session.path_param.lower()
         self._placer = Placer(config.session)
+        self._deferrals = deferrals
+        self._max_response = config.upstream.max_response_size  # 0: no cap
 
     async def handle(
         self, request: Incoming, new_stream: NewStream = aiohttp_stream
@@ -221,18 +229,32 @@ class Proxy:
             )
         target = self.request_target(request)
         checked = NOTHING
-        if self._placer.reads_body:
+        deferrals = self._deferrals
+        webhook = (
+            deferrals.dialogflow
+            and request.body_exists
+            and 0 < (request.content_length or 0) <= DIALOGFLOW_MAX_BODY
+        )
+        if self._placer.reads_body or (webhook and deferrals.enabled):
             body = await self._whole_body(request, exchange) if request.body_exists else None
-            checked = self._placer.check(target, body)
+            checked = (
+                self._placer.check(target, body) if self._placer.reads_body else Checked(body, None, None)
+            )
+            token = deferrals.dialogflow_token(body) if webhook and body else None
+            if token is not None:  # the agent's follow-up call for a deferred answer: never forwarded
+                answer = await deferrals.take(token, request, deferrals.after)
+                if answer is not None:
+                    return answer
         elif self._placer.places:
             checked = self._placer.check(target, None)
         turn = await self.sessions.prepare(target, request.headers, checked.body_id)
         exchange.session = turn.session_id
         if turn.answer_logout:
-            return web.json_response(LOGOUT)
+            return _logout(CIMultiDict())
         replica = turn.replica
         assert replica is not None
         replica.in_flight += 1
+        handed_over = False  # a deferred exchange goes on in the background, which settles the counts
         try:
             try:
                 # (isinstance second: web.Request is an ABC's subclass, and ABC checks are slow)
@@ -241,10 +263,19 @@ class Proxy:
                     # with an Upgrade is a plain one (the header is hop-by-hop).
                     return await proxy_websocket(self, request, self._url(turn), turn, exchange)
                 sent = time.perf_counter()
-                upstream = await self._send(request, turn, exchange, checked)
+                if deferrals.enabled and self._deferrable(request, checked):
+                    send = self._send(request, turn, exchange, checked)
+                    upstream_or_interim = await self._send_or_defer(request, turn, exchange, send, sent)
+                    if isinstance(upstream_or_interim, Whole):
+                        handed_over = True
+                        return upstream_or_interim
+                    upstream = upstream_or_interim
+                else:
+                    upstream = await self._send(request, turn, exchange, checked)
             except BaseException:
                 await asyncio.shield(self.sessions.abandon(turn))
                 raise
+            # (inline, not _respond_to(): one coroutine less on every request)
             received = time.perf_counter()
             exchange.upstream_status = upstream.status
             self.metrics.upstream_ttfb.observe(received - sent)
@@ -255,8 +286,91 @@ class Proxy:
             finally:
                 upstream.release()
         finally:
+            if not handed_over:
+                assert turn.replica is not None
+                turn.replica.in_flight -= 1  # not `replica`: a re-pin in _send moved the count to the new one
+
+    async def _respond_to(
+        self,
+        request: Incoming,
+        upstream: Response,
+        exchange: Exchange,
+        turn: Turn,
+        sent: float,
+        keep: int = 0,
+    ) -> web.StreamResponse | Outgoing | Whole:
+        received = time.perf_counter()
+        exchange.upstream_status = upstream.status
+        self.metrics.upstream_ttfb.observe(received - sent)
+        try:
+            return await self._respond(
+                request,
+                upstream,
+                exchange,
+                turn,
+                overhead=sent - exchange.started,
+                received=received,
+                keep=keep,
+            )
+        finally:
+            upstream.release()
+
+    def _deferrable(self, request: Incoming, checked: Checked) -> bool:
+        """Only a request whose body is read whole (so nothing of it is left to stream), never HEAD."""
+        if request.method == hdrs.METH_HEAD:
+            return False
+        length = request.content_length
+        return (
+            checked.body is not None
+            or not request.body_exists
+            or (length is not None and length <= self._buffer)
+        )
+
+    async def _send_or_defer(
+        self,
+        request: Incoming,
+        turn: Turn,
+        exchange: Exchange,
+        send: Coroutine[Any, Any, Response],
+        sent: float,
+    ) -> Response | Whole:
+        """The bot's head if it comes within deferred.after; else an interim answer, the exchange going on."""
+        task = asyncio.ensure_future(send)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=self._deferrals.after)
+            if done:
+                return task.result()
+            session = turn.session_id if turn.live or self.sessions.config.issuer == "gateway" else None
+            token = await self._deferrals.open(session or turn.carried.session_id)
+            if token is None:  # max_pending: wait as without deferral
+                return await task
+        except BaseException:
+            task.cancel()  # the client left (or the store failed): the bot's request goes with it
+            raise
+        self._deferrals.run(token, self._answer_later(request, turn, exchange, task, sent))
+        exchange.note = ""
+        return self._deferrals.interim(token, self.sessions.known_headers(turn))
+
+    async def _answer_later(
+        self, request: Incoming, turn: Turn, exchange: Exchange, task: asyncio.Future[Response], sent: float
+    ) -> Whole:
+        """A deferred exchange's rest: the bot's answer, whole and processed as usual, for the store."""
+        try:
+            try:
+                upstream = await task
+            except BaseException:
+                await asyncio.shield(self.sessions.abandon(turn))
+                raise
+            response = await self._respond_to(
+                request, upstream, exchange, turn, sent, keep=self._deferrals.answer_cap
+            )
+            assert isinstance(response, Whole)  # keep: read whole
+            return response
+        finally:
+            if exchange.note:
+                log.warning("%s %s (deferred): %s", request.method, _log_path(request), exchange.note)
             assert turn.replica is not None
-            turn.replica.in_flight -= 1  # not `replica`: a re-pin in _send moved the count to the new one
+            turn.replica.in_flight -= 1
 
     def _url(self, turn: Turn) -> URL:
         assert turn.replica is not None
@@ -402,12 +516,29 @@ class Proxy:
         *,
         overhead: float,
         received: float,
+        keep: int = 0,
     ) -> web.StreamResponse | Outgoing | Whole:
+        """The bot's answer to the client: whole when small, else streamed; `keep`: whole up to that many bytes
+        (a deferred answer). Over upstream.max_response_size it is a 502 before anything reaches the client."""
         if turn.ended and upstream.status in (404, 405):
             # A bot without an end-session endpoint: answer the Teneo logout ourselves.
             logout_headers: CIMultiDict[str] = CIMultiDict()
             await self.sessions.finish(turn, upstream.status, logout_headers)
-            return web.json_response(LOGOUT, headers=logout_headers)
+            return _logout(logout_headers)
+        is_sse = upstream.headers.get(hdrs.CONTENT_TYPE, "").startswith(SSE_TYPE)
+        has_body = upstream.status not in (204, 304) and request.method != hdrs.METH_HEAD
+        cap = keep or (0 if is_sse else self._max_response)
+        kept: bytes | None = None
+        if cap:
+            try:
+                if is_sse and keep:
+                    raise self._too_large(
+                        upstream, exchange, "an event stream cannot be kept as a deferred answer"
+                    )
+                kept = await self._read_capped(upstream, cap, exchange) if has_body else b""
+            except BaseException:
+                await asyncio.shield(self.sessions.abandon(turn))  # nothing of it reaches the client
+                raise
         headers = strip_hop_by_hop(upstream.headers)
         path_map = turn.replica.path_map if turn.replica is not None else None
         if path_map is not None and headers.keys() & REVERSED:
@@ -415,7 +546,12 @@ class Proxy:
             reverse(headers, path_map, "" if turn.carried.carrier == "path" else self._path_param)
         await self.sessions.finish(turn, upstream.status, headers)
         exchange.session = turn.session_id
-        is_sse = upstream.headers.get(hdrs.CONTENT_TYPE, "").startswith(SSE_TYPE)
+        if kept is not None:
+            if has_body:
+                headers[hdrs.CONTENT_LENGTH] = str(len(kept))
+            exchange.bytes_out = len(kept)
+            self.metrics.overhead.observe(overhead + time.perf_counter() - received)
+            return Whole(upstream.status, upstream.reason or "", headers, kept)
         # RFC 9110 §8.6: a 304 may carry the Content-Length of the 200 it stands for; no body follows it.
         length = upstream.content_length if upstream.status not in (204, 304) else None
         if length is not None:
@@ -465,6 +601,38 @@ class Proxy:
                 self.metrics.streams_open.labels(kind="sse").dec()
                 self.streams.responses.discard(upstream)
         return response
+
+    async def _read_capped(self, upstream: Response, cap: int, exchange: Exchange) -> bytes:
+        """The whole body, refused past `cap` bytes (declared, or counted as it arrives)."""
+        length = upstream.content_length
+        if length is not None and length > cap:
+            raise self._too_large(upstream, exchange, f"it declares {length} bytes")
+        try:
+            if length is not None:
+                return await upstream.content.readexactly(length)
+            chunks, size = [], 0
+            async for chunk, _ in upstream.content.iter_chunks():
+                size += len(chunk)
+                if size > cap:
+                    raise self._too_large(upstream, exchange, f"it sent more than {cap} bytes")
+                chunks.append(chunk)
+            return b"".join(chunks)
+        except (
+            asyncio.IncompleteReadError,
+            aiohttp.ClientPayloadError,
+            ConnectionError,
+            TimeoutError,
+        ) as exc:
+            reason, error = self._classify(exc)
+            self.metrics.upstream_errors.labels(reason=reason).inc()
+            exchange.note = f"upstream {reason} in body: {type(exc).__name__}"
+            raise error from None
+
+    def _too_large(self, upstream: Response, exchange: Exchange, why: str) -> UpstreamResponseTooLarge:
+        upstream.close()  # the rest is never read: the connection cannot be reused
+        self.metrics.upstream_errors.labels(reason="too_large").inc()
+        exchange.note = f"upstream answer too large: {why}"
+        return UpstreamResponseTooLarge(f"The bot's answer is too large: {why}.")
 
     async def _pump(
         self, request: Incoming, upstream: Response, response: Outgoing, exchange: Exchange
@@ -522,6 +690,12 @@ class Proxy:
                 }
             },
         )
+
+
+def _logout(headers: CIMultiDict[str]) -> Whole:
+    """The Teneo engine's logout answer, given by the gateway for a bot without an end-session endpoint."""
+    headers[hdrs.CONTENT_TYPE] = "application/json; charset=utf-8"
+    return Whole(200, "", headers, LOGOUT_BODY)
 
 
 def _log_path(request: Incoming) -> str:

@@ -678,6 +678,21 @@ class SessionManager:
         )
         return f"{self.config.affinity_cookie}={value}", self._cookie(self.config.affinity_cookie, value), own
 
+    def known_headers(self, turn: Turn) -> CIMultiDict[str]:
+        """What an interim answer may say of its session before the bot answers: the id and affinity of a
+        session the gateway already holds (live, or minted by it). A session the bot starts is told with its
+        answer, as the new-session signal is."""
+        headers: CIMultiDict[str] = CIMultiDict()
+        session_id = turn.session_id
+        if (
+            session_id
+            and not (turn.ended or turn.untracked)
+            and (turn.live or self.config.issuer == "gateway")
+        ):
+            headers[X_SESSION_ID] = session_id
+            self._affinity_headers(headers, session_id, turn.replica)
+        return headers
+
     def _end_headers(self, headers: CIMultiDict[str]) -> None:
         headers[X_GATEWAY_SESSION] = ""
         headers.add(hdrs.SET_COOKIE, self._cookie(self.config.affinity_cookie, "", max_age=0))

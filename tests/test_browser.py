@@ -25,7 +25,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from gateway.app import create_app
-from gateway.config import Config, load_config
+from gateway.config import Config, DeferredConfig, load_config
 from gateway.demo import add_demo_widget, create_bot_app, create_host_app, teneo_answer, widget_url_for
 from gateway.demo_rasa import REST_WEBHOOK, create_rasa_bot_app
 from gateway.frontend import GatewayRunner
@@ -54,6 +54,8 @@ AS_SHIPPED = (
 CLIENT_FRAME = "Chat with the demo bot (session client)"
 COOKIES_FRAME = "Chat with the demo bot (cookies only)"
 IDLE_TIMEOUT = 600.0  # the gateway's; the tests move its clock instead of waiting
+SLOW_SECONDS = 1.5  # the demo bot's answer to "think"
+DEFERRED_AFTER = 0.3  # seconds before the gateway answers for the slow bot (tests that turn [deferred] on)
 TIMEOUT_MS = 10_000
 
 
@@ -150,13 +152,17 @@ def stateless_bot() -> web.Application:
     return app
 
 
-async def start_stack(issuer: str = "upstream") -> Stack:
+async def start_stack(issuer: str = "upstream", *, deferred: bool = False) -> Stack:
     """issuer: "upstream" (the Teneo-style demo bot), "gateway" (a stateless bot), or "rasa-rest" (the Rasa demo
-    bot with session.preset = "rasa-rest", the widget speaking the REST channel)."""
+    bot with session.preset = "rasa-rest", the widget speaking the REST channel). deferred: Teneo-shaped interim
+    answers after DEFERRED_AFTER seconds, as `session-gateway demo` has them."""
     if issuer == "rasa-rest":
         bot = create_rasa_bot_app()
+    elif issuer == "upstream":
+        bot = create_bot_app(idle_timeout=IDLE_TIMEOUT * 10, slow_seconds=SLOW_SECONDS)
     else:
-        bot = create_bot_app(idle_timeout=IDLE_TIMEOUT * 10) if issuer == "upstream" else stateless_bot()
+        bot = stateless_bot()
+    deferral = {"deferred.after": str(DEFERRED_AFTER), "deferred.format": "teneo"} if deferred else {}
     bot_runner, bot_port = await _site(bot)
     config: Config = load_config(
         None,
@@ -167,6 +173,7 @@ async def start_stack(issuer: str = "upstream") -> Stack:
             "session.idle_timeout": str(IDLE_TIMEOUT),
             "session.sweep_interval": "0.1",
             "log.access": "false",
+            **deferral,
         },
     )
     registry, clock = CollectorRegistry(), OffsetClock()
@@ -196,8 +203,8 @@ def servers() -> Iterator[LoopThread]:
 def make_stack(servers: LoopThread) -> Iterator[Callable[..., Stack]]:
     stacks: list[Stack] = []
 
-    def make(issuer: str = "upstream") -> Stack:
-        stack: Stack = servers.run(start_stack(issuer))
+    def make(issuer: str = "upstream", **options: Any) -> Stack:
+        stack: Stack = servers.run(start_stack(issuer, **options))
         stacks.append(stack)
         return stack
 
@@ -276,6 +283,25 @@ def send(chat: Any, text: str) -> int:
     box.press("Enter")
     expect(answers).to_have_count(before + 1)
     expect(box).to_be_focused()  # focus stays in the composer for the next message
+    return int(answers.last.get_attribute("data-turn"))
+
+
+def think(chat: Any, on_interim: Callable[[], None] = lambda: None) -> int:
+    """Ask the demo bot to "think": the gateway's interim line shows first, then the answer; its turn counter."""
+    from playwright.sync_api import expect
+
+    answers, interims = chat.locator("li.msg.bot"), chat.locator("li.msg.interim")
+    before, shown = answers.count(), interims.count()
+    box = chat.get_by_label("Message")
+    box.fill("think")
+    box.press("Enter")
+    expect(interims).to_have_count(shown + 1)
+    expect(interims.last).to_have_text(re.compile(re.escape(DeferredConfig().message)))
+    assert answers.count() == before  # the bot is still thinking (for SLOW_SECONDS in all)
+    expect(chat.locator("#typing")).to_be_visible()
+    on_interim()
+    expect(answers).to_have_count(before + 1)
+    expect(answers.last).to_have_text(re.compile(f"I thought about it for {SLOW_SECONDS:g} seconds"))
     return int(answers.last.get_attribute("data-turn"))
 
 
@@ -429,3 +455,21 @@ def test_storage_denied_to_the_iframe_falls_back_to_memory(stack: Stack, playwri
         assert reasons(chat) == ["first"]
     finally:
         browser.close()
+
+
+def test_a_slow_answer_shows_the_interim_then_the_answer(make_stack: Callable[..., Stack], page: Any) -> None:
+    """[deferred]: the gateway answers for the slow bot; the client picks the answer up in the cookie-blocked
+    iframe, where only X-Teneo-Session carries the session to the pick-up."""
+    stack = make_stack(deferred=True)
+    chat = open_chat(page, stack.host_url)
+    assert send(chat, "Hello") == 1
+    started = time.monotonic()
+    assert think(chat, lambda: shot(page, "11-deferred-interim")) == 2
+    assert time.monotonic() - started >= SLOW_SECONDS
+    shot(page, "12-deferred-answer")
+    assert send(chat, "And now?") == 3  # the same conversation, the slow turn counted once
+    assert reasons(chat) == ["first"]
+    assert stack.sample("session_gateway_deferred_total", outcome="delivered") == 1
+    # The widget without the client picks its answer up too, in a new conversation as every time.
+    cookies_only = page.frame_locator(f'iframe[title="{COOKIES_FRAME}"]')
+    assert think(cookies_only) == 1

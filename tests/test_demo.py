@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 from conftest import SpawnGateway, StartGateway, StartUpstream, make_config
 
-from gateway.demo import COOKIE, create_bot_app
+from gateway.config import DeferredConfig, DemoConfig, load_config
+from gateway.demo import COOKIE, DEMO_DEFERRED_AFTER, create_bot_app, demo_config
+from gateway.errors import ConfigError
 
 
 class Clock:
@@ -107,6 +112,39 @@ async def test_form_post_input(bot: tuple[TestClient[Any, Any], Clock]) -> None:
     assert (await response.json())["input"]["text"] == "from a form"
 
 
+async def test_think_answers_after_slow_seconds(aiohttp_client: Any) -> None:
+    client = await aiohttp_client(create_bot_app(slow_seconds=0.3))
+    await say(client, "/", "hi")
+    started = time.monotonic()
+    answer, _ = await say(client, "/", " Think ")
+    took = time.monotonic() - started
+
+    assert 0.3 <= took < 2.0
+    assert answer["output"]["text"] == "I thought about it for 0.3 seconds. Done!"
+    assert answer["output"]["parameters"]["turn"] == "2"
+    fast = time.monotonic()
+    assert (await say(client, "/", "thinking"))[0]["output"]["text"] == "You said: thinking"  # only the word
+    assert time.monotonic() - fast < 0.3
+
+
+def test_demo_turns_deferred_answers_on_unless_configured() -> None:
+    config = load_config(None, environ={})
+    shown = demo_config(config)
+    assert (shown.deferred.after, shown.deferred.format) == (DEMO_DEFERRED_AFTER, "teneo")
+    assert dataclasses.replace(shown, deferred=config.deferred) == config  # nothing else changes
+
+    configured = load_config(None, environ={}, overrides={"deferred.after": "2.5"})
+    assert demo_config(configured) == configured  # the user's [deferred] wins, its format too
+    assert demo_config(config, "rasa-rest") == config  # the Rasa widget speaks no Teneo interim
+
+
+def test_demo_slow_seconds_is_configurable() -> None:
+    config = load_config(None, environ={"GATEWAY_DEMO_SLOW_SECONDS": "0.5"})
+    assert config.demo == DemoConfig(slow_seconds=0.5)
+    with pytest.raises(ConfigError, match=re.escape("demo.slow_seconds: expected seconds >= 0, got -1.0")):
+        load_config(None, environ={}, overrides={"demo.slow_seconds": "-1"})
+
+
 async def test_turns_count_up_through_the_gateway(
     start_upstream: StartUpstream, start_gateway: StartGateway
 ) -> None:
@@ -151,5 +189,26 @@ async def test_session_gateway_demo_with_the_rasa_bot_places_its_own_sender(
             second = await response.json()
     assert first[0] == {"recipient_id": sid, "text": "Hello! You said: hi"}
     assert second[0]["recipient_id"] == sid and second[1]["custom"]["turn"] == 2
+    demo.terminate()
+    assert await demo.exit_code(timeout=10) == 0
+
+
+@pytest.mark.slow
+async def test_session_gateway_demo_answers_think_late(spawn_gateway: SpawnGateway) -> None:
+    """`session-gateway demo` turns [deferred] on: "think" gets the Teneo-shaped interim, then its pick-up."""
+    demo = await spawn_gateway("demo", GATEWAY_DEMO_SLOW_SECONDS="1.5")
+    async with aiohttp.ClientSession() as session:
+        started = time.monotonic()
+        async with session.get(f"{demo.url}/", params={"userinput": "think"}) as response:
+            interim = await response.json()
+            token = response.headers["X-Session-Deferred"]
+        assert time.monotonic() - started >= 1.0  # demo: deferred.after = 1.0
+        async with session.get(f"{demo.url}/_gateway/deferred/{token}") as response:
+            answer = await response.json()
+            assert response.headers["X-Session-New"] == "first"
+
+    assert interim["output"]["parameters"]["gateway_deferred"] == token
+    assert interim["output"]["text"] == DeferredConfig().message
+    assert answer["output"]["text"] == "I thought about it for 1.5 seconds. Done!"
     demo.terminate()
     assert await demo.exit_code(timeout=10) == 0

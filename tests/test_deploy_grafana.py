@@ -44,6 +44,9 @@ SHOWN = [
     "session_gateway_connections_rejected_total",
     "session_gateway_client_timeouts:rate5m",
     "session_gateway_upstream_queue_seconds_bucket",
+    "session_gateway_deferred_total",
+    "session_gateway_deferred_pending",
+    "session_gateway_deferred_pickup_seconds_bucket",
     'code="503"',
 ]
 

@@ -25,6 +25,7 @@ KNOWN_LABEL_VALUES = {
     "kind": set(gateway_metrics.STREAM_KINDS),
     "op": set(gateway_metrics.STORE_OPS),
     "phase": set(gateway_metrics.CLIENT_TIMEOUT_PHASES),
+    "outcome": set(gateway_metrics.DEFERRED_OUTCOMES),
 }
 
 

@@ -26,6 +26,7 @@ LABEL_VALUES = {
     "kind": set(m.STREAM_KINDS),
     "op": set(m.STORE_OPS),
     "phase": set(m.CLIENT_TIMEOUT_PHASES),
+    "outcome": set(m.DEFERRED_OUTCOMES),
     "method": set(m.METHODS),
     "replica": {"default"},
     "version": {__version__},

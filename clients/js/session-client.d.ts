@@ -33,6 +33,15 @@ export interface SessionClientOptions {
   credentials?: RequestCredentials;
   /** Called once per new session, with the reason the gateway gave. */
   onNewSession?: (event: NewSessionEvent) => void;
+  /** Called once when the bot is slow and the gateway answers for it (a response with X-Session-Deferred; the
+   * gateway's `[deferred]` section), with the parsed interim body: a TeneoAnswer whose `output.text` is the
+   * gateway's `deferred.message` (format "teneo"), a DeferredInterim (format "json"), or what the format gives. */
+  onInterim?: (answer: unknown) => void;
+  /** What fetch() and send() do with an interim answer. "wait" (default): poll
+   * `<endpoint's origin>/_gateway/deferred/<token>` with the session until the bot's answer is there and resolve
+   * with that; a token the gateway no longer knows rejects with a SessionClientError (status 404), and network
+   * errors are retried 4 times (0.25 s to 2 s apart). "interim": resolve with the interim; the caller picks up. */
+  deferred?: DeferredMode;
   /** End the session on `pagehide` with a keepalive request. Also ends it on reload. Default false. */
   endOnPageHide?: boolean;
   /** Where the session is remembered. Default: the tab's sessionStorage, or memory when it is denied. */
@@ -41,7 +50,16 @@ export interface SessionClientOptions {
   fetch?: typeof fetch;
 }
 
-/** Thrown by send() when the answer is an HTTP error. */
+/** What fetch() and send() do when the gateway answers for a slow bot (see SessionClientOptions.deferred). */
+export type DeferredMode = "wait" | "interim";
+
+/** The interim body of the gateway's `deferred.format = "json"` (status 202). */
+export interface DeferredInterim {
+  deferred: { token: string; poll: string };
+}
+
+/** Thrown by send() when the answer is an HTTP error, and by fetch() and send() when a deferred answer is gone
+ * (404, `body.error.code` "deferred_not_found"). */
 export class SessionClientError extends Error {
   readonly name: "SessionClientError";
   readonly status: number;
@@ -68,15 +86,19 @@ export class SessionClient {
   /** The key under which the session is stored: "session-gateway:" + the endpoint's origin. */
   readonly storageKey: string;
   onNewSession: ((event: NewSessionEvent) => void) | null;
+  onInterim: ((answer: unknown) => void) | null;
+  readonly deferred: DeferredMode;
   /** The current session id, or null before the first answer and after end(). */
   readonly sessionId: string | null;
   /** True when the session survives a reload of the tab (sessionStorage is available). */
   readonly persistent: boolean;
   /** The X-Teneo-Session value the next request carries, or null. */
   sessionHeader(): string | null;
-  /** fetch() for the endpoint, or a URL relative to it, with the session attached and remembered. */
+  /** fetch() for the endpoint, or a URL relative to it, with the session attached and remembered. With
+   * `deferred: "wait"` a deferred answer is picked up: this resolves with the bot's answer, not the interim. */
   fetch(path?: string | URL, init?: RequestInit): Promise<Response>;
-  /** POST a Teneo-style message (`userinput` plus parameters); resolves with the parsed JSON answer. */
+  /** POST a Teneo-style message (`userinput` plus parameters); resolves with the parsed JSON answer (the bot's,
+   * after an interim one, with `deferred: "wait"`). */
   send<T = TeneoAnswer>(text: string, parameters?: Record<string, string>): Promise<T>;
   /** POST <endpoint>/endsession and forget the session; resolves with the response, or null if there was none. */
   end(options?: { keepalive?: boolean }): Promise<Response | null>;

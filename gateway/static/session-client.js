@@ -6,10 +6,16 @@
 //   sessionStorage, keyed per gateway origin (in memory when the browser denies storage to the iframe);
 // - sends them back as `X-Teneo-Session: JSESSIONID=<id>; <pair>` (the gateway's cookie-less carriage);
 // - reports X-Session-New (first, expired, lifetime, ended, unknown, upstream) through onNewSession;
-// - ends the session with POST <endpoint>/endsession, and optionally on pagehide with keepalive.
+// - ends the session with POST <endpoint>/endsession, and optionally on pagehide with keepalive;
+// - waits out a slow bot: an interim answer (X-Session-Deferred) goes to onInterim, and the client picks the real
+//   answer up from GET /_gateway/deferred/<token> (the gateway's [deferred] section).
 // Cookies still ride along (credentials: "include"), so it changes nothing where the browser allows them.
 
 const STORAGE_PREFIX = "session-gateway:";
+const DEFERRED_HEADER = "X-Session-Deferred";
+const PICKUP_PATH = "/_gateway/deferred/";
+const PICKUP_TRIES = 5; // pick-up requests in a row that may fail on the network before send() rejects
+const PICKUP_BACKOFF_MS = 250; // the wait before the first retry, doubled for each further one (0.25 s to 2 s)
 
 /** Thrown by send() when the gateway or the bot answers with an HTTP error. */
 export class SessionClientError extends Error {
@@ -39,6 +45,20 @@ function isJson(response) {
   return /^application\/([\w.+-]*\+)?json\b/i.test(response.headers.get("Content-Type") || "");
 }
 
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Retry-After in milliseconds (seconds only; 1 s when absent or a date), at most a minute. */
+function retryAfterMs(response) {
+  const seconds = Number.parseFloat(response.headers.get("Retry-After") || "");
+  return Number.isFinite(seconds) && seconds >= 0 ? Math.min(seconds, 60) * 1000 : 1000;
+}
+
+async function parsed(response) {
+  return isJson(response) ? response.json() : response.text();
+}
+
 function emptyState() {
   return { id: null, pair: null, ended: null };
 }
@@ -56,6 +76,11 @@ export class SessionClient {
     this.endPath = options.endPath || "endsession";
     this.credentials = options.credentials || "include";
     this.onNewSession = options.onNewSession || null;
+    this.onInterim = options.onInterim || null;
+    this.deferred = options.deferred || "wait";
+    if (this.deferred !== "wait" && this.deferred !== "interim") {
+      throw new TypeError(`SessionClient: \`deferred\` must be "wait" or "interim", got ${this.deferred}`);
+    }
     this.storageKey = STORAGE_PREFIX + this.endpoint.origin;
     this._fetch = options.fetch || globalThis.fetch.bind(globalThis);
     this._storage = options.storage === undefined ? tabStorage() : options.storage;
@@ -89,22 +114,34 @@ export class SessionClient {
     return parts.length ? parts.join("; ") : null;
   }
 
-  /** fetch() for the endpoint (or a URL relative to it) with the session attached and remembered. */
+  /** fetch() for the endpoint (or a URL relative to it) with the session attached and remembered; a deferred
+   * answer is waited for (option `deferred`). */
   async fetch(path = "", init = {}) {
     const url = new URL(path, this.endpoint);
-    const headers = new Headers(init.headers);
-    const carried = this.sessionHeader();
-    if (carried && url.origin === this.endpoint.origin) headers.set(this.headerName, carried);
-    const response = await this._fetch(url.href, { credentials: this.credentials, ...init, headers });
-    if (url.origin === this.endpoint.origin) await this._remember(response);
-    return response;
+    // One conversation turn, even when it takes an interim answer and pick-ups: one new-session signal at most,
+    // naming the session carried before it.
+    const turn = { previous: this._state.id || this._state.ended, signalled: false };
+    const response = await this._exchange(url, init, turn);
+    const token = url.origin === this.endpoint.origin ? response.headers.get(DEFERRED_HEADER) : null;
+    if (!token) return response;
+    if (this.onInterim) {
+      const answer = await parsed(response.clone()).catch(() => null);
+      try {
+        this.onInterim(answer);
+      } catch (error) {
+        console.error("session-client: onInterim failed", error);
+      }
+    }
+    if (this.deferred === "interim") return response;
+    await response.arrayBuffer().catch(() => {}); // read to the end, so the connection can be reused
+    return this._pickUp(token, init.signal, turn);
   }
 
   /** Send a Teneo-style message (`userinput` and extra parameters) and return the bot's parsed JSON. */
   async send(text, parameters = {}) {
     const body = new URLSearchParams({ ...parameters, userinput: text });
     const response = await this.fetch("", { method: "POST", body });
-    const data = isJson(response) ? await response.json() : await response.text();
+    const data = await parsed(response);
     if (!response.ok) throw new SessionClientError(`the chat service answered ${response.status}`, response, data);
     return data;
   }
@@ -137,7 +174,48 @@ export class SessionClient {
     }
   }
 
-  async _remember(response) {
+  /** One request to `url` with the session attached; the session headers of the answer are remembered. */
+  async _exchange(url, init, turn) {
+    const own = url.origin === this.endpoint.origin;
+    const headers = new Headers(init.headers);
+    const carried = this.sessionHeader();
+    if (carried && own) headers.set(this.headerName, carried);
+    const response = await this._fetch(url.href, { credentials: this.credentials, ...init, headers });
+    if (own) await this._remember(response, turn);
+    return response;
+  }
+
+  /** Poll the gateway for a deferred answer until it is there (each poll waits up to deferred.poll_wait). */
+  async _pickUp(token, signal, turn) {
+    const url = new URL(PICKUP_PATH + encodeURIComponent(token), this.endpoint.origin);
+    for (let failures = 0; ; ) {
+      const started = Date.now();
+      let response;
+      try {
+        response = await this._exchange(url, { method: "GET", signal }, turn);
+      } catch (error) {
+        if ((signal && signal.aborted) || ++failures >= PICKUP_TRIES) throw error;
+        await sleep(PICKUP_BACKOFF_MS * 2 ** (failures - 1)); // a network blip, or a gateway restarting
+        continue;
+      }
+      failures = 0;
+      if (!response.headers.get(DEFERRED_HEADER)) {
+        if (response.status !== 404) return response; // the bot's answer, whatever its status
+        const body = await parsed(response.clone()).catch(() => null);
+        if (body && body.error && body.error.code === "deferred_not_found") {
+          throw new SessionClientError("the deferred answer is gone (expired or taken)", response, body);
+        }
+        return response; // the bot's own 404
+      }
+      // Still running. The gateway held this poll for deferred.poll_wait; one that answers sooner is paced
+      // by its Retry-After.
+      await response.arrayBuffer().catch(() => {});
+      const pause = retryAfterMs(response) - (Date.now() - started);
+      if (pause > 0) await sleep(pause);
+    }
+  }
+
+  async _remember(response, turn) {
     const headers = response.headers;
     const reason = headers.get("X-Session-New");
     const pair = headers.get("X-Gateway-Session");
@@ -151,11 +229,12 @@ export class SessionClient {
       }
       if (body && typeof body.sessionId === "string" && body.sessionId) id = body.sessionId;
     }
-    const previous = this._state.id || this._state.ended;
+    const previous = turn.previous;
     if (pair !== null) this._state.pair = pair.split(";")[0].trim() || null;
     if (id) this._state = { ...this._state, id, ended: null };
     this._save();
-    if (reason && this.onNewSession) {
+    if (reason && this.onNewSession && !turn.signalled) {
+      turn.signalled = true;
       try {
         this.onNewSession({ reason, sessionId: id || null, previousSessionId: previous || null });
       } catch (error) {

@@ -3,12 +3,16 @@
 // ?endpoint=<url>: the bot endpoint behind the gateway (default: this origin's "/").
 // ?endOnPageHide=1: end the session when the page goes away (also on reload).
 // ?bot=rasa-rest: speak Rasa's REST channel ({"message"} in, a list of bot messages out) instead of Teneo's.
+// A slow answer (the gateway's [deferred]; type "think" to the demo bot) shows the gateway's interim line first.
 import { SessionClient } from "session-client";
 
 const params = new URLSearchParams(location.search);
 const mode = params.get("mode") === "cookies" ? "cookies" : "client";
 const endpoint = new URL(params.get("endpoint") || "/", location.href);
 const rasa = params.get("bot") === "rasa-rest";
+
+const DEFERRED_HEADER = "X-Session-Deferred";
+const STILL_WORKING = "The bot is still working on your answer…";
 
 const NOTICES = {
   first: ["A new conversation started.", "info"],
@@ -55,11 +59,11 @@ function render(entry) {
     bubble.className = "bubble";
     bubble.textContent = entry.text;
     item.append(bubble);
-    if (entry.kind === "bot") {
-      item.dataset.turn = entry.turn;
+    if (entry.kind === "bot" || entry.kind === "interim") {
       const meta = document.createElement("span");
       meta.className = "meta";
-      meta.textContent = `Demo bot · turn ${entry.turn}`;
+      meta.textContent = entry.kind === "bot" ? `Demo bot · turn ${entry.turn}` : "Demo bot · still working";
+      if (entry.kind === "bot") item.dataset.turn = entry.turn;
       item.append(meta);
     }
   }
@@ -78,9 +82,16 @@ function notice(reason) {
   add({ kind: "notice", text, tone, reason });
 }
 
+// The gateway's interim answer for a slow bot: its text (a Teneo-shaped interim), or a line of our own.
+function interim(answer) {
+  const text = answer && answer.output && answer.output.text;
+  add({ kind: "interim", text: typeof text === "string" && text ? text : STILL_WORKING });
+}
+
 const client = new SessionClient({
   endpoint,
   onNewSession: ({ reason }) => notice(reason),
+  onInterim: interim, // the client then picks the answer up itself (deferred: "wait")
   endOnPageHide: params.get("endOnPageHide") === "1",
 });
 
@@ -111,7 +122,13 @@ async function sendWithClient(text) {
 
 // The comparison: what a widget does without the client. Its cookie never comes back in a third-party iframe.
 async function sendWithCookiesOnly(text) {
-  const response = await fetch(endpoint, { ...request(text), credentials: "include" });
+  let response = await fetch(endpoint, { ...request(text), credentials: "include" });
+  // A slow answer, picked up by hand. (The gateway binds it to the session, which only the cookie carries here.)
+  for (let token, first = true; (token = response.headers.get(DEFERRED_HEADER)); first = false) {
+    if (first) interim(await response.json().catch(() => null));
+    const pickUp = new URL(`/_gateway/deferred/${encodeURIComponent(token)}`, endpoint);
+    response = await fetch(pickUp, { credentials: "include" });
+  }
   const reason = response.headers.get("X-Session-New");
   if (reason) notice(reason);
   if (!response.ok) throw new Error(`the chat service answered ${response.status}`);
