@@ -17,6 +17,9 @@ from gateway.cors import Cors
 from gateway.deferral import PICKUP_PREFIX, Deferrals
 from gateway.deferred import DeferredStore, MemoryDeferred
 from gateway.errors import Handler, error_middleware
+from gateway.event_delivery import Delivery, RedisStreamSink, Sink, WebhookSink
+from gateway.event_feed import Feed
+from gateway.events import Emitter, EventQueue
 from gateway.messages import Incoming, Whole
 from gateway.metrics import Metrics
 from gateway.proxy import Proxy, Streams, build_client, build_pool
@@ -35,6 +38,8 @@ SESSIONS = web.AppKey("sessions", SessionManager)
 CORS = web.AppKey("cors", Cors)
 ROUTES = web.AppKey("routes", LocalRoutes)
 DEFERRALS = web.AppKey("deferrals", Deferrals)
+FEED = web.AppKey("feed", Feed)
+DELIVERY = web.AppKey("delivery", Delivery)
 
 
 def claim_ttl(config: Config) -> float:
@@ -92,14 +97,23 @@ def create_app(
     app[METRICS] = Metrics(registry)
     app[READINESS] = Readiness()
     app[STREAMS] = Streams()
+    app[FEED] = Feed()
+    store = store or create_store(config)
+    emitter = None
+    if not store.shared:  # a shared store's scripts write their own events
+        queue = _event_queue(config, app[METRICS])
+        emitter = Emitter(config.events, queue, app[FEED])  # `at` is wall time, whatever clock sessions use
+        if queue is not None:
+            app[DELIVERY] = Delivery(config.events, queue, _event_sink(config), app[METRICS])
     app[SESSIONS] = SessionManager(
         config.session,
-        store or create_store(config),
+        store,
         app[METRICS],
         Upstreams(config.upstream, app[METRICS]),
         clock,
         claim_wait=claim_ttl(config),
         strict_affinity=config.upstream.strict_affinity,
+        events=emitter,
     )
     app[CORS] = Cors(config.cors, config.session.header)
     app[ROUTES] = LocalRoutes()
@@ -108,6 +122,7 @@ def create_app(
         app[ROUTES].add_prefix(PICKUP_PREFIX, app[DEFERRALS].pickup)
     if app[CORS].enabled:  # a hook on every response costs even when it does nothing
         app.on_response_prepare.append(app[CORS].on_response_prepare)
+    app.cleanup_ctx.append(_events)
     app.cleanup_ctx.append(_sessions)
     app.cleanup_ctx.append(_upstream)
     app.on_shutdown.append(_close_streams)
@@ -146,8 +161,10 @@ def _deferrals(config: Config, metrics: Metrics, sessions: SessionManager) -> De
 
 
 def admin_app_for(app: web.Application) -> web.Application:
-    """The admin app sharing `app`'s metrics and readiness."""
-    return create_admin_app(app[CONFIG], app[METRICS], app[READINESS], app[SESSIONS])
+    """The admin app sharing `app`'s metrics and readiness, and its lifecycle events (GET /events)."""
+    admin = create_admin_app(app[CONFIG], app[METRICS], app[READINESS], app[SESSIONS])
+    admin.router.add_get("/events", app[FEED].handle)
+    return admin
 
 
 @web.middleware
@@ -176,6 +193,35 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
         await checker
     await pool.close()
     await client.close()
+
+
+async def _events(app: web.Application) -> AsyncIterator[None]:
+    """Deliver lifecycle events from start to the end of shutdown (cleaned up last: the sessions' last events
+    are in the queue by then), flushing within what is left of listen.shutdown_timeout."""
+    delivery = app.get(DELIVERY)
+    if delivery is not None:
+        delivery.start()
+    yield
+    if delivery is not None:
+        began = app[DEFERRALS].shutdown_began
+        spent = time.monotonic() - began if began is not None else 0.0
+        await delivery.close(max(1.0, app[CONFIG].listen.shutdown_timeout - spent))
+
+
+def _event_queue(config: Config, metrics: Metrics) -> EventQueue | None:
+    if config.events.sink == "none":
+        return None
+
+    def dropped(kind: str) -> None:
+        metrics.events.labels(type=kind, outcome="dropped").inc()
+
+    return EventQueue(config.events.max_queue, dropped)
+
+
+def _event_sink(config: Config) -> Sink:
+    if config.events.sink == "webhook":
+        return WebhookSink(config.events)
+    return RedisStreamSink(config.events, config.session.redis_url, config.session.redis_timeout)
 
 
 async def _sessions(app: web.Application) -> AsyncIterator[None]:

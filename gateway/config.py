@@ -380,6 +380,35 @@ def _failed_key(config: SessionConfig, message: str) -> str:
     return "id_format"
 
 
+EventSink = Literal["none", "webhook", "redis-stream"]
+
+
+@dataclass(frozen=True, slots=True)
+class EventsConfig:
+    """Session lifecycle events (README "Lifecycle events"); off while sink = "none"."""
+
+    # "webhook": POST batches to url; "redis-stream": a Redis Stream your own consumers read.
+    sink: EventSink = "none"
+    url: str = ""  # the webhook (sink = "webhook")
+    secret: str = ""  # signs each batch: X-Gateway-Signature-256: sha256=<HMAC-SHA256 of the body, hex>
+    batch: int = 100  # events per webhook POST at most
+    flush_interval: float = 1.0  # seconds a batch waits to fill before it is sent
+    max_age: float = 3600.0  # seconds an event is retried (network errors, 5xx, 429) before it is dropped
+    timeout: float = 10.0  # seconds per webhook POST
+    max_queue: int = 100_000  # events queued in process (memory store); past it new ones are dropped
+    include_id: bool = True  # false: events carry the session id's digest, never the id
+    instance: str = ""  # the gateway named in events; empty: the host name (the pod's name in Kubernetes)
+    retention: float = 86400.0  # seconds events stay in the Redis streams (trimmed by age)
+    # sink = "redis-stream" with the memory store: the stream key on session.redis_url.
+    stream: str = "sg:events"
+
+    def __post_init__(self) -> None:
+        if self.sink == "webhook":
+            _http_url("events.url", self.url)
+        for key in ("batch", "flush_interval", "max_age", "timeout", "max_queue", "retention"):
+            _positive(f"events.{key}", getattr(self, key))
+
+
 DeferredFormat = Literal["json", "teneo", "dialogflow-cx"]
 
 
@@ -477,13 +506,14 @@ class Config:
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     session: SessionConfig = field(default_factory=SessionConfig)
     deferred: DeferredConfig = field(default_factory=DeferredConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
     cors: CorsConfig = field(default_factory=CorsConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
     log: LogConfig = field(default_factory=LogConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
 
 
-SECRET_KEYS: frozenset[str] = frozenset({"session.secret"})
+SECRET_KEYS: frozenset[str] = frozenset({"events.secret", "session.secret"})
 
 
 def _coerce(key: str, hint: Any, value: Any, *, from_text: bool) -> Any:

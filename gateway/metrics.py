@@ -59,6 +59,10 @@ CARRIERS: Final = ("cookie", "header", "path", "query", "body", "none")
 STORE_OPS: Final = ("request", "response", "sweep")
 CLIENT_TIMEOUT_PHASES: Final = ("header", "body", "send", "keepalive")
 DEFERRED_OUTCOMES: Final = ("delivered", "expired", "too_large", "failed")
+EVENT_TYPES: Final = ("session.started", "session.ended", "session.renamed")
+EVENT_OUTCOMES: Final = ("delivered", "retried", "dropped")
+# Lifecycle events reach a healthy receiver within a flush_interval (1 s); retries stretch it to max_age.
+EVENT_LAG_BUCKETS: Final = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 # From a bot's late answer picked up at once to a widget polling back minutes later (deferred.keep is 300 s).
 PICKUP_BUCKETS: Final = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 # Waiting for a bot connection is normally 0; the edges reach upstream.queue_timeout's 5 s default.
@@ -184,6 +188,25 @@ class Metrics:
             "Time from the interim answer to the pick-up that delivered the bot's answer (on the same replica).",
             buckets=PICKUP_BUCKETS,
             registry=r,
+        )
+        self.events = Counter(
+            f"{PREFIX}_events",
+            "Lifecycle events by type and outcome: delivered (the receiver took it), retried (a failed attempt), "
+            "dropped (refused with a 4xx, older than events.max_age, or over events.max_queue).",
+            ["type", "outcome"],
+            registry=r,
+        )
+        for kind in EVENT_TYPES:
+            for outcome in EVENT_OUTCOMES:
+                self.events.labels(type=kind, outcome=outcome)
+        self.events_lag = Histogram(
+            f"{PREFIX}_events_lag_seconds",
+            "Time from a lifecycle event to its delivery.",
+            buckets=EVENT_LAG_BUCKETS,
+            registry=r,
+        )
+        self.events_queue = Gauge(
+            f"{PREFIX}_events_queue", "Lifecycle events waiting for delivery in this process.", registry=r
         )
         self.sessions_renamed = Counter(
             f"{PREFIX}_sessions_renamed",

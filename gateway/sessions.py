@@ -26,6 +26,7 @@ from gateway.cookies import (
     set_cookie_name_value,
 )
 from gateway.errors import ReplicaUnavailable, SessionCapacity, StoreUnavailable
+from gateway.events import Emitter
 from gateway.metrics import Metrics
 from gateway.placement import IdFormat
 from gateway.store import CapacityExceeded, EndReason, Outcome, SessionInfo, SessionStore, TombReason, Touch
@@ -100,6 +101,7 @@ class SessionManager:
         *,
         claim_wait: float = 30.0,
         strict_affinity: bool = False,
+        events: Emitter | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -111,6 +113,8 @@ class SessionManager:
         self.claim_wait = claim_wait
         self.upstreams = upstreams
         self.strict_affinity = strict_affinity
+        # Lifecycle events produced here (memory store); a shared store's scripts produce their own.
+        self.events = events
         self._sweeper: asyncio.Task[None] | None = None
         self._stopping = False
         self._active_max = 0
@@ -224,6 +228,8 @@ class SessionManager:
         self.metrics.ended[reason].inc()
         self.metrics.session_duration.observe(max(0.0, now - info.created))
         self.metrics.session_requests.observe(info.requests)
+        if self.events is not None:
+            self.events.ended(info, reason, now)
 
     async def _refresh_active(self, *, sweeping: bool = False) -> None:
         if self.store.shared and not sweeping:
@@ -487,6 +493,8 @@ class SessionManager:
         if created.created:
             self.metrics.started[reason].inc()
             self.upstreams.pinned(replica)
+            if self.events is not None:
+                self.events.started(session_id, reason, previous, replica.name)
         await self._refresh_active()
         return created.created
 
@@ -597,6 +605,8 @@ class SessionManager:
                     # The same conversation under a new id (session-fixation protection): no signal; the
                     # old id leads to the new one, so another tab still holding it continues too.
                     self.metrics.sessions_renamed.inc()
+                    if self.events is not None:
+                        self.events.renamed(bot_id, current, turn.replica.name if turn.replica else "")
                     turn.session_id = bot_id
                     return bot_id, None
                 await self._end(current, "upstream", now)

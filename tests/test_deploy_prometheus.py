@@ -25,7 +25,8 @@ KNOWN_LABEL_VALUES = {
     "kind": set(gateway_metrics.STREAM_KINDS),
     "op": set(gateway_metrics.STORE_OPS),
     "phase": set(gateway_metrics.CLIENT_TIMEOUT_PHASES),
-    "outcome": set(gateway_metrics.DEFERRED_OUTCOMES),
+    "outcome": {*gateway_metrics.DEFERRED_OUTCOMES, *gateway_metrics.EVENT_OUTCOMES},
+    "type": set(gateway_metrics.EVENT_TYPES),
 }
 
 

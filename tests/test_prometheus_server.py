@@ -57,6 +57,8 @@ EMPTY = {
     "rule SessionGatewayUpstreamBusy": "every request gets a bot connection at once",
     "rule SessionGatewayClientTimeouts": "every client sends and reads promptly",
     "rule SessionGatewayConnectionsRejected": "a handful of connections, far under listen.max_connections",
+    "rule SessionGatewayEventsDropped": "events.sink is none here: nothing is delivered, nothing dropped",
+    "rule SessionGatewayEventsLagging": "events.sink is none here: nothing is delivered late",
     "panel 'Wait from interim to pick-up' A": "no bot here is slower than deferred.after (off)",
     "panel 'Wait from interim to pick-up' B": "no bot here is slower than deferred.after (off)",
 }
