@@ -25,6 +25,7 @@ from gateway.errors import (
     BodyTooLarge,
     ClientFault,
     ReplicaUnavailable,
+    StoreUnavailable,
     UpstreamBusy,
     UpstreamResponseTooLarge,
     UpstreamTimeout,
@@ -341,8 +342,11 @@ class Proxy:
             if done:
                 return task.result()
             session = turn.session_id if turn.live or self.sessions.config.issuer == "gateway" else None
-            token = await self._deferrals.open(session or turn.carried.session_id)
-            if token is None:  # max_pending: wait as without deferral
+            try:
+                token = await self._deferrals.open(session or turn.carried.session_id)
+            except StoreUnavailable:
+                token = None  # nowhere to keep the answer: wait for it instead
+            if token is None:  # max_pending (or no store): wait as without deferral
                 return await task
         except BaseException:
             task.cancel()  # the client left (or the store failed): the bot's request goes with it
