@@ -54,6 +54,8 @@ access_log = logging.getLogger("gateway.access")
 
 SSE_TYPE = "text/event-stream"
 LOGOUT_BODY = json.dumps(LOGOUT).encode()
+# How reading a bot's body fails (ConnectionError: the bot closed the connection mid-body).
+_BODY_FAILURES = (asyncio.IncompleteReadError, aiohttp.ClientPayloadError, ConnectionError, TimeoutError)
 # Bytes: a known-length response body up to this is read whole, then sent with its head.
 SMALL_BODY = 64 * 1024
 _COOKIE = frozenset({hdrs.COOKIE})  # rebuilt by the session layer: merged, session set, gateway's own removed
@@ -567,16 +569,8 @@ class Proxy:
             # separate header write was ~10% of the per-request cost). Long or unsized bodies stream.
             try:
                 body = await upstream.content.readexactly(length)
-            except (  # ConnectionError: the upstream closed the connection mid-body
-                asyncio.IncompleteReadError,
-                aiohttp.ClientPayloadError,
-                ConnectionError,
-                TimeoutError,
-            ) as exc:
-                reason, error = self._classify(exc)
-                self.metrics.upstream_errors.labels(reason=reason).inc()
-                exchange.note = f"upstream {reason} in body: {type(exc).__name__}"
-                raise error from None
+            except _BODY_FAILURES as exc:
+                raise self._body_failure(exc, exchange) from None
             exchange.bytes_out = length
             self.metrics.overhead.observe(overhead + time.perf_counter() - received)
             return Whole(upstream.status, upstream.reason or "", headers, body)
@@ -621,16 +615,15 @@ class Proxy:
                     raise self._too_large(upstream, exchange, f"it sent more than {cap} bytes")
                 chunks.append(chunk)
             return b"".join(chunks)
-        except (
-            asyncio.IncompleteReadError,
-            aiohttp.ClientPayloadError,
-            ConnectionError,
-            TimeoutError,
-        ) as exc:
-            reason, error = self._classify(exc)
-            self.metrics.upstream_errors.labels(reason=reason).inc()
-            exchange.note = f"upstream {reason} in body: {type(exc).__name__}"
-            raise error from None
+        except _BODY_FAILURES as exc:
+            raise self._body_failure(exc, exchange) from None
+
+    def _body_failure(self, exc: BaseException, exchange: Exchange) -> Exception:
+        """The bot failed mid-body (before anything reached the client): counted, noted, mapped."""
+        reason, error = self._classify(exc)
+        self.metrics.upstream_errors.labels(reason=reason).inc()
+        exchange.note = f"upstream {reason} in body: {type(exc).__name__}"
+        return error
 
     def _too_large(self, upstream: Response, exchange: Exchange, why: str) -> UpstreamResponseTooLarge:
         upstream.close()  # the rest is never read: the connection cannot be reused
