@@ -15,6 +15,7 @@ import asyncio
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +36,17 @@ _REQUEST_PATH = ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_script|load")
 
 
 @contextmanager
-def gateway(store: str, bot_port: int, redis_url: str) -> Iterator[int]:
+def gateway(store: str, bot_port: int, redis_url: str, extra: dict[str, str] | None = None) -> Iterator[int]:
+    """`python -m gateway serve` with this store; `extra` environment variables on top. Its port."""
+    with gateway_process(store, bot_port, redis_url, extra) as (port, _):
+        yield port
+
+
+@contextmanager
+def gateway_process(
+    store: str, bot_port: int, redis_url: str, extra: dict[str, str] | None = None
+) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """gateway(), and its process."""
     port, admin = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     env.update(
@@ -49,8 +60,9 @@ def gateway(store: str, bot_port: int, redis_url: str) -> Iterator[int]:
         GATEWAY_SESSION_STORE=store,
         GATEWAY_SESSION_REDIS_URL=redis_url,
     )
-    with process([PYTHON, "-m", "gateway", "serve"], port, env):
-        yield port
+    env.update(extra or {})
+    with process([PYTHON, "-m", "gateway", "serve"], port, env) as proc:
+        yield port, proc
 
 
 def redis_calls(url: str) -> dict[str, int]:

@@ -1,24 +1,31 @@
-"""The admin app: /livez, /readyz and /metrics, on a port of its own."""
+"""The admin app, on a port of its own: probes (/livez, /readyz), /metrics, and the operators' session API."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.config import Config
-from gateway.errors import error_middleware, error_response
+from gateway.errors import BadRequest, Handler, Unauthorized, error_middleware, error_response
 from gateway.metrics import Metrics
 from gateway.sessions import SessionManager, short_id
+from gateway.store import SessionView
 
 log = logging.getLogger("gateway")
+
+OPEN_PATHS = frozenset({"/livez", "/readyz", "/metrics"})  # probes and scrapers never need admin.token
+PAGE_DEFAULT = 100  # sessions per page of GET /sessions
+PAGE_MAX = 1000
 
 
 @dataclass(slots=True)
@@ -115,6 +122,37 @@ def create_admin_app(
         body = generate_latest(metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    async def list_sessions(request: web.Request) -> web.Response:
+        limit = _page_limit(request.query.get("limit"))
+        try:
+            views, cursor = await sessions.store.page(request.query.get("cursor") or None, limit)
+        except ValueError as exc:  # a cursor of another gateway process, of an earlier run, or made up
+            raise BadRequest(f"cursor: {exc}; list again without one") from None
+        return web.json_response(
+            {
+                "store": config.session.store,  # "redis": the ids shown are digests (the store keeps no ids)
+                "now": sessions.clock(),
+                "sessions": [_view_json(view) for view in views],
+                "next": cursor,
+            }
+        )
+
+    async def show_session(request: web.Request) -> web.Response:
+        info = await sessions.store.info(request.match_info["session_id"])
+        if info is None:
+            return error_response(404, "session_not_found", "No live session has this id.")
+        deadline = min(info.last_seen + info.idle_timeout, info.created + config.session.absolute_timeout)
+        session = {
+            "id": short_id(info.id),  # the caller knows the id; responses and what logs them need not
+            "started": info.created,
+            "last_seen": info.last_seen,
+            "idle_timeout": info.idle_timeout,
+            "deadline": deadline,
+            "requests": info.requests,
+            "replica": info.replica,
+        }
+        return web.json_response({"now": sessions.clock(), "session": session})
+
     async def end_session(request: web.Request) -> web.Response:
         # An operator ends a conversation (reason "admin"); its next request hears X-Session-New: ended.
         if await sessions.end_by_admin(request.match_info["session_id"]):
@@ -122,9 +160,53 @@ def create_admin_app(
             return web.Response(status=204)
         return error_response(404, "session_not_found", "No live session has this id.")
 
-    app = web.Application(middlewares=[error_middleware])
-    app.router.add_delete("/sessions/{session_id}", end_session)
+    token = config.admin.token
+    app = web.Application(middlewares=[error_middleware, *([_bearer_token(token)] if token else [])])
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
+    # The operators' routes, behind admin.token when it is set. GET /events (the lifecycle events as
+    # Server-Sent Events) joins them in app.admin_app_for, which owns the event feed; the token covers it too.
+    app.router.add_get("/sessions", list_sessions)
+    app.router.add_get("/sessions/{session_id}", show_session)
+    app.router.add_delete("/sessions/{session_id}", end_session)
     return app
+
+
+def _bearer_token(token: str) -> Middleware:
+    """Refuse every request but OPEN_PATHS' without `Authorization: Bearer <token>` (RFC 6750)."""
+    expected = token.encode()
+
+    @web.middleware
+    async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in OPEN_PATHS:
+            scheme, _, presented = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
+            if not presented:
+                raise Unauthorized("This endpoint needs Authorization: Bearer <admin.token>.")
+            # Compared in constant time: the time taken says nothing about how much of the token matched.
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                presented.strip().encode(errors="replace"), expected
+            ):
+                raise Unauthorized("The bearer token is not admin.token.", invalid=True)
+        return await handler(request)
+
+    return require_token
+
+
+def _page_limit(text: str | None) -> int:
+    if text is None:
+        return PAGE_DEFAULT
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= PAGE_MAX):
+        raise BadRequest(f"limit: expected an integer from 1 to {PAGE_MAX}, got {text!r}")
+    return int(text)
+
+
+def _view_json(view: SessionView) -> dict[str, object]:
+    return {
+        "id": view.short_id,
+        "started": view.created,
+        "last_seen": view.last_seen,
+        "deadline": view.deadline,
+        "requests": view.requests,
+        "replica": view.replica,
+    }

@@ -65,6 +65,8 @@ def create_store(config: Config) -> SessionStore:
             max_connections=s.redis_pool_size,
             sentinels=s.redis_sentinels,
             sentinel_master=s.redis_sentinel_master,
+            cluster=s.redis_cluster,
+            shards=s.redis_shards,
         )
     return MemoryStore(
         absolute_timeout=s.absolute_timeout,
@@ -98,7 +100,7 @@ def create_app(
     app[READINESS] = Readiness()
     app[STREAMS] = Streams()
     app[FEED] = Feed()
-    store = store or create_store(config)
+    store = store if store is not None else create_store(config)  # an empty MemoryStore is falsy (len 0)
     emitter = None
     if not store.shared:  # a shared store's scripts write their own events
         queue = _event_queue(config, app[METRICS])

@@ -1,4 +1,4 @@
-"""`session-gateway serve|check|demo`: the only place that sets up logging and exits."""
+"""`session-gateway serve|check|demo|sessions`: the only place that sets up logging and exits."""
 
 from __future__ import annotations
 
@@ -39,19 +39,62 @@ def _parser() -> argparse.ArgumentParser:
                 help="the demo bot: teneo (a JSESSIONID cookie) or rasa-rest (the conversation in the body's "
                 "sender, placed by the gateway: session.preset = rasa-rest)",
             )
-        cmd.add_argument("--config", metavar="FILE", help="TOML configuration file")
-        cmd.add_argument(
-            "--set",
-            metavar="SECTION.KEY=VALUE",
-            action="append",
-            default=[],
-            help="override one key (beats the file and the environment); repeatable",
-        )
+        _config_options(cmd)
         cmd.add_argument("--log-format", choices=["json", "text"], help="log line format (log.format)")
         cmd.add_argument(
             "--log-level", choices=["debug", "info", "warning", "error"], help="log level (log.level)"
         )
+    _sessions_parser(sub.add_parser("sessions", help="list, show or end live sessions (the admin API)"))
     return parser
+
+
+def _config_options(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    cmd.add_argument(
+        "--set",
+        metavar="SECTION.KEY=VALUE",
+        action="append",
+        default=[],
+        help="override one key (beats the file and the environment); repeatable",
+    )
+
+
+def _sessions_parser(cmd: argparse.ArgumentParser) -> None:
+    """`sessions list|show|end`: calls the admin API of a running gateway (gateway/admin_client.py)."""
+    cmd.set_defaults(log_format=None, log_level=None)
+    actions = cmd.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="live sessions, a page at a time (a table, or JSON Lines)")
+    listing.add_argument(
+        "--limit",
+        type=_page_size,
+        default=100,
+        metavar="N",
+        help="sessions per page, 1-1000 (default 100)",
+    )
+    listing.add_argument("--all", action="store_true", help="follow the pages to the last")
+    listing.add_argument("--cursor", help="start after the page that printed this cursor")
+    show = actions.add_parser("show", help="one live session")
+    end = actions.add_parser("end", help="end a live session (reason admin)")
+    for action in (show, end):
+        action.add_argument("session_id", metavar="ID", help="the full session id")
+    for action in (listing, show, end):
+        action.add_argument(
+            "--admin",
+            metavar="URL",
+            help="the admin API (default: http://127.0.0.1:<admin.port> of the configuration)",
+        )
+        action.add_argument(
+            "--token", help="admin.token (default: the configuration's, or GATEWAY_ADMIN_TOKEN)"
+        )
+        _config_options(action)
+    for action in (listing, show):
+        action.add_argument("--json", action="store_true", help="JSON instead of text")
+
+
+def _page_size(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 1000):
+        raise argparse.ArgumentTypeError(f"expected an integer from 1 to 1000, got {text!r}")
+    return int(text)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, str]:
@@ -96,6 +139,10 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
     except ConfigError as exc:
         print(f"{exc.source}: {exc}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
+    if args.command == "sessions":
+        from gateway.admin_client import run_sessions
+
+        sys.exit(run_sessions(args, config))
     if args.command == "check":
         preset = config.session.preset
         if preset:  # what the preset filled in (keys set explicitly won)

@@ -38,6 +38,9 @@ def _mask_url(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
+_BEARER_TOKEN: Final = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 §2.1's b64token
+
+
 def _positive(key: str, value: float) -> None:
     if not value > 0:  # also refuses NaN, which every comparison calls false
         raise ConfigError(key, f"expected a number > 0, got {value!r}")
@@ -105,15 +108,20 @@ class ListenConfig:
 
 @dataclass(frozen=True, slots=True)
 class AdminConfig:
-    """The admin port: /livez, /readyz, /metrics; never exposed through the Service."""
+    """The admin port: /livez, /readyz, /metrics and the session API; never exposed through the Service."""
 
     host: str = "0.0.0.0"
     port: int = 9090
     ready_check_interval: float = 5.0  # seconds between upstream reachability checks for /readyz
+    token: str = ""  # set: every admin endpoint but /livez, /readyz and /metrics needs it as a bearer token
 
     def __post_init__(self) -> None:
         _port("admin.port", self.port)
         _positive("admin.ready_check_interval", self.ready_check_interval)
+        if self.token and not _BEARER_TOKEN.fullmatch(self.token):  # the value is a secret: never echoed
+            raise ConfigError(
+                "admin.token", "expected a bearer token (letters, digits and -._~+/, then any =), got another"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +296,8 @@ class SessionConfig:
     redis_pool_size: int = 64  # Redis connections per gateway process
     redis_sentinels: tuple[str, ...] = ()  # "host:port" of Sentinels; set, they name the master to use
     redis_sentinel_master: str = "mymaster"  # the Sentinel service name; redis_url then gives password and db
+    redis_cluster: bool = False  # redis_url names any node of a Redis Cluster; the gateway finds the others
+    redis_shards: int = 16  # hash tags (Cluster slots) the sessions spread over; set once, same everywhere
     store_failure: StoreFailure = "open"  # store down: "open" proxies untracked, "closed" answers 503
     # The memory store's sessions are saved here on a graceful shutdown and restored at start; empty: off.
     state_file: str = ""
@@ -304,6 +314,7 @@ class SessionConfig:
             _positive(f"session.{key}", getattr(self, key))
         for key in ("sweep_batch", "max_tombstones", "max_sessions", "max_id_length", "redis_pool_size"):
             _positive(f"session.{key}", getattr(self, key))
+        _positive("session.redis_shards", self.redis_shards)
         if self.absolute_timeout < self.idle_timeout:
             raise ConfigError(
                 "session.absolute_timeout",
@@ -320,6 +331,8 @@ class SessionConfig:
                 "session.redis_url",
                 f"expected a redis://, rediss:// or unix:// URL, got {_mask_url(self.redis_url)!r}",
             )
+        if self.redis_cluster:
+            self._check_cluster()
         if self.cookie_samesite == "None" and not self.cookie_secure:
             raise ConfigError(
                 "session.cookie_samesite", "SameSite=None requires session.cookie_secure = true"
@@ -329,6 +342,20 @@ class SessionConfig:
                 "session.cookie_partitioned", "Partitioned requires session.cookie_secure = true"
             )
         self._check_placement()
+
+    def _check_cluster(self) -> None:
+        """A Cluster has no Sentinels, no databases but 0, and no Unix sockets."""
+        if self.redis_sentinels:
+            raise ConfigError(
+                "session.redis_cluster",
+                "expected false with session.redis_sentinels (Cluster fails over itself)",
+            )
+        parts = urlsplit(self.redis_url)
+        if parts.scheme == "unix" or parts.path.strip("/") not in ("", "0"):
+            raise ConfigError(
+                "session.redis_url",
+                f"expected a TCP URL of database 0 with session.redis_cluster, got {_mask_url(self.redis_url)!r}",
+            )
 
     def _check_placement(self) -> None:
         try:
@@ -513,7 +540,7 @@ class Config:
     demo: DemoConfig = field(default_factory=DemoConfig)
 
 
-SECRET_KEYS: frozenset[str] = frozenset({"events.secret", "session.secret"})
+SECRET_KEYS: frozenset[str] = frozenset({"admin.token", "events.secret", "session.secret"})
 
 
 def _coerce(key: str, hint: Any, value: Any, *, from_text: bool) -> Any:

@@ -6,6 +6,7 @@
     │   ├── BadRequest                    400 bad_request
     │   ├── BadSessionCarrier             400 bad_session_header
     │   ├── BadRequestBody                400 bad_request_body: a body the session id cannot be placed in or read from
+    │   ├── Unauthorized                  401 unauthorized: an admin request without the bearer token admin.token
     │   ├── NotFound                      404 not_found: a gateway page that does not exist
     │   │   └── DeferredNotFound          404 deferred_not_found: a pick-up token unknown, expired or taken
     │   ├── MethodNotAllowed              405 method_not_allowed: CONNECT and TRACE
@@ -37,7 +38,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
 from gateway.headers import redact_path
@@ -84,6 +85,18 @@ class BadSessionCarrier(ClientFault):
 
 class BadRequestBody(ClientFault):
     code = "bad_request_body"
+
+
+class Unauthorized(ClientFault):
+    """An admin request without `Authorization: Bearer <admin.token>`; answered with a challenge (RFC 6750)."""
+
+    status = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str, *, invalid: bool = False) -> None:
+        super().__init__(message)
+        # invalid_token: a token was presented, and it is not the one (RFC 6750 §3.1).
+        self.challenge = 'Bearer realm="session-gateway"' + (', error="invalid_token"' if invalid else "")
 
 
 class NotFound(ClientFault):
@@ -211,7 +224,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except GatewayError as exc:
-        return error_response(exc.status, exc.code, exc.message)
+        response = error_response(exc.status, exc.code, exc.message)
+        if isinstance(exc, Unauthorized):
+            response.headers[hdrs.WWW_AUTHENTICATE] = exc.challenge
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

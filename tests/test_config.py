@@ -327,3 +327,21 @@ def test_float_round_trip_is_exact_for_awkward_values() -> None:
         config = load_config(None, environ={"GATEWAY_UPSTREAM_CONNECT_TIMEOUT": repr(value)})
         assert config.upstream.connect_timeout == value
         assert not math.isnan(config.upstream.connect_timeout)
+
+
+@pytest.mark.parametrize(
+    ("session", "key"),
+    [
+        ('redis_cluster = true\nredis_sentinels = ["sentinel:26379"]', "session.redis_cluster"),
+        ('redis_cluster = true\nredis_url = "redis://node:6379/2"', "session.redis_url"),
+        ('redis_cluster = true\nredis_url = "unix:///run/redis.sock"', "session.redis_url"),
+        ("redis_shards = 0", "session.redis_shards"),
+    ],
+    ids=["with-sentinels", "database-2", "unix-socket", "no-shards"],
+)
+def test_a_redis_cluster_is_reached_over_tcp_database_0_without_sentinels(
+    tmp_path: Path, session: str, key: str
+) -> None:
+    assert str(load_error(tmp_path, f"[session]\n{session}\n")).startswith(f"{key}: ")
+    cluster = load_config(None, environ={"GATEWAY_SESSION_REDIS_CLUSTER": "true"}).session
+    assert cluster.redis_cluster and cluster.redis_url == "redis://127.0.0.1:6379/0"

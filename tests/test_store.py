@@ -38,15 +38,19 @@ def redis_sentinel(redis_server: RedisServer) -> Iterator[RedisSentinel]:
     sentinel.stop()
 
 
-@pytest.fixture(params=["memory", "redis", "redis-sentinel"])
+@pytest.fixture(params=["memory", "redis", "redis-sentinel", "redis-cluster"])
 async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[StoreFactory]:
     made: list[SessionStore] = []
     sentinels: tuple[str, ...] = ()
-    if request.param.startswith("redis"):
-        server: RedisServer = request.getfixturevalue("redis")  # flushed
+    url = ""
+    if request.param in ("redis", "redis-sentinel"):
+        url = request.getfixturevalue("redis").url  # flushed
     if request.param == "redis-sentinel":
         # The same contract, with the master found through a real Sentinel.
         sentinels = (request.getfixturevalue("redis_sentinel").address,)
+    if request.param == "redis-cluster":
+        # And on a Redis Cluster of three masters (one shard, one slot: the per-shard cap is the total).
+        url = request.getfixturevalue("redis_cluster").url
 
     def factory(**overrides: object) -> SessionStore:
         options: dict[str, object] = {
@@ -60,7 +64,8 @@ async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[StoreFacto
         else:
             overrides.pop("max_tombstones", None)  # Redis bounds tombstones by their TTL
             options.update({"shards": 1, "sentinels": sentinels}, **overrides)  # one shard: an exact cap
-            store = RedisStore(server.url, **options)  # type: ignore[arg-type]
+            options["cluster"] = request.param == "redis-cluster"
+            store = RedisStore(url, **options)  # type: ignore[arg-type]
         made.append(store)
         return store
 

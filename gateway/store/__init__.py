@@ -47,6 +47,17 @@ class SessionInfo(NamedTuple):
     replica: str
 
 
+class SessionView(NamedTuple):
+    """A live session as an operator's listing shows it: never its full id."""
+
+    short_id: str  # the id's first characters (memory store), or "#" and its digest's (Redis store: no ids)
+    created: float  # clock seconds
+    last_seen: float
+    deadline: float  # when it expires without another request: the idle or absolute timeout, the earlier
+    requests: int
+    replica: str
+
+
 class Touch(NamedTuple):
     outcome: Outcome
     session: SessionInfo | None = None  # LIVE: after the touch; EXPIRED/LIFETIME: as it ended
@@ -118,5 +129,15 @@ class SessionStore(Protocol):
         ...
 
     async def count(self) -> int: ...
+
+    async def page(self, cursor: str | None, limit: int) -> tuple[list[SessionView], str | None]:
+        """Up to `limit` live sessions after `cursor` (None: the first page), and the next page's cursor (None:
+        no more), in O(limit) however many sessions live. Read-only. A listing is no snapshot: sessions that
+        start, end or move meanwhile may or may not be in it. ValueError: a cursor this store did not issue."""
+        ...
+
+    async def info(self, session_id: str) -> SessionInfo | None:
+        """The live session's record, read-only (a lookup is no request); None when it is not live."""
+        ...
 
     async def close(self) -> None: ...

@@ -4,7 +4,8 @@ Why: every request touches its session, and redis-py's per-command machinery (po
 send and a read per command) was most of the Redis store's cost per request: profiled at c=32 (bench/,
 issue 6) the gateway spent about twice the CPU per request on Redis as on the memory store. Requests that
 arrive together touch together: one pipeline, one write, one read of all the replies. Alone, a call is a
-pipeline of one. The Redis commands are the same EVALSHA calls, so atomicity per session is unchanged.
+pipeline of one. The Redis commands are the same EVALSHA calls, so atomicity per session is unchanged. On a
+Redis Cluster the batch goes out as one pipeline per node that owns some of its calls' slots (cluster.py).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from typing import Any
 from hiredis import pack_command
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
 from gateway.errors import StoreUnavailable
+from gateway.store.cluster import NodePipelines, Unanswered
 
 Call = tuple[Sequence[str], list[Any], "asyncio.Future[Any]"]
 # (keys, args, result) of a call whose caller did not get its reply: it ran after its caller left (result is
@@ -32,17 +34,27 @@ async def bounded(call: Awaitable[Any], timeout: float) -> Any:
     try:
         async with asyncio.timeout(timeout):
             return await call
-    except (TimeoutError, RedisError, OSError) as exc:
+    except (TimeoutError, RedisError, RedisClusterException, OSError) as exc:
         raise StoreUnavailable(f"The session store is unavailable ({type(exc).__name__}).") from exc
 
 
 class ScriptBatcher:
-    """`await batcher(keys, args)` runs the script like `script(keys=keys, args=args)`, batched."""
+    """`await batcher(keys, args)` runs the script like `script(keys=keys, args=args)`, batched; `client` is a
+    Redis client, or a Cluster's NodePipelines."""
 
     def __init__(
-        self, client: Redis, script: AsyncScript, timeout: float, on_lost: Lost | None = None
+        self,
+        client: Redis | NodePipelines,
+        script: AsyncScript,
+        timeout: float,
+        on_lost: Lost | None = None,
     ) -> None:
-        self._client = client
+        self._nodes: NodePipelines | None = None
+        if isinstance(client, NodePipelines):
+            self._nodes = client
+            client.script(script)
+        else:
+            self._client = client
         self._on_lost = on_lost
         self._script = script
         self._timeout = timeout
@@ -83,6 +95,9 @@ class ScriptBatcher:
         batch = [call for call in batch if not call[2].done()]  # callers that left: their call is not run
         if not batch:
             return
+        if self._nodes is not None:
+            await self._send_to_nodes(self._nodes, batch)
+            return
         sent = [False]
         try:
             results = await bounded(self._run(batch, sent), self._timeout)
@@ -103,6 +118,29 @@ class ScriptBatcher:
                 continue
             if isinstance(result, RedisError):
                 future.set_exception(StoreUnavailable(f"The session store failed ({type(result).__name__})."))
+            else:
+                future.set_result(result)
+
+    async def _send_to_nodes(self, nodes: NodePipelines, batch: list[Call]) -> None:
+        """The batch on a Cluster: each node's calls answered (or failed) by themselves, within the timeout."""
+        sha = self._script.sha
+        try:
+            results = await nodes.run(
+                [(keys[0], ("EVALSHA", sha, len(keys), *keys, *args)) for keys, args, _ in batch]
+            )
+        except BaseException as exc:  # cancelled at shutdown: nobody waits forever
+            _fail(batch, f"The session store call was abandoned ({type(exc).__name__}).")
+            raise
+        for (keys, args, future), result in zip(batch, results, strict=True):
+            if isinstance(result, BaseException):
+                if isinstance(result, Unanswered) and self._on_lost is not None:
+                    self._on_lost(keys, args, None)  # sent, then its node failed: it may have run
+                if not future.done():
+                    name = type(result).__name__
+                    future.set_exception(StoreUnavailable(f"The session store failed ({name})."))
+            elif future.done():  # its request was cancelled (the client left) after the call was sent
+                if self._on_lost is not None:
+                    self._on_lost(keys, args, result)
             else:
                 future.set_result(result)
 

@@ -13,10 +13,12 @@ from gateway.store import (
     EndReason,
     Outcome,
     SessionInfo,
+    SessionView,
     Swept,
     TombReason,
     Touch,
 )
+from gateway.store.listing import StartOrder, new_cursor_key, open_cursor, seal_cursor
 
 # A record is a plain tuple (created, last_seen, idle_timeout, requests, replica, due), replaced on every
 # touch. Why not a __slots__ object: CPython's cyclic GC stops tracking a tuple that holds only floats, ints
@@ -70,6 +72,8 @@ class MemoryStore:
         self._max_tombs = max_tombstones
         self._sessions: dict[str, Record] = {}
         self._heap: list[tuple[float, str]] = []
+        self._order = StartOrder()  # the live sessions again, by (created, id): page() reads from a cursor
+        self._cursor_key = new_cursor_key()
         # id -> (reason, successor, forget_at); the deque holds (forget_at, id) in insertion order = expiry
         # order. An id tombstoned again (or given a successor) gets a later entry; its earlier one is stale:
         # it no longer matches the tombstone's forget_at, and forgets nothing.
@@ -106,6 +110,7 @@ class MemoryStore:
 
     def _remove(self, session_id: str, reason: EndReason, now: float) -> SessionInfo:
         rec = self._sessions.pop(session_id)
+        self._order.discard(rec[CREATED], session_id)
         self._tombstone(session_id, reason, now)
         return self._info(session_id, rec)
 
@@ -158,6 +163,7 @@ class MemoryStore:
                 raise CapacityExceeded
             evicted = self._evict_one(now)
         rec = self._push(session_id, (now, now, idle_timeout, 1, replica, 0.0))
+        self._order.add(now, session_id)
         self._succeed(previous, session_id, now)
         return Created(self._info(session_id, rec), created=True, evicted=evicted, active=len(self._sessions))
 
@@ -215,8 +221,10 @@ class MemoryStore:
         if rec is None or new_id in self._sessions:
             return None
         del self._sessions[session_id]  # its heap entry turns stale: no record under that id
+        self._order.discard(rec[CREATED], session_id)
         self._claims.pop(new_id, None)
         rec = self._push(new_id, rec)
+        self._order.add(rec[CREATED], new_id)
         self._tombstone(session_id, "renamed", now, successor=new_id)
         return self._info(new_id, rec)
 
@@ -275,6 +283,7 @@ class MemoryStore:
             # Replacing values keeps the dict's size, so it is safe while iterating, and frees each old tuple.
             sessions[sid] = (created, last_seen, idle, requests, replica, due)
         self._sessions = sessions
+        self._order = StartOrder((rec[CREATED], sid) for sid, rec in sessions.items())
         self._heap = [(rec[DUE], sid) for sid, rec in sessions.items()]
         heapq.heapify(self._heap)
         ended = (await self.expire_due(now, len(self._heap))).ended
@@ -287,9 +296,28 @@ class MemoryStore:
     async def count(self) -> int:
         return len(self._sessions)
 
+    async def page(self, cursor: str | None, limit: int) -> tuple[list[SessionView], str | None]:
+        """Live sessions, oldest first; the cursor is the last one listed, sealed (listing.py)."""
+        after = None if cursor is None else open_cursor(self._cursor_key, cursor)
+        ids = self._order.after(after, limit + 1)  # one more than the page: whether there is a next one
+        views = []
+        for session_id in ids[:limit]:
+            created, last_seen, _, requests, replica, _ = rec = self._sessions[session_id]
+            label = session_id[:6] + "…"  # as the logs shorten it (sessions.short_id)
+            views.append(SessionView(label, created, last_seen, self._deadline(rec), requests, replica))
+        if len(ids) <= limit:
+            return views, None
+        last = ids[limit - 1]
+        return views, seal_cursor(self._cursor_key, (self._sessions[last][CREATED], last))
+
+    async def info(self, session_id: str) -> SessionInfo | None:
+        rec = self._sessions.get(session_id)
+        return None if rec is None else self._info(session_id, rec)
+
     async def close(self) -> None:
         self._sessions.clear()
         self._heap.clear()
+        self._order = StartOrder()
 
     def __len__(self) -> int:
         return len(self._sessions)

@@ -26,20 +26,17 @@ import json
 import logging
 import math
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.maint_notifications import MaintNotificationsConfig
 
 from gateway.config import Config
 from gateway.deferred import RUNNING, Answer
 from gateway.store.batch import bounded
-from gateway.store.redis import _BlockingSentinelPool, _sentinel
+from gateway.store.connect import Client, connect, disconnect
 
 log = logging.getLogger("gateway")
 
@@ -92,33 +89,6 @@ def _ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
 
 
-def _connect(
-    url: str, *, timeout: float, max_connections: int, sentinels: tuple[str, ...], sentinel_master: str
-) -> tuple[aioredis.Redis, Sentinel | None]:
-    """A client like RedisStore's (its options and reasons: gateway/store/redis.py), returning raw bytes."""
-    options: dict[str, Any] = {
-        "decode_responses": False,  # bodies are bytes, whatever their encoding
-        "socket_timeout": None,  # each call is bounded as a whole (batch.bounded)
-        "socket_connect_timeout": timeout,
-        "health_check_interval": 30,
-        "retry": Retry(NoBackoff(), 0),
-        "maint_notifications_config": MaintNotificationsConfig(enabled=False),
-    }
-    if sentinels:
-        sentinel = _sentinel(url, sentinels, timeout, options)
-        client = sentinel.master_for(
-            sentinel_master,
-            connection_pool_class=_BlockingSentinelPool,
-            max_connections=max_connections,
-            timeout=timeout,
-        )
-        return client, sentinel
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=timeout, **options
-    )
-    return aioredis.Redis(connection_pool=pool), None
-
-
 class RedisDeferred:
     """Pending answers in Redis: `redis` is a URL (a client of its own is made) or a client made with
     decode_responses=False (left open on close)."""
@@ -133,16 +103,23 @@ class RedisDeferred:
         max_connections: int = 8,  # the subscriber holds one of them
         sentinels: tuple[str, ...] = (),
         sentinel_master: str = "mymaster",
+        cluster: bool = False,
         on_expired: Callable[[], None] = lambda: None,
     ) -> None:
         self._sentinel: Sentinel | None = None
+        self.client: Client
         if isinstance(redis, str):
-            self.client, self._sentinel = _connect(
+            # Like the session store's client (gateway/store/connect.py), returning raw bytes: bodies are
+            # bytes, whatever their encoding. On a Cluster each script has one key, and PUBLISH reaches every
+            # node's subscribers.
+            self.client, self._sentinel = connect(
                 redis,
                 timeout=timeout,
                 max_connections=max_connections,
                 sentinels=sentinels,
                 sentinel_master=sentinel_master,
+                cluster=cluster,
+                decode_responses=False,
             )
             self._owned = True
         else:
@@ -176,6 +153,7 @@ class RedisDeferred:
             timeout=s.redis_timeout,
             sentinels=s.redis_sentinels,
             sentinel_master=s.redis_sentinel_master,
+            cluster=s.redis_cluster,
             on_expired=on_expired,
         )
 
@@ -302,11 +280,7 @@ class RedisDeferred:
             self._subscriber = None
         self._pending.clear()
         if self._owned:
-            await self.client.aclose()
-            await self.client.connection_pool.disconnect()
-            if self._sentinel is not None:
-                for client in self._sentinel.sentinels:
-                    await client.aclose()
+            await disconnect(self.client, self._sentinel)
 
     def __len__(self) -> int:
         """Tokens this process opened that are still pending (as far as it knows)."""
