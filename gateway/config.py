@@ -537,6 +537,14 @@ class Config:
     cors: CorsConfig = field(default_factory=CorsConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
     log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        if self.events.sink != "none" and self.session.store == "redis":
+            # Said at start, not found out in production: the Redis store's scripts do not write events yet.
+            raise ConfigError(
+                "events.sink", 'lifecycle events are produced with session.store = "memory" only, for now'
+            )
+
     demo: DemoConfig = field(default_factory=DemoConfig)
 
 

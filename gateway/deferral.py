@@ -21,7 +21,7 @@ from multidict import CIMultiDict, istr
 
 from gateway.config import DeferredConfig
 from gateway.deferred import RUNNING, Answer, DeferredStore, new_token
-from gateway.errors import DeferredNotFound, GatewayError, UpstreamUnavailable, error_whole
+from gateway.errors import DeferredNotFound, GatewayError, MethodNotAllowed, UpstreamUnavailable, error_whole
 from gateway.messages import Incoming, Whole
 from gateway.metrics import Metrics
 
@@ -97,7 +97,9 @@ class Deferrals:
             return
         except Exception:  # a bug of ours: one line with the traceback; the pick-up gets a 502
             log.exception("a deferred exchange failed")
-            whole = error_whole(_shutdown())
+            whole = error_whole(
+                UpstreamUnavailable("The gateway failed to complete the exchange with the bot.")
+            )
             outcome = "failed"
         if outcome != "stored":
             self._metrics.deferred[outcome].inc()
@@ -133,6 +135,8 @@ class Deferrals:
 
     async def pickup(self, token: str, request: Incoming) -> Whole:
         """GET /_gateway/deferred/<token>: the answer, once; the interim while the bot works; else 404."""
+        if request.method != "GET":  # a HEAD (a link preview, a monitor) must not use the answer up
+            return error_whole(MethodNotAllowed("A deferred answer is picked up with GET."))
         found = await self.take(token, request, self.config.poll_wait)
         if found is None:
             return error_whole(

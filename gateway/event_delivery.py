@@ -146,7 +146,11 @@ class Delivery:
             deadline = loop.time() + self._config.flush_interval
             while len(self._queue) < self._config.batch and (left := deadline - loop.time()) > 0:
                 await asyncio.sleep(min(left, 0.05))
-            verdict = await self.flush_once()
+            try:
+                verdict = await self.flush_once()
+            except Exception:  # a bug of ours must not end delivery: one line, then retry as for a failure
+                log.exception("event delivery failed")
+                verdict = "retry"
             failures = failures + 1 if verdict == "retry" else 0
             if failures:
                 await asyncio.sleep(self._backoff(failures))

@@ -1,9 +1,8 @@
 """Session lifecycle events: `session.started`, `session.ended`, `session.renamed`, each produced once.
 
 With the memory store the SessionManager produces them here, into a bounded in-process queue that a sink
-drains (gateway/event_delivery.py). With the Redis store the Lua script that starts, ends or renames a session
-appends its event to a per-shard stream in the same atomic step (gateway/store/redis.py), so no event exists
-without its change nor a change without its event; gateway/event_streams.py delivers them.
+drains (gateway/event_delivery.py), and to the admin port's live feed. The Redis store produces none yet: its
+scripts are to append each event in the same atomic step as the change (the design is in the issue notes).
 """
 
 from __future__ import annotations
@@ -44,6 +43,10 @@ def iso(at: float) -> str:
 def encode(events: list[dict[str, Any]]) -> bytes:
     """A batch as a webhook posts it."""
     return json.dumps({"events": events}, separators=(",", ":")).encode()
+
+
+def _digest_or_none(session_id: str | None) -> str | None:
+    return session_digest(session_id) if session_id else None
 
 
 class EventQueue:
@@ -111,7 +114,15 @@ class Emitter:
         }
         if self._queue is not None:
             self._queue.put(event)
-        self._feed.publish(event)
+        if self._feed.active:
+            # The feed is for operators watching: digests, as the admin listing shows no full ids either.
+            if self._include_id:
+                event = {
+                    **event,
+                    "session": _digest_or_none(session_id),
+                    "previous": _digest_or_none(fields.get("previous")),
+                }
+            self._feed.publish(event)
 
     def started(self, session_id: str, reason: str, previous: str | None, replica: str) -> None:
         self._emit(

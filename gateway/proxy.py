@@ -236,7 +236,7 @@ class Proxy:
         webhook = (
             deferrals.dialogflow
             and request.body_exists
-            and 0 < (request.content_length or 0) <= DIALOGFLOW_MAX_BODY
+            and 0 < (request.content_length or 0) <= min(DIALOGFLOW_MAX_BODY, self._buffer)
         )
         if self._placer.reads_body or (webhook and deferrals.enabled):
             body = await self._whole_body(request, exchange) if request.body_exists else None
@@ -343,9 +343,12 @@ class Proxy:
             done, _ = await asyncio.wait({task}, timeout=self._deferrals.after)
             if done:
                 return task.result()
+            # Bound to the session the client carries; a Dialogflow CX agent carries none of ours (the 128-bit
+            # token is the proof there).
             session = turn.session_id if turn.live or self.sessions.config.issuer == "gateway" else None
+            bound = None if self._deferrals.dialogflow else session or turn.carried.session_id
             try:
-                token = await self._deferrals.open(session or turn.carried.session_id)
+                token = await self._deferrals.open(bound)
             except StoreUnavailable:
                 token = None  # nowhere to keep the answer: wait for it instead
             if token is None:  # max_pending (or no store): wait as without deferral

@@ -94,6 +94,10 @@ class PathMap:
             return value
         if strip_param:
             mapped, _ = split_path_param(mapped, strip_param)
+        if mapped[1:2] in ("/", "\\"):
+            # "//evil.example" (or "/\\evil.example", which browsers read alike) would send the client to
+            # another site: a redirect that pointed at the bot must not become one.
+            return value
         return mapped + mark + tail
 
 

@@ -292,3 +292,35 @@ async def test_two_replicas_on_one_redis_interim_from_one_pick_up_on_the_other(
     assert answer.headers["X-Session-New"] == "first" and answer.headers["X-Session-Id"] == "BOT0001"
     assert (await pickup(a, token, "BOT0001")).status == 404  # delivered once, across replicas
     assert b.metric("deferred_total", outcome="delivered") == 1
+
+
+async def test_a_head_request_never_uses_up_an_answer(
+    bot: GatedBot, aiohttp_client: Any, clock: FakeClock
+) -> None:
+    rig = await rig_with(aiohttp_client, clock, bot.url)
+    token = (await rig.send("/")).headers["X-Session-Deferred"]
+    bot.gate.set()
+    await asyncio.sleep(0.05)
+    assert (await rig.send(f"/_gateway/deferred/{token}", method="HEAD")).status == 405
+    assert (await pickup(rig, token)).status == 200
+
+
+async def test_dialogflow_tokens_are_not_bound_to_a_session_the_agent_cannot_carry(
+    bot: GatedBot, aiohttp_client: Any, clock: FakeClock
+) -> None:
+    """With gateway-issued sessions the webhook call starts one, but the agent never sends our cookie back."""
+    rig = await rig_with(
+        aiohttp_client, clock, bot.url, deferred_format="dialogflow-cx", session_issuer="gateway"
+    )
+    call = {"sessionInfo": {"session": "projects/p/locations/l/agents/a/sessions/s1", "parameters": {}}}
+    first = await rig.send("/webhook", method="POST", data=json.dumps(call).encode())
+    token = first.json["sessionInfo"]["parameters"]["gateway_deferred"]
+    bot.gate.set()
+    follow_up = {
+        "sessionInfo": {
+            "session": "projects/p/locations/l/agents/a/sessions/s1",
+            "parameters": {"gateway_deferred": token},
+        }
+    }
+    answer = await rig.send("/webhook", method="POST", data=json.dumps(follow_up).encode())
+    assert answer.json["answer"] == "late but here" and bot.calls == 1

@@ -58,6 +58,11 @@ def test_cookie_paths_move_under_a_public_prefix() -> None:
         ("http://bot:8080/botany", "jsessionid", "http://bot:8080/botany"),
         ("//bot:8080/bot/x", "jsessionid", "//bot:8080/bot/x"),
         ("http://[bad", "jsessionid", "http://[bad"),  # unparsable: passed on, never a 500
+        # Never a redirect to another site made out of one to the bot: left as the bot sent it.
+        ("http://bot:8080/bot//evil.example/", "jsessionid", "http://bot:8080/bot//evil.example/"),
+        ("/bot//evil.example/", "jsessionid", "/bot//evil.example/"),
+        ("/bot/\\evil.example", "jsessionid", "/bot/\\evil.example"),
+        ("/bot;jsessionid=X/evil.example", "jsessionid", "/bot;jsessionid=X/evil.example"),
     ],
 )
 def test_locations_into_the_bots_url_become_public_paths(location: str, strip: str, expected: str) -> None:
