@@ -62,8 +62,6 @@ class Deferrals:
 
     async def open(self, session: str | None) -> str | None:
         """A token for a request whose bot is late; None when max_pending answers are pending (not deferred)."""
-        if len(self._tasks) >= self.config.max_pending:
-            return None
         token = new_token()
         if not await self.store.open(token, session, self.config.keep):
             return None
@@ -170,10 +168,6 @@ class Deferrals:
         except (ValueError, KeyError, TypeError):
             return None
         return token if isinstance(token, str) and token else None
-
-
-def _shutdown() -> GatewayError:
-    return UpstreamUnavailable("The gateway stopped before the bot answered.")
 
 
 def _teneo(message: str, token: str, session_id: str) -> dict[str, Any]:

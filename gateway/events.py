@@ -16,14 +16,13 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 from gateway.config import EventsConfig
 from gateway.event_feed import Feed
 from gateway.store import SessionInfo
 
 EventType = Literal["session.started", "session.ended", "session.renamed"]
-EVENT_TYPES: Final = ("session.started", "session.ended", "session.renamed")
 
 
 def instance_name(config: EventsConfig) -> str:

@@ -27,14 +27,19 @@ def redis_binary(name: str = "redis-server") -> str | None:
     return str(path) if path.exists() else None
 
 
-def require_redis() -> str:
-    binary = redis_binary()
-    if binary is None:
-        message = "redis-server is not installed (./scripts/test installs it when run as root)"
+def _required(name: str) -> str:
+    """A Redis binary: skips without it on a laptop, fails under CI=true (./scripts/test installs it)."""
+    found = redis_binary(name)
+    if found is None:
+        message = f"{name} is not installed (./scripts/test installs it when run as root)"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
-    return binary
+    return found
+
+
+def require_redis() -> str:
+    return _required("redis-server")
 
 
 def free_port() -> int:
@@ -163,14 +168,8 @@ class RedisSentinel:
 
 
 def require_redis_cli() -> str:
-    """redis-cli, which joins a Cluster's nodes (skips without it, fails under CI=true like require_redis)."""
-    found = redis_binary("redis-cli")
-    if found is None:
-        message = "redis-cli is not installed (./scripts/test installs it when run as root)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+    """redis-cli, which joins a Cluster's nodes."""
+    return _required("redis-cli")
 
 
 class RedisClusterNodes:

@@ -37,25 +37,17 @@ from hostile_checks import (
     timeouts,
     upstream_errors,
 )
-from hostile_helpers import (  # noqa: F401 - fixtures are used by name
-    Action,
-    RawAnswer,
+from hostile_helpers import (  # noqa: F401 - start_raw_bot is a fixture, used by name
     StartRawBot,
-    echo,
     hold,
     ignore_body,
     large,
     late,
-    length_of,
     read_answer,
     response,
     send,
-    send_and_close,
-    sessions,
     silent,
     start_raw_bot,
-    then_eof,
-    then_stray,
     trickle,
 )
 

@@ -33,26 +33,17 @@ from hostile_checks import (
     healthy,
     refused_and_closed,
 )
-from hostile_helpers import (  # noqa: F401 - fixtures are used by name
+from hostile_helpers import (  # noqa: F401 - start_raw_bot is a fixture, used by name
     Action,
-    RawAnswer,
     StartRawBot,
     echo,
-    hold,
-    ignore_body,
-    large,
     late,
-    length_of,
     read_answer,
     response,
     send,
     send_and_close,
     sessions,
-    silent,
     start_raw_bot,
-    then_eof,
-    then_stray,
-    trickle,
 )
 
 from gateway.config import DEFAULT_UPSTREAM_URL

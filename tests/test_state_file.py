@@ -24,6 +24,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from conftest import SpawnGateway, StartUpstream
+from conftest_tools import unavailable
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
@@ -489,8 +490,8 @@ async def test_a_read_only_directory_is_reported_and_the_gateway_still_serves_an
     """A directory the gateway's user cannot write: one ERROR line at start, one at shutdown, exit 0."""
     program: tuple[str, ...] = ()
     if os.geteuid() == 0:  # root writes anywhere: the gateway runs as nobody to meet the permission
-        if shutil.which("setpriv") is None:
-            pytest.skip("root without setpriv (util-linux) to run the gateway as another user")
+        if shutil.which("setpriv") is None:  # util-linux: on every Debian, so CI must have it
+            unavailable("setpriv", "it comes with util-linux; the test runs the gateway as nobody")
         program = (*AS_NOBODY, sys.executable, "-m", "gateway")
     bot = await start_upstream(create_bot_app())
     directory = Path(tempfile.mkdtemp(prefix="sg-read-only-"))  # tmp_path's parents are private to its owner
