@@ -19,7 +19,8 @@ from gateway.deferred import DeferredStore, MemoryDeferred
 from gateway.errors import Handler, error_middleware
 from gateway.event_delivery import Delivery, RedisStreamSink, Sink, WebhookSink
 from gateway.event_feed import Feed
-from gateway.events import Emitter, EventQueue
+from gateway.event_streams import StreamDelivery, StreamFeed
+from gateway.events import Emitter, EventQueue, instance_name
 from gateway.messages import Incoming, Whole
 from gateway.metrics import Metrics
 from gateway.proxy import Proxy, Streams, build_client, build_pool
@@ -40,6 +41,8 @@ ROUTES = web.AppKey("routes", LocalRoutes)
 DEFERRALS = web.AppKey("deferrals", Deferrals)
 FEED = web.AppKey("feed", Feed)
 DELIVERY = web.AppKey("delivery", Delivery)
+STREAM_DELIVERY = web.AppKey("stream_delivery", StreamDelivery)
+STREAM_FEED = web.AppKey("stream_feed", StreamFeed)
 
 
 def claim_ttl(config: Config) -> float:
@@ -51,8 +54,14 @@ def create_store(config: Config) -> SessionStore:
     """The configured SessionStore backend."""
     s = config.session
     if s.store == "redis":
-        from gateway.store.redis import RedisStore  # redis is only imported when configured
+        from gateway.store.redis import RedisStore, StreamEvents  # redis is only imported when configured
 
+        events = StreamEvents(
+            on=config.events.sink != "none",
+            include_id=config.events.include_id,
+            retention=config.events.retention,
+            gateway=instance_name(config.events),
+        )
         return RedisStore(
             s.redis_url,
             absolute_timeout=s.absolute_timeout,
@@ -67,6 +76,7 @@ def create_store(config: Config) -> SessionStore:
             sentinel_master=s.redis_sentinel_master,
             cluster=s.redis_cluster,
             shards=s.redis_shards,
+            events=events,
         )
     return MemoryStore(
         absolute_timeout=s.absolute_timeout,
@@ -107,6 +117,8 @@ def create_app(
         emitter = Emitter(config.events, queue, app[FEED])  # `at` is wall time, whatever clock sessions use
         if queue is not None:
             app[DELIVERY] = Delivery(config.events, queue, _event_sink(config), app[METRICS])
+    else:
+        _stream_events(app, config, store)
     app[SESSIONS] = SessionManager(
         config.session,
         store,
@@ -126,6 +138,7 @@ def create_app(
         app.on_response_prepare.append(app[CORS].on_response_prepare)
     app.cleanup_ctx.append(_events)
     app.cleanup_ctx.append(_sessions)
+    app.cleanup_ctx.append(_event_streams)  # after the store opens, and stopped before it closes
     app.cleanup_ctx.append(_upstream)
     app.on_shutdown.append(_close_streams)
 
@@ -204,6 +217,37 @@ async def _events(app: web.Application) -> AsyncIterator[None]:
     if delivery is not None:
         delivery.start()
     yield
+    if delivery is not None:
+        began = app[DEFERRALS].shutdown_began
+        spent = time.monotonic() - began if began is not None else 0.0
+        await delivery.close(max(1.0, app[CONFIG].listen.shutdown_timeout - spent))
+
+
+def _stream_events(app: web.Application, config: Config, store: SessionStore) -> None:
+    """The Redis store's events: its scripts write them, the replicas' consumer group delivers the webhook's,
+    and the admin feed reads them while someone watches."""
+    from gateway.store.redis import RedisStore
+
+    if config.events.sink == "none" or not isinstance(store, RedisStore):
+        return
+    if config.events.sink == "webhook":
+        sink = WebhookSink(config.events)
+        app[STREAM_DELIVERY] = StreamDelivery(
+            store.client, store.event_streams, config.events, sink, app[METRICS]
+        )
+    app[STREAM_FEED] = StreamFeed(store.client, store.event_streams, app[FEED], config.events.include_id)
+
+
+async def _event_streams(app: web.Application) -> AsyncIterator[None]:
+    """Deliver the Redis store's events while the store is open. What is unacknowledged at the end stays in
+    the streams, for another replica now (the leases are handed back) or this one when it starts again."""
+    delivery, feed = app.get(STREAM_DELIVERY), app.get(STREAM_FEED)
+    for part in (delivery, feed):
+        if part is not None:
+            part.start()
+    yield
+    if feed is not None:
+        await feed.close()
     if delivery is not None:
         began = app[DEFERRALS].shutdown_began
         spent = time.monotonic() - began if began is not None else 0.0

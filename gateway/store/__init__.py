@@ -97,10 +97,17 @@ class SessionStore(Protocol):
         ...
 
     async def create(
-        self, session_id: str, now: float, *, idle_timeout: float, replica: str, previous: str | None = None
+        self,
+        session_id: str,
+        now: float,
+        *,
+        idle_timeout: float,
+        replica: str,
+        previous: str | None = None,
+        reason: str = "first",
     ) -> Created:
         """Start a session (or continue it, if it exists), releasing claims on it and on `previous`,
-        whose tombstone then names it as successor."""
+        whose tombstone then names it as successor. `reason` is why it starts, for the store's own events."""
         ...
 
     async def release(self, session_id: str) -> None:

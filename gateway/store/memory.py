@@ -148,7 +148,14 @@ class MemoryStore:
         return Touch(Outcome.LIVE, session=info, idle_gap=now - last_seen)
 
     async def create(
-        self, session_id: str, now: float, *, idle_timeout: float, replica: str, previous: str | None = None
+        self,
+        session_id: str,
+        now: float,
+        *,
+        idle_timeout: float,
+        replica: str,
+        previous: str | None = None,
+        reason: str = "first",
     ) -> Created:
         self._claims.pop(session_id, None)
         if previous is not None:

@@ -29,6 +29,7 @@ import itertools
 import math
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 import redis.asyncio as aioredis
@@ -56,13 +57,34 @@ from gateway.store.connect import connect, disconnect
 TTL_SLACK: Final = 60.0
 _KEYS_CACHED: Final = 16384  # sessions whose digest and keys are remembered (~520 B each, ~9 MB at most)
 
-_TOUCH: Final = """
+# Prepended to the scripts that start or end sessions: the lifecycle event goes into the shard's stream in the
+# same script as the change, so it is written exactly when the change is (issue 20). The last three ARGV are
+# always: events on ("1") or off, the streams' retention in seconds, and the gateway instance. Trimmed by the
+# server's clock (the gateway's may be a test's); the entry id's time is the event's `at`.
+_EMIT: Final = """
+local ev_on, ev_keep, ev_gateway = ARGV[#ARGV - 2], ARGV[#ARGV - 1], ARGV[#ARGV]
+local function emit(stream, ...)
+  if ev_on ~= '1' then return end
+  local t = redis.call('TIME')
+  local floor = string.format('%d', (tonumber(t[1]) - tonumber(ev_keep)) * 1000)
+  redis.call('XADD', stream, 'MINID', '~', floor, '*', 'gateway', ev_gateway, ...)
+end
+local function ended(stream, who, reason, rec, now)
+  local duration = string.format('%.3f', math.max(0, now - tonumber(rec[1])))
+  emit(stream, 'type', 'session.ended', 'session', who, 'reason', reason, 'replica', rec[5],
+    'duration', duration, 'requests', rec[4])
+end
+"""
+
+_TOUCH: Final = (
+    _EMIT
+    + """
 local now = tonumber(ARGV[1])
 local absolute = tonumber(ARGV[2])
 local claim_ttl = tonumber(ARGV[3])
 -- A claim is a field of the tombstone: the tombstone must live at least as long as the claim.
 local claim_ms = math.ceil(claim_ttl * 1000)
-local rec = redis.call('HMGET', KEYS[1], 'c', 'l', 'i', 'n', 'r')
+local rec = redis.call('HMGET', KEYS[1], 'c', 'l', 'i', 'n', 'r', 'e')
 if rec[1] then
   local c, l, i, n = tonumber(rec[1]), tonumber(rec[2]), tonumber(rec[3]), tonumber(rec[4])
   local outcome = false
@@ -74,6 +96,7 @@ if rec[1] then
     local owner = ARGV[7] .. ':' .. ARGV[8]
     if redis.call('SISMEMBER', KEYS[4], owner) == 0 then redis.call('HSET', KEYS[2], 'p', ARGV[1], 'o', owner) end
     redis.call('PEXPIRE', KEYS[2], math.max(tonumber(ARGV[4]), claim_ms))
+    ended(KEYS[5], rec[6] or ARGV[5], outcome == 'lifetime' and 'lifetime' or 'idle', rec, now)
     return {outcome, rec[1], rec[2], rec[3], rec[4], rec[5]}
   end
   n = n + 1
@@ -101,13 +124,17 @@ end
 redis.call('PEXPIRE', KEYS[2], claim_ms)
 return {'missing'}
 """
+)
 
-_CREATE: Final = """
--- KEYS[4..]: the indexes the cap is on. On one Redis every shard's (their total, so these keys span hash
--- slots); on a Cluster the session's own shard's alone, and ARGV[6] is that shard's share of the cap.
+_CREATE: Final = (
+    _EMIT
+    + """
+-- KEYS[4] the shard's event stream; KEYS[5..]: the indexes the cap is on. On one Redis every shard's (their
+-- total, so these keys span hash slots); on a Cluster the session's own shard's alone, and ARGV[6] is that
+-- shard's share of the cap. ARGV[10..12]: the event's session (the id; '' for its digest), reason, previous.
 local function total()
   local n = 0
-  for k = 4, #KEYS do n = n + redis.call('ZCARD', KEYS[k]) end
+  for k = 5, #KEYS do n = n + redis.call('ZCARD', KEYS[k]) end
   return n
 end
 local rec = redis.call('HMGET', KEYS[1], 'c', 'l', 'i', 'n', 'r')
@@ -123,7 +150,7 @@ if total() >= cap then
   -- victim. Index entries whose key lapsed (no record) are dropped on the way.
   for _ = 1, 8 do
     local victim, index, due = nil, nil, nil
-    for k = 4, #KEYS do
+    for k = 5, #KEYS do
       local first = redis.call('ZRANGE', KEYS[k], 0, 0, 'WITHSCORES')
       if first[1] and (due == nil or tonumber(first[2]) < due) then
         victim, index, due = first[1], KEYS[k], tonumber(first[2])
@@ -132,11 +159,12 @@ if total() >= cap then
     if not victim then break end
     redis.call('ZREM', index, victim)
     local tag = string.sub(index, 1, -5)
-    local vrec = redis.call('HMGET', tag .. ':s:' .. victim, 'c', 'l', 'i', 'n', 'r')
+    local vrec = redis.call('HMGET', tag .. ':s:' .. victim, 'c', 'l', 'i', 'n', 'r', 'e')
     if vrec[1] then
       redis.call('DEL', tag .. ':s:' .. victim, tag .. ':t:' .. victim)
       redis.call('HSET', tag .. ':t:' .. victim, 'r', 'evicted')
       redis.call('PEXPIRE', tag .. ':t:' .. victim, ARGV[9])
+      ended(tag .. ':ev', vrec[6] or victim, 'evicted', vrec, tonumber(ARGV[1]))
       evicted = vrec
       break
     end
@@ -146,13 +174,23 @@ end
 local now = tonumber(ARGV[1])
 redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[1], 'c', ARGV[1], 'l', ARGV[1], 'i', ARGV[2], 'n', 1, 'r', ARGV[3])
+-- The id itself is kept only for events that name it: the sweeper, which knows digests, ends it by name.
+if ARGV[10] ~= '' then redis.call('HSET', KEYS[1], 'e', ARGV[10]) end
 local deadline = math.min(now + tonumber(ARGV[2]), now + tonumber(ARGV[4]))
 redis.call('ZADD', KEYS[3], deadline, ARGV[5])
 redis.call('PEXPIRE', KEYS[1], math.ceil((deadline - now + tonumber(ARGV[7])) * 1000))
+if ARGV[12] ~= '' then
+  emit(KEYS[4], 'type', 'session.started', 'session', ARGV[10] ~= '' and ARGV[10] or ARGV[5], 'reason', ARGV[11],
+    'replica', ARGV[3], 'previous', ARGV[12])
+else
+  emit(KEYS[4], 'type', 'session.started', 'session', ARGV[10] ~= '' and ARGV[10] or ARGV[5], 'reason', ARGV[11],
+    'replica', ARGV[3])
+end
 local active = tostring(total())
 if evicted then return {'created', active, evicted[1], evicted[2], evicted[3], evicted[4], evicted[5]} end
 return {'created', active}
 """
+)
 
 _SUCCEED: Final = """
 if redis.call('HEXISTS', KEYS[1], 'r') == 0 then redis.call('HSET', KEYS[1], 'r', 'unknown') end
@@ -181,8 +219,10 @@ return 0
 
 # END ends a live session for a reason; SWEEP ends it only if it is due. Both remove the index entry in
 # the same script, so two replicas never both end one session.
-_END: Final = """
-local rec = redis.call('HMGET', KEYS[1], 'c', 'l', 'i', 'n', 'r')
+_END: Final = (
+    _EMIT
+    + """
+local rec = redis.call('HMGET', KEYS[1], 'c', 'l', 'i', 'n', 'r', 'e')
 if not rec[1] then
   -- No session: an index entry left is one whose key lapsed by its TTL while no gateway ran.
   redis.call('ZREM', KEYS[3], ARGV[1])
@@ -204,8 +244,10 @@ redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('HSET', KEYS[2], 'r', reason)
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
+ended(KEYS[4], rec[6] or ARGV[1], reason, rec, now)
 return {reason, rec[1], rec[2], rec[3], rec[4], rec[5]}
 """
+)
 
 # KEYS: the id's record and tombstone. An id that is live, or already has a tombstone, keeps it.
 _MARK_ENDED: Final = """
@@ -219,20 +261,27 @@ return 1
 # KEYS: the old id's record, tombstone and index, then the new id's. The two ids usually live on different
 # shards: on a Cluster this runs only when they share one; otherwise _RENAME_TO, _RENAME_FROM and then
 # _RENAME_SYNC or _RENAME_UNDO, each on one shard.
-_RENAME: Final = """
+_RENAME: Final = (
+    _EMIT
+    + """
 local rec = redis.call('HMGET', KEYS[1], 'c', 'l', 'i', 'n', 'r')
 if not rec[1] or redis.call('EXISTS', KEYS[4]) == 1 then return false end
 local now = tonumber(ARGV[6])
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[5])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('HSET', KEYS[4], 'c', rec[1], 'l', rec[2], 'i', rec[3], 'n', rec[4], 'r', rec[5])
+if ARGV[8] ~= '' then redis.call('HSET', KEYS[4], 'e', ARGV[8]) end
 local deadline = math.min(tonumber(rec[2]) + tonumber(rec[3]), tonumber(rec[1]) + tonumber(ARGV[7]))
 redis.call('ZADD', KEYS[6], deadline, ARGV[2])
 redis.call('PEXPIRE', KEYS[4], math.max(1, math.ceil((deadline - now + tonumber(ARGV[5])) * 1000)))
 redis.call('HSET', KEYS[2], 'r', 'renamed', 's', ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
+-- The event names both ids as events do (ARGV[8], ARGV[9]: the ids, or '' for their digests).
+emit(KEYS[7], 'type', 'session.renamed', 'session', ARGV[8] ~= '' and ARGV[8] or ARGV[2],
+  'previous', ARGV[9] ~= '' and ARGV[9] or ARGV[1], 'reason', 'rename', 'replica', rec[5])
 return rec
 """
+)
 
 # A rename between two shards of a Cluster, first: the new id's record, a copy of the old one's (ARGV[1..5]),
 # unless the new id is live. Until _RENAME_FROM the session is live under both ids, never under none.
@@ -242,6 +291,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local c, l, i = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[1], 'c', ARGV[1], 'l', ARGV[2], 'i', ARGV[3], 'n', ARGV[4], 'r', ARGV[5])
+if ARGV[10] ~= '' then redis.call('HSET', KEYS[1], 'e', ARGV[10]) end
 local deadline = math.min(l + i, c + tonumber(ARGV[8]))
 redis.call('ZADD', KEYS[3], deadline, ARGV[6])
 redis.call('PEXPIRE', KEYS[1], math.max(1, math.ceil((deadline - tonumber(ARGV[7]) + tonumber(ARGV[9])) * 1000)))
@@ -250,15 +300,21 @@ return 1
 
 # Then the old id, if still live: its record goes, its tombstone names the successor; its record as it was
 # then (requests may have come in under the old id meanwhile). KEYS: the old id's record, tombstone and index.
-_RENAME_FROM: Final = """
+_RENAME_FROM: Final = (
+    _EMIT
+    + """
 local rec = redis.call('HMGET', KEYS[1], 'c', 'l', 'i', 'n', 'r')
 if not rec[1] then return false end
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('HSET', KEYS[2], 'r', 'renamed', 's', ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
+-- The one step of the four that knows the rename happened: its event, in the old id's shard's stream.
+emit(KEYS[4], 'type', 'session.renamed', 'session', ARGV[4], 'previous', ARGV[5], 'reason', 'rename',
+  'replica', rec[5])
 return rec
 """
+)
 
 # Requests that came in under the old id between the two: added to the new record (ARGV[3] of them, the
 # latest at ARGV[1], with the idle timeout ARGV[2]). KEYS: the new id's record and index.
@@ -294,9 +350,9 @@ return 1
 """
 
 
-def _record_keys(tag: str, digest: str) -> tuple[str, str, str]:
-    """A session's record, its tombstone, and its shard's expiry index."""
-    return f"{tag}:s:{digest}", f"{tag}:t:{digest}", f"{tag}:exp"
+def _record_keys(tag: str, digest: str) -> tuple[str, str, str, str]:
+    """A session's record, its tombstone, its shard's expiry index and its shard's event stream."""
+    return f"{tag}:s:{digest}", f"{tag}:t:{digest}", f"{tag}:exp", f"{tag}:ev"
 
 
 def _digest(session_id: str) -> str:
@@ -320,7 +376,21 @@ def open_successor(sealed: str, previous: str) -> str:
     )
 
 
-_Keys = tuple[str, tuple[str, str, str, str]]  # a session's digest and keys (RedisStore._session_keys)
+_Keys = tuple[str, tuple[str, str, str, str, str]]  # a session's digest and keys (RedisStore._session_keys)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvents:
+    """Lifecycle events the store's scripts write to each shard's stream, `<prefix>:{<n>}:ev` (issue 20)."""
+
+    on: bool = False
+    include_id: bool = True  # false: events name sessions by digest, and records keep no id
+    retention: float = 86400.0  # seconds an entry stays in its stream
+    gateway: str = ""  # the instance named in events
+
+    def args(self) -> tuple[str, str, str]:
+        """The three ARGV every emitting script ends with (_EMIT)."""
+        return ("1" if self.on else "", repr(self.retention), self.gateway)
 
 
 def _info(session_id: str, rec: list[str]) -> SessionInfo:
@@ -349,13 +419,17 @@ class RedisStore:
         sentinels: tuple[str, ...] = (),
         sentinel_master: str = "mymaster",
         cluster: bool = False,
+        events: StreamEvents = StreamEvents(),
     ) -> None:
         self._absolute = absolute_timeout
+        self._events = events
+        self._ev = events.args()
         self._evict = on_full == "evict"
         self._tomb_ms = str(int(tombstone_ttl * 1000))
         self._prefix = prefix
         self._shards = shards
         self._indexes = tuple(f"{self._tag(shard)}:exp" for shard in range(shards))
+        self.event_streams = tuple(f"{self._tag(shard)}:ev" for shard in range(shards))
         self._timeout = timeout
         self.client, self._sentinel = connect(
             url,
@@ -385,6 +459,7 @@ class RedisStore:
             self._tomb_ms,
             repr(TTL_SLACK),
             secrets.token_hex(8),
+            self._ev,
         )
         self._touches = itertools.count()
         self._claim_ms = str(math.ceil(claim_ttl * 1000))
@@ -413,10 +488,20 @@ class RedisStore:
         return f"{self._prefix}:{{{shard}}}"
 
     def _session_keys(self, session_id: str) -> _Keys:
-        """The digest, then the keys of the touch script: the record's (_record_keys) and the disowned set."""
+        """The digest, then the keys of the touch script: the record's and the disowned set, then the stream."""
         digest = _digest(session_id)
         tag = self._tag(int(digest[:8], 16) % self._shards)
-        return digest, (*_record_keys(tag, digest), f"{tag}:v:{digest}")
+        return digest, (
+            f"{tag}:s:{digest}",
+            f"{tag}:t:{digest}",
+            f"{tag}:exp",
+            f"{tag}:v:{digest}",
+            f"{tag}:ev",
+        )
+
+    def _named(self, session_id: str) -> str:
+        """A session as the record keeps it for its events: the id, or '' when events name it by digest."""
+        return session_id if self._events.include_id and self._events.on else ""
 
     async def _call(self, coro: Any) -> Any:
         return await bounded(coro, self._timeout)
@@ -426,8 +511,8 @@ class RedisStore:
 
     async def touch(self, session_id: str, now: float) -> Touch:
         digest, keys = self._keys(session_id)
-        absolute, claim_ttl, tomb_ms, slack, token = self._touch_constants
-        args = [repr(now), absolute, claim_ttl, tomb_ms, digest, slack, token, next(self._touches)]
+        absolute, claim_ttl, tomb_ms, slack, token, ev = self._touch_constants
+        args = [repr(now), absolute, claim_ttl, tomb_ms, digest, slack, token, next(self._touches), *ev]
         result = await self._touch_batch(keys, args)
         kind = result[0]
         if kind == "live":
@@ -444,7 +529,14 @@ class RedisStore:
         return Touch(Outcome(kind))
 
     async def create(
-        self, session_id: str, now: float, *, idle_timeout: float, replica: str, previous: str | None = None
+        self,
+        session_id: str,
+        now: float,
+        *,
+        idle_timeout: float,
+        replica: str,
+        previous: str | None = None,
+        reason: str = "first",
     ) -> Created:
         digest, keys = self._keys(session_id)
         args = [
@@ -457,9 +549,13 @@ class RedisStore:
             repr(TTL_SLACK),
             "evict" if self._evict else "reject",
             self._tomb_ms,
+            self._named(session_id),
+            reason,
+            self._previous(previous),
+            *self._ev,
         ]
         indexes = self._indexes if self._nodes is None else keys[2:3]  # the cap's: _CREATE
-        result = await self._create_batch((*keys[:3], *indexes), args)
+        result = await self._create_batch((*keys[:3], keys[4], *indexes), args)
         if result[0] == "full":
             raise CapacityExceeded
         if previous is not None:
@@ -471,6 +567,12 @@ class RedisStore:
         info = SessionInfo(session_id, now, now, idle_timeout, 1, replica)
         evicted = _info("", result[2:7]) if len(result) > 2 else None
         return Created(info, created=True, evicted=evicted, active=int(result[1]))
+
+    def _previous(self, previous: str | None) -> str:
+        """The id a started event names as previous: as events name sessions, '' for none."""
+        if previous is None or not self._events.on:
+            return ""
+        return previous if self._events.include_id else _digest(previous)
 
     async def release(self, session_id: str) -> None:
         _, keys = self._keys(session_id)
@@ -494,8 +596,8 @@ class RedisStore:
 
     async def end(self, session_id: str, now: float, reason: EndReason) -> SessionInfo | None:
         digest, keys = self._keys(session_id)
-        args = [digest, reason, repr(now), self._tomb_ms, "now", repr(self._absolute)]
-        result = await self._call(self._end(keys=keys[:3], args=args))
+        args = [digest, reason, repr(now), self._tomb_ms, "now", repr(self._absolute), *self._ev]
+        result = await self._call(self._end(keys=(*keys[:3], keys[4]), args=args))
         return _info(session_id, result[1:6]) if result else None
 
     async def mark_ended(self, session_id: str, now: float, reason: EndReason) -> None:
@@ -507,7 +609,9 @@ class RedisStore:
         new_digest, new_keys = self._keys(new_id)
         sealed = seal_successor(new_id, session_id)
         if self._nodes is not None and keys[2] != new_keys[2]:
-            return await self._rename_across(new_id, (digest, keys), (new_digest, new_keys), sealed, now)
+            return await self._rename_across(
+                session_id, new_id, (digest, keys), (new_digest, new_keys), sealed, now
+            )
         args = [
             digest,
             new_digest,
@@ -516,12 +620,15 @@ class RedisStore:
             repr(TTL_SLACK),
             repr(now),
             repr(self._absolute),
+            self._named(new_id),
+            self._named(session_id),
+            *self._ev,
         ]
-        result = await self._call(self._rename(keys=[*keys[:3], *new_keys[:3]], args=args))
+        result = await self._call(self._rename(keys=[*keys[:3], *new_keys[:3], new_keys[4]], args=args))
         return _info(new_id, result) if result else None
 
     async def _rename_across(
-        self, new_id: str, old: _Keys, new: _Keys, sealed: str, now: float
+        self, old_id: str, new_id: str, old: _Keys, new: _Keys, sealed: str, now: float
     ) -> SessionInfo | None:
         """rename between two shards of a Cluster: the new record first, then the old id's tombstone, so a
         failure in between leaves the session live (under both ids, the new one idle until it expires)."""
@@ -529,10 +636,13 @@ class RedisStore:
         rec = await self._call(self.client.hmget(keys[0], ["c", "l", "i", "n", "r"]))
         if rec[0] is None:
             return None
-        args = [*rec, new_digest, repr(now), repr(self._absolute), repr(TTL_SLACK)]
+        named = self._named(new_id)
+        args = [*rec, new_digest, repr(now), repr(self._absolute), repr(TTL_SLACK), named]
         if not await self._call(self._rename_to(keys=new_keys[:3], args=args)):
             return None  # the new id is live
-        last = await self._call(self._rename_from(keys=keys[:3], args=[digest, sealed, self._tomb_ms]))
+        names = [named or new_digest, self._named(old_id) or digest]
+        args = [digest, sealed, self._tomb_ms, *names, *self._ev]
+        last = await self._call(self._rename_from(keys=(*keys[:3], keys[4]), args=args))
         if not last:  # the old id ended meanwhile, and so does its copy
             await self._call(self._rename_undo(keys=[new_keys[0], new_keys[2]], args=[new_digest]))
             return None
@@ -566,7 +676,7 @@ class RedisStore:
             for shard, members in enumerate(due):
                 tag = self._tag(shard)
                 for digest in members:
-                    args = [digest, "idle", repr(now), self._tomb_ms, "due", repr(self._absolute)]
+                    args = [digest, "idle", repr(now), self._tomb_ms, "due", repr(self._absolute), *self._ev]
                     await self._end(keys=_record_keys(tag, digest), args=args, client=pipe)
             results = await self._call(pipe.execute())
         ended = [Ended(_info("", r[1:6]), r[0]) for r in results if r]
@@ -580,13 +690,13 @@ class RedisStore:
         ]
         due: list[list[str]] = _replies(await nodes.run(reads))
         more = any(len(members) >= per_shard for members in due)
-        sha, tail = self._end.sha, ("idle", repr(now), self._tomb_ms, "due", repr(self._absolute))
+        sha, tail = self._end.sha, ("idle", repr(now), self._tomb_ms, "due", repr(self._absolute), *self._ev)
         calls: list[Command] = []
         for shard, members in enumerate(due):
             tag = self._tag(shard)
             for digest in members:
                 keys = _record_keys(tag, digest)
-                calls.append((keys[0], ("EVALSHA", sha, 3, *keys, digest, *tail)))
+                calls.append((keys[0], ("EVALSHA", sha, 4, *keys, digest, *tail)))
         results = await nodes.run(calls)
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed and len(failed) == len(results):
