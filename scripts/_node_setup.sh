@@ -1,5 +1,5 @@
 # Run by the test command: Node.js and npm, then the official Teneo JavaScript SDK in tests/sdk (pinned by its
-# package-lock.json) for tests/test_teneo_sdk.py.
+# package-lock.json) for tests/test_teneo_sdk.py, and TypeScript in tests/ts for the JS client's types.
 # Node and npm come from Debian (packages nodejs and npm) when missing, only as root; the SDK from the npm
 # registry when tests/sdk/node_modules is missing. Without either the SDK test skips (and fails under CI=true).
 _node_setup() {
@@ -22,6 +22,12 @@ _node_setup() {
     echo "installing the Teneo JavaScript SDK in tests/sdk (npm ci)" >&2
     (cd "$sdk" && npm ci --no-audit --no-fund --loglevel=error >&2) ||
       echo "note: npm ci failed in tests/sdk; the Teneo SDK test will skip (or fail under CI=true)" >&2
+  fi
+  # TypeScript (pinned by tests/ts/package-lock.json) checks the JS client's types in tests/test_client_node.py.
+  if [ ! -x "$sdk/../ts/node_modules/.bin/tsc" ]; then
+    echo "installing TypeScript in tests/ts (npm ci)" >&2
+    (cd "$sdk/../ts" && npm ci --no-audit --no-fund --loglevel=error >&2) ||
+      echo "note: npm ci failed in tests/ts; the client's type check will fail" >&2
   fi
 }
 

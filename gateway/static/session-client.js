@@ -1,5 +1,7 @@
 // session-client.js: keeps a chatbot conversation alive in a cross-site iframe whose cookies the browser blocks.
 // A dependency-free ES module for session-gateway; its README ("Embedding in a web chat") shows how to use it.
+// This file is the one source: the gateway serves it (client.path), the Python wheel ships it, and clients/js/
+// publishes it to npm (copied at pack time), with its types in session-client.d.ts next to it.
 //
 // It wraps fetch for the bot's endpoint behind the gateway:
 // - remembers the session id (X-Session-Id, or the Teneo JSON `sessionId`) and the X-Gateway-Session pair in

@@ -61,6 +61,7 @@ export interface DeferredInterim {
 /** Thrown by send() when the answer is an HTTP error, and by fetch() and send() when a deferred answer is gone
  * (404, `body.error.code` "deferred_not_found"). */
 export class SessionClientError extends Error {
+  constructor(message: string, response: Response, body: unknown);
   readonly name: "SessionClientError";
   readonly status: number;
   readonly response: Response;
