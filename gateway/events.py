@@ -1,8 +1,8 @@
 """Session lifecycle events: `session.started`, `session.ended`, `session.renamed`, each produced once.
 
 With the memory store the SessionManager produces them here, into a bounded in-process queue that a sink
-drains (gateway/event_delivery.py), and to the admin port's live feed. The Redis store produces none yet: its
-scripts are to append each event in the same atomic step as the change (the design is in the issue notes).
+drains (gateway/event_delivery.py), and to the admin port's live feed. The Redis store's scripts produce their
+own, in the same atomic step as the change (store/redis.py), delivered by gateway/event_streams.py.
 """
 
 from __future__ import annotations
