@@ -28,6 +28,7 @@ from gateway.event_delivery import Sink, Verdict, age
 from gateway.event_feed import Feed
 from gateway.events import instance_name, iso, session_digest
 from gateway.metrics import Metrics
+from gateway.store.scripts import lua
 
 log = logging.getLogger("gateway")
 
@@ -36,18 +37,8 @@ _BACKOFF_FIRST: Final = 0.5
 _BACKOFF_MAX: Final = 60.0
 _FEED_POLL: Final = 0.25  # seconds between the live feed's reads while someone watches
 
-# 1: renewed, 2: taken (its last holder's pending entries are to be claimed), 0: another replica holds it.
-_LEASE: Final = """
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
-if holder then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 2
-"""
-_UNLEASE: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+_LEASE: Final = lua("lease")
+_UNLEASE: Final = lua("unlease")
 
 Entry = tuple[str, str, dict[str, str]]  # (stream, entry id, fields)
 

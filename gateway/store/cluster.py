@@ -31,6 +31,8 @@ from redis.exceptions import (
     TryAgainError,
 )
 
+from gateway.errors import StoreUnavailable
+
 # (the key that routes it, the command and its arguments); every key of one command shares that key's slot.
 Command = tuple[str, tuple[Any, ...]]
 
@@ -214,3 +216,11 @@ async def _ready(conn: Connection) -> None:
 
 
 __all__ = ["Command", "NodePipelines", "Unanswered"]
+
+
+def replies(results: list[Any]) -> list[Any]:
+    """Every reply of a Cluster's pipelines, or StoreUnavailable for the first error among them."""
+    for result in results:
+        if isinstance(result, BaseException):
+            raise StoreUnavailable(f"The session store is unavailable ({type(result).__name__}).") from result
+    return results

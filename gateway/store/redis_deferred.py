@@ -37,44 +37,17 @@ from gateway.config import Config
 from gateway.deferred import RUNNING, Answer
 from gateway.store.batch import bounded
 from gateway.store.connect import Client, connect, disconnect
+from gateway.store.scripts import lua
 
 log = logging.getLogger("gateway")
 
 FALLBACK: Final = 1.0  # seconds between a waiting pick-up's checks of its key when no message wakes it
 RESUBSCRIBE: Final = 1.0  # seconds between the subscriber's attempts to reconnect
 
-# ARGV: session digest, keep (ms)
-_OPEN: Final = """
-redis.call('HSET', KEYS[1], 'u', ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
-"""
-
-# ARGV: meta, body, keep (ms), done channel, token digest. An entry that expired while the bot worked stays gone.
-_FINISH: Final = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'a', ARGV[1], 'b', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PUBLISH', ARGV[4], ARGV[5])
-return 1
-"""
-
-# ARGV: done channel, token digest. Waiting pick-ups wake and find it gone.
-_DROP: Final = """
-if redis.call('DEL', KEYS[1]) == 1 then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
-return 1
-"""
-
-# ARGV: session digest ("" for none), taken channel, token digest. nil: not there (or another session's);
-# 0: still running; else {meta, body}, and the entry is gone.
-_TAKE: Final = """
-local rec = redis.call('HMGET', KEYS[1], 'u', 'a', 'b')
-if not rec[1] or (rec[1] ~= '' and rec[1] ~= ARGV[1]) then return false end
-if not rec[2] then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-return {rec[2], rec[3]}
-"""
+_OPEN: Final = lua("deferred_open")
+_FINISH: Final = lua("deferred_finish")
+_DROP: Final = lua("deferred_drop")
+_TAKE: Final = lua("deferred_take")
 
 
 _TOKEN: Final = b"session-gateway/deferred"  # the domains of the two digests
