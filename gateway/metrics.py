@@ -1,7 +1,17 @@
-"""Metrics(registry): every Prometheus metric of the gateway, in one place.
+"""Metrics(registry): every Prometheus metric of the gateway is declared here, and nowhere else.
 
 The registry is injected (tests build a fresh `CollectorRegistry()`); the app never touches the global one.
 Label values come from small fixed sets and are initialised to 0 at start ("avoid missing metrics").
+
+Two kinds, one exposition:
+- Updated on every proxied request (request counts and durations, upstream timings, overhead, bytes): the
+  hand-written lock-free ones of hotmetrics.py, reached through `self.hot`. prometheus_client takes a
+  threading.Lock on every update; 13 such updates a request cost ~10% of the gateway's CPU (profiled, issue 6),
+  and all updates and scrapes run on the one event-loop thread, so the lock buys nothing.
+- Everything else (session starts and ends, the sweeper, the store, events, deferrals, limits): ordinary
+  prometheus_client Counters, Gauges and Histograms, declared below.
+A new metric is a prometheus_client one, unless it is updated on every request of the proxy path: then it is a
+hotmetrics one, and bench/instructions.py shows what it costs.
 """
 
 from __future__ import annotations
