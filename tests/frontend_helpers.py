@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import pytest
-from conftest import LOOPBACK, Gateway, wait
+from gateway_helpers import LOOPBACK, Gateway, wait
 from multidict import CIMultiDict
 
 from gateway.front_connection import HttpConnection

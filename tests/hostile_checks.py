@@ -1,18 +1,20 @@
-"""What the hostile tests share: the edge config they run with, and how they read a refusal or a metric."""
+"""What the hostile tests share: the edge config they run with, the `start_edge` fixture (a raw bot behind a
+gateway with that config), and how they read a refusal or a metric."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from conftest import Gateway, make_config
+import pytest
 from frontend_helpers import Conn, Connect, get
-from hostile_helpers import RawAnswer, read_answer
+from gateway_helpers import Gateway, StartGateway, make_config
+from hostile_helpers import Action, RawAnswer, RawBot, StartRawBot, read_answer
 
 from gateway.config import Config
 from gateway.metrics import UPSTREAM_ERROR_REASONS
 
-MiB = 1024 * 1024
 # Edge timeouts short enough for a fast suite; each test shortens the one it is about.
 EDGE = {"header_timeout": 1.0, "body_timeout": 1.0, "keepalive_timeout": 5.0, "send_timeout": 1.0}
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: gw.example\r\n\r\n"
@@ -23,6 +25,22 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 def edge_config(url: str, **sections: dict[str, Any]) -> Config:
     """make_config with the short EDGE timeouts, then the test's own overrides."""
     return make_config(url, **{**sections, "listen": {**EDGE, **sections.get("listen", {})}})
+
+
+StartEdge = Callable[..., Awaitable[tuple[RawBot, Gateway]]]
+
+
+@pytest.fixture
+def start_edge(start_raw_bot: StartRawBot, start_gateway: StartGateway) -> StartEdge:
+    """start(*script, default=echo, **sections) -> (a RawBot, the gateway before it with edge_config(**sections))."""
+
+    async def start(
+        *script: Action, default: Action | None = None, **sections: dict[str, Any]
+    ) -> tuple[RawBot, Gateway]:
+        bot = await start_raw_bot(*script, default=default)
+        return bot, await start_gateway(edge_config(bot.url, **sections))
+
+    return start
 
 
 def error_code(answer: RawAnswer) -> str:

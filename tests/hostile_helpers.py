@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from conftest import LOOPBACK, wait
 from frontend_helpers import Conn
+from gateway_helpers import LOOPBACK, wait
 from multidict import CIMultiDict
 
 # --- the bot ------------------------------------------------------------------------------------------------

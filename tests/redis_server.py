@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import socket
 import subprocess
@@ -12,7 +11,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+from conftest_tools import unavailable
+from gateway_helpers import free_port
 
 
 def redis_binary(name: str = "redis-server") -> str | None:
@@ -31,21 +31,12 @@ def _required(name: str) -> str:
     """A Redis binary: skips without it on a laptop, fails under CI=true (./scripts/test installs it)."""
     found = redis_binary(name)
     if found is None:
-        message = f"{name} is not installed (./scripts/test installs it when run as root)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"the `{name}` executable", "./scripts/test installs it when run as root")
     return found
 
 
 def require_redis() -> str:
     return _required("redis-server")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RedisServer:

@@ -11,16 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import conftest
 import pytest
 from aiohttp.test_utils import TestServer
-from conftest import LOOPBACK
 from conftest_tools import REPO
+from gateway_helpers import LOOPBACK, GatewayProcess
 from prometheus_client.parser import text_string_to_metric_families
-from session_helpers import P, Rig, Seen, demo_bot_app, make_config, start_rig
+from redis_server import RedisServer
+from session_helpers import P, Rig, SeenByBot, demo_bot_app, make_session_config, start_rig
 
 from gateway.config import Config
-from tests.redis_server import RedisServer
 
 Clock = Callable[[], float]
 
@@ -36,7 +35,7 @@ def gateway_config(
     if redis is not None:
         session = {"store": "redis", "redis_url": redis.url, "redis_timeout": 1.0, **session}
     session = {"secret": "shared-test-secret", **session}  # replicas share one, as the README asks
-    config = make_config(url if isinstance(url, str) else "http://127.0.0.1:1", session=session)
+    config = make_session_config(url if isinstance(url, str) else "http://127.0.0.1:1", session=session)
     up = dict(upstream or {})
     if not isinstance(url, str):
         up["urls"] = tuple(url)
@@ -63,7 +62,7 @@ class BotReplica:
 
     name: str
     server: TestServer
-    seen: list[Seen]
+    seen: list[SeenByBot]
 
     @property
     def url(self) -> str:
@@ -90,7 +89,7 @@ def start_bots(aiohttp_server: Any) -> StartBots:
     ) -> list[BotReplica]:
         bots = []
         for i in range(1, n + 1):
-            seen: list[Seen] = []
+            seen: list[SeenByBot] = []
             server = await aiohttp_server(demo_bot_app(clock, seen, delay=(delays or {}).get(f"b{i}", 0.0)))
             bots.append(BotReplica(f"b{i}", server, seen))
         return bots
@@ -114,8 +113,8 @@ def affinity_of(reply_headers: Any) -> str:
 # --- gateways as subprocesses -------------------------------------------------------------------------
 
 
-class GatewayProcess(conftest.GatewayProcess):
-    """conftest's `python -m gateway serve` on loopback ports, stderr captured to a file; and its /metrics."""
+class MeteredGatewayProcess(GatewayProcess):
+    """A gateway replica as a subprocess (gateway_helpers.GatewayProcess) that can also read its /metrics."""
 
     __slots__ = ()
 
@@ -141,10 +140,10 @@ class GatewayProcess(conftest.GatewayProcess):
 
 async def spawn_gateways(
     tmp_path: Path, count: int, env: dict[str, str], timeout: float = 15.0
-) -> list[GatewayProcess]:
+) -> list[MeteredGatewayProcess]:
     """Start `count` gateway processes at once; return when every admin port answers /livez."""
     procs = [
-        GatewayProcess.launch(
+        MeteredGatewayProcess.launch(
             tmp_path / f"gateway-{i}.stderr", {"GATEWAY_LOG_ACCESS": "false", **env}, cwd=REPO
         )
         for i in range(count)
@@ -155,7 +154,7 @@ async def spawn_gateways(
     return procs
 
 
-def stop_gateways(procs: Sequence[GatewayProcess]) -> None:
+def stop_gateways(procs: Sequence[MeteredGatewayProcess]) -> None:
     for gw in procs:
         if gw.proc.poll() is None:
             gw.terminate()

@@ -1,4 +1,5 @@
-"""Helpers for the end-to-end session and CORS tests: a fake clock, recording bots, the gateway rig."""
+"""Helpers and fixtures for the end-to-end session tests: a fake clock, recording bots (the demo bot and
+HeaderEchoBot), make_session_config, and the Rig: the gateway behind a cookie-less client on that clock."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from conftest import LOOPBACK, CatchAll, RawResponse
+from gateway_helpers import LOOPBACK, CatchAll, RawResponse
 from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import CollectorRegistry
 from served import GatewayTestServer
@@ -43,8 +44,8 @@ class FakeClock:
 
 
 @dataclass(slots=True)
-class Seen:
-    """One request as a bot saw it."""
+class SeenByBot:
+    """One request as a test bot saw it: the head only (no body), with its cookies parsed."""
 
     method: str
     raw_path: str
@@ -66,8 +67,8 @@ class Seen:
         return pairs
 
 
-def _record(request: web.Request) -> Seen:
-    return Seen(request.method, request.raw_path, CIMultiDictProxy(CIMultiDict(request.headers)))
+def _record(request: web.Request) -> SeenByBot:
+    return SeenByBot(request.method, request.raw_path, CIMultiDictProxy(CIMultiDict(request.headers)))
 
 
 @web.middleware
@@ -95,7 +96,7 @@ def carrying(
 
 
 def demo_bot_app(
-    clock: Callable[[], float], seen: list[Seen], *, idle_timeout: float = 86400.0, delay: float = 0.0
+    clock: Callable[[], float], seen: list[SeenByBot], *, idle_timeout: float = 86400.0, delay: float = 0.0
 ) -> web.Application:
     """The demo bot, recording what it sees; `?control=<v>` makes it answer X-Session-Control: <v>."""
     app = create_bot_app(idle_timeout=idle_timeout, clock=clock)
@@ -114,15 +115,15 @@ def demo_bot_app(
 
 
 @dataclass(slots=True)
-class EchoBot(CatchAll[Seen]):
-    """A test bot that answers what it saw as JSON.
+class HeaderEchoBot(CatchAll[SeenByBot]):
+    """A test bot that answers the request head it saw (raw path, cookie, headers) as JSON.
 
     rotate: every answer sets a fresh JSESSIONID (a bot that replaces sessions on its own);
     end_status: the status answered on `.../endsession` (404/405 for a bot without that route);
     response_headers: added to every answer.
     """
 
-    seen: list[Seen] = field(default_factory=list)
+    seen: list[SeenByBot] = field(default_factory=list)
     url: str = ""
     rotate: bool = False
     end_status: int | None = None
@@ -147,14 +148,16 @@ class EchoBot(CatchAll[Seen]):
         return web.json_response(body, headers=headers)
 
 
-def make_config(
+def make_session_config(
     upstream_url: str,
     *,
     session: Mapping[str, Any] | None = None,
     cors: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Config:
-    """Defaults through load_config, pointed at the bot; the sweeper is slow unless a test asks otherwise."""
+    """For the session tests: defaults through load_config, pointed at the bot, with a 600 s idle timeout, a
+    sweeper that waits an hour unless a test asks otherwise, and no access log. Unlike gateway_helpers'
+    make_config, it takes only `session` and `cors` overrides (and GATEWAY_* `environ`)."""
     env = {
         "GATEWAY_UPSTREAM_URL": upstream_url,
         "GATEWAY_SESSION_IDLE_TIMEOUT": "600",
@@ -272,15 +275,19 @@ class Bot:
     """A bot on loopback and the requests it saw."""
 
     url: str
-    seen: list[Seen]
+    seen: list[SeenByBot]
 
     @property
-    def last(self) -> Seen:
+    def last(self) -> SeenByBot:
         assert self.seen, "the bot saw no request"
         return self.seen[-1]
 
 
-# --- fixtures (imported by the test modules) ------------------------------------------------------------
+StartDemo = Callable[..., Awaitable[Bot]]
+StartEcho = Callable[..., Awaitable[HeaderEchoBot]]
+
+
+# --- fixtures (registered by conftest.py's pytest_plugins; ask for them by name) -----------------------------
 
 
 @pytest.fixture
@@ -289,11 +296,11 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def start_demo(aiohttp_server: Any, clock: FakeClock) -> Callable[..., Awaitable[Bot]]:
+def start_demo(aiohttp_server: Any, clock: FakeClock) -> StartDemo:
     """start(idle_timeout=86400, delay=0) -> the demo bot on the test's fake clock."""
 
     async def start(*, idle_timeout: float = 86400.0, delay: float = 0.0) -> Bot:
-        seen: list[Seen] = []
+        seen: list[SeenByBot] = []
         server = await aiohttp_server(demo_bot_app(clock, seen, idle_timeout=idle_timeout, delay=delay))
         return Bot(f"http://{LOOPBACK}:{server.port}", seen)
 
@@ -301,16 +308,16 @@ def start_demo(aiohttp_server: Any, clock: FakeClock) -> Callable[..., Awaitable
 
 
 @pytest.fixture
-async def demo(start_demo: Callable[..., Awaitable[Bot]]) -> Bot:
+async def demo(start_demo: StartDemo) -> Bot:
     return await start_demo()
 
 
 @pytest.fixture
-def start_echo(aiohttp_server: Any) -> Callable[..., Awaitable[EchoBot]]:
-    """start(**EchoBot options) -> an EchoBot on loopback (its `url` set)."""
+def start_echo(aiohttp_server: Any) -> StartEcho:
+    """start(**HeaderEchoBot options) -> a HeaderEchoBot on loopback (its `url` set)."""
 
-    async def start(**options: Any) -> EchoBot:
-        bot = EchoBot(**options)
+    async def start(**options: Any) -> HeaderEchoBot:
+        bot = HeaderEchoBot(**options)
         server = await aiohttp_server(bot.app())
         bot.url = f"http://{LOOPBACK}:{server.port}"
         return bot
@@ -323,6 +330,6 @@ def rig_for(aiohttp_client: Any, clock: FakeClock) -> StartRig:
     """start(upstream_url, cors=None, **session options) -> a Rig on the test's fake clock."""
 
     async def start(url: str, *, cors: Mapping[str, Any] | None = None, **session: Any) -> Rig:
-        return await start_rig(aiohttp_client, make_config(url, session=session, cors=cors), clock)
+        return await start_rig(aiohttp_client, make_session_config(url, session=session, cors=cors), clock)
 
     return start

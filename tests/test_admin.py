@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import (
+from gateway_helpers import (
     LOOPBACK,
     Gateway,
     Recorder,

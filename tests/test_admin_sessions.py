@@ -18,16 +18,25 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import LOOPBACK, Recorder, SpawnGateway, StartUpstream, clean_environ, closed_url, make_config
+from gateway_helpers import (
+    LOOPBACK,
+    Recorder,
+    SpawnGateway,
+    StartUpstream,
+    clean_environ,
+    closed_url,
+    make_config,
+)
 from prometheus_client import CollectorRegistry
+from redis_server import RedisServer
 
 from gateway.app import admin_app_for, create_app
 from gateway.config import AdminConfig, Config, effective
 from gateway.errors import ConfigError
 from gateway.store import SessionStore
 from gateway.store.memory import MemoryStore
-from gateway.store.redis import RedisStore, _digest
-from tests.redis_server import RedisServer
+from gateway.store.redis import RedisStore
+from gateway.store.redis_layout import id_digest as _digest
 
 IDLE = 600.0
 ABSOLUTE = 86400.0

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from the helper modules are redefined as parameters)
 """Bot replicas behind `upstream.urls` (issue 5): placement, pinning, signed affinity, passive health."""
 
 from __future__ import annotations
@@ -7,21 +6,12 @@ import asyncio
 import itertools
 from typing import Any
 
-from replica_helpers import (  # noqa: F401 - fixtures are used by name
-    BotReplica,
-    StartBots,
-    StartNode,
-    affinity_of,
-    gateway_config,
-    start_bots,
-    start_node,
-    total,
-)
+from redis_server import RedisServer
+from replica_helpers import BotReplica, StartBots, StartNode, affinity_of, gateway_config, total
 from session_helpers import Reply, Rig
 
 from gateway.affinity import AffinitySigner
 from gateway.app import SESSIONS
-from tests.redis_server import RedisServer
 
 
 async def exchange(node: Rig, bots: list[BotReplica], *args: Any, **kwargs: Any) -> tuple[Reply, list[str]]:
@@ -31,7 +21,7 @@ async def exchange(node: Rig, bots: list[BotReplica], *args: Any, **kwargs: Any)
     return reply, [b.name for b, n in zip(bots, before, strict=True) if len(b.seen) > n]
 
 
-def carrying(sid: str, affinity: str) -> dict[str, str]:
+def carrying_affinity(sid: str, affinity: str) -> dict[str, str]:
     """Both values the way Teneo Web Chat sends them back: one X-Teneo-Session cookie string."""
     return {"X-Teneo-Session": f"JSESSIONID={sid}; GatewayAffinity={affinity}"}
 
@@ -98,7 +88,7 @@ async def test_affinity_survives_a_restart_of_a_memory_store_gateway(
     after = await start_node(config)  # a new process: no session in its store, the same secret
     # In reverse order, so that round-robin alone would send b3's session to b1.
     for sid, affinity, bot in reversed(sessions):
-        reply, hit = await exchange(after, bots, headers=carrying(sid, affinity))
+        reply, hit = await exchange(after, bots, headers=carrying_affinity(sid, affinity))
         assert (hit, reply.status, reply.session_id, reply.new, reply.turn) == ([bot], 200, sid, None, 2)
     assert after.metric("sessions_started_total", reason="adopted") == 3
     assert after.metric("sessions_started_total", reason="unknown") == 0
@@ -118,19 +108,19 @@ async def test_a_tampered_affinity_value_is_not_trusted(start_bots: StartBots, s
     after = await start_node(config)
     b3_seen = len(bots[2].seen)
     # b3's valid value copied onto s1: it is bound to s3, so it does not verify; placement chooses b1.
-    reply, hit = await exchange(after, bots, headers=carrying(s1, a3))
+    reply, hit = await exchange(after, bots, headers=carrying_affinity(s1, a3))
     assert (hit, reply.session_id, reply.turn) == (["b1"], s1, 2)
     # s2's value with its replica name edited to b3: the signature fails; placement chooses b2.
-    reply, hit = await exchange(after, bots, headers=carrying(s2, "b3." + a2.partition(".")[2]))
+    reply, hit = await exchange(after, bots, headers=carrying_affinity(s2, "b3." + a2.partition(".")[2]))
     assert (hit, reply.session_id, reply.turn) == (["b2"], s2, 2)
     # A value for s3 naming b1, signed with another deployment's secret: placement chooses b3, s3's home.
     foreign = AffinitySigner("another-secret").sign("b1", s3)
-    reply, hit = await exchange(after, bots, headers=carrying(s3, foreign))
+    reply, hit = await exchange(after, bots, headers=carrying_affinity(s3, foreign))
     assert (hit, reply.session_id, reply.new, reply.turn) == (["b3"], s3, None, 2)
     assert after.metric("sessions_started_total", reason="unknown") == 0
     # Control: the genuine value does steer (a fresh gateway would otherwise send s3 to b1).
     control = await start_node(config)
-    reply, hit = await exchange(control, bots, headers=carrying(s3, a3))
+    reply, hit = await exchange(control, bots, headers=carrying_affinity(s3, a3))
     assert (hit, reply.turn) == (["b3"], 3)
     assert len(bots[2].seen) - b3_seen == 2
 

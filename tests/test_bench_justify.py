@@ -3,8 +3,9 @@ is 16 minutes; a broken override surfaced only at its end)."""
 
 from __future__ import annotations
 
+from redis_server import RedisServer
+
 from bench.justify import _redis_batches
-from tests.redis_server import RedisServer
 
 
 async def test_the_pipeline_comparison_runs_both_batchers(redis: RedisServer) -> None:

@@ -272,7 +272,7 @@ def open_chat(page: Any, url: str, title: str = CLIENT_FRAME) -> Any:
     return chat
 
 
-def send(chat: Any, text: str) -> int:
+def send_in_chat(chat: Any, text: str) -> int:
     """Type a message, press Enter, wait for the bot's answer; its turn counter."""
     from playwright.sync_api import expect
 
@@ -322,7 +322,7 @@ def reasons(chat: Any) -> list[str]:
 def test_cookies_alone_lose_the_conversation_in_the_iframe(stack: Stack, page: Any) -> None:
     """The control: a widget relying on its cookie starts over with every message: the browser blocks it."""
     chat = open_chat(page, stack.host_url, COOKIES_FRAME)
-    turns = [send(chat, text) for text in ("Hi there", "Do you remember me?", "Still nothing?")]
+    turns = [send_in_chat(chat, text) for text in ("Hi there", "Do you remember me?", "Still nothing?")]
     shot(page, "01-cookies-only-iframe-forgets")
     assert turns == [1, 1, 1]
     assert reasons(chat) == ["first", "first", "first"]
@@ -330,22 +330,23 @@ def test_cookies_alone_lose_the_conversation_in_the_iframe(stack: Stack, page: A
     # first turn may continue the iframe's last session: Chromium stored that cookie, it only never sent it.)
     page.goto(widget_url_for(stack.gateway_url) + "?mode=cookies")
     page.locator(":root[data-ready=true]").wait_for(state="attached")
-    first = send(page, "First-party")
-    assert send(page, "Again") == first + 1
+    first = send_in_chat(page, "First-party")
+    assert send_in_chat(page, "Again") == first + 1
 
 
 def test_session_client_keeps_the_conversation(stack: Stack, page: Any) -> None:
     chat = open_chat(page, stack.host_url)
     shot(page, "02-host-page-before-chatting")
     turns = [
-        send(chat, text) for text in ("Hi there", "Do you remember me?", "What turn is this?", "One more")
+        send_in_chat(chat, text)
+        for text in ("Hi there", "Do you remember me?", "What turn is this?", "One more")
     ]
     assert turns == [1, 2, 3, 4]
     assert reasons(chat) == ["first"]
     assert stack.sample("session_gateway_session_carrier_total", carrier="header") == 3
     # Next to it, the widget without the client starts over every time (the README's screenshot).
     cookies_only = page.frame_locator(f'iframe[title="{COOKIES_FRAME}"]')
-    assert [send(cookies_only, text) for text in ("Hi there", "Do you remember me?")] == [1, 1]
+    assert [send_in_chat(cookies_only, text) for text in ("Hi there", "Do you remember me?")] == [1, 1]
     shot(page, "03-session-client-turns-1-to-4")
 
 
@@ -353,13 +354,13 @@ def test_idle_timeout_shows_the_expired_notice(stack: Stack, page: Any) -> None:
     from playwright.sync_api import expect
 
     chat = open_chat(page, stack.host_url)
-    assert [send(chat, "Hello"), send(chat, "Still there?")] == [1, 2]
+    assert [send_in_chat(chat, "Hello"), send_in_chat(chat, "Still there?")] == [1, 2]
     stack.clock.offset += IDLE_TIMEOUT + 1  # the gateway's idle timeout passes (the bot's own is longer)
     deadline = time.monotonic() + 5
     while stack.sample("session_gateway_sessions_active") != 0:  # the sweeper ends it with no request
         assert time.monotonic() < deadline, "the sweeper did not end the idle session"
         time.sleep(0.05)
-    assert send(chat, "I am back") == 1
+    assert send_in_chat(chat, "I am back") == 1
     expect(chat.locator("li.notice").last).to_have_text(re.compile("previous conversation timed out"))
     assert reasons(chat) == ["first", "expired"]
     shot(page, "04-idle-timeout-expired-notice")
@@ -370,13 +371,13 @@ def test_end_chat_starts_a_new_session_with_reason_ended(stack: Stack, page: Any
     from playwright.sync_api import expect
 
     chat = open_chat(page, stack.host_url)
-    assert [send(chat, "Hello"), send(chat, "Bye soon")] == [1, 2]
+    assert [send_in_chat(chat, "Hello"), send_in_chat(chat, "Bye soon")] == [1, 2]
     chat.get_by_role("button", name="End chat").click()
     expect(chat.locator("li.notice").last).to_have_text(re.compile("You ended the chat"))
     expect(chat.get_by_label("Message")).to_be_focused()
     assert stack.sample("session_gateway_sessions_ended_total", reason="client") == 1
     shot(page, "05-end-chat")
-    assert send(chat, "Hello again") == 1
+    assert send_in_chat(chat, "Hello again") == 1
     assert reasons(chat) == ["first", "ended"]
     shot(page, "06-after-end-chat-new-session")
 
@@ -385,19 +386,19 @@ def test_reload_keeps_the_conversation_and_a_new_tab_does_not_share_it(
     stack: Stack, page: Any, context: Any
 ) -> None:
     chat = open_chat(page, stack.host_url)
-    assert [send(chat, "Hello"), send(chat, "Remember this")] == [1, 2]
+    assert [send_in_chat(chat, "Hello"), send_in_chat(chat, "Remember this")] == [1, 2]
     page.reload()
     chat = open_chat(page, stack.host_url)
     assert chat.locator("li.msg.bot").count() == 2  # the transcript is back too
-    assert send(chat, "After the reload") == 3
+    assert send_in_chat(chat, "After the reload") == 3
     shot(page, "07-after-reload-turn-3")
 
     other = context.new_page()
     other_chat = open_chat(other, stack.host_url)
-    assert send(other_chat, "A second tab") == 1
+    assert send_in_chat(other_chat, "A second tab") == 1
     assert reasons(other_chat) == ["first"]
     shot(other, "08-new-tab-own-conversation")
-    assert send(chat, "Back in the first tab") == 4
+    assert send_in_chat(chat, "Back in the first tab") == 4
     assert reasons(chat) == ["first"]
 
 
@@ -405,7 +406,7 @@ def test_gateway_issued_sessions(make_stack: Callable[..., Stack], page: Any) ->
     """issuer = gateway: the id comes from X-Session-Id (a UUID4) and reaches a stateless bot."""
     stack = make_stack("gateway")
     chat = open_chat(page, stack.host_url)
-    assert [send(chat, text) for text in ("One", "Two", "Three")] == [1, 2, 3]
+    assert [send_in_chat(chat, text) for text in ("One", "Two", "Three")] == [1, 2, 3]
     stored = frame(page).evaluate(
         "() => JSON.parse(sessionStorage.getItem('session-gateway:' + location.origin))"
     )
@@ -420,18 +421,21 @@ def test_a_rasa_rest_bot_keeps_its_conversation_in_a_cookieless_iframe(
     """session.preset = "rasa-rest": the widget never picks a sender; the gateway's id is the conversation."""
     stack = make_stack("rasa-rest")
     chat = open_chat(page, stack.host_url)
-    assert [send(chat, text) for text in ("One", "Two", "Three")] == [1, 2, 3]
+    assert [send_in_chat(chat, text) for text in ("One", "Two", "Three")] == [1, 2, 3]
     cookies_only = open_chat(page, stack.host_url, COOKIES_FRAME)
-    assert [send(cookies_only, text) for text in ("One", "Two")] == [1, 1]  # the control: cookies are blocked
+    assert [send_in_chat(cookies_only, text) for text in ("One", "Two")] == [
+        1,
+        1,
+    ]  # the control: cookies are blocked
     chat.get_by_role("button", name="End chat").click()
-    assert send(chat, "Again") == 1
+    assert send_in_chat(chat, "Again") == 1
     assert reasons(chat)[-1] == "ended"
     shot(page, "10-rasa-rest")
 
 
 def test_end_on_pagehide_uses_keepalive(stack: Stack, page: Any) -> None:
     chat = open_chat(page, stack.host_url + "?endOnPageHide=1")
-    assert send(chat, "Hello") == 1
+    assert send_in_chat(chat, "Hello") == 1
     page.goto("about:blank")  # pagehide in the iframe: the client ends the session with a keepalive fetch
     deadline = time.monotonic() + 5
     while stack.sample("session_gateway_sessions_ended_total", reason="client") != 1:
@@ -448,10 +452,10 @@ def test_storage_denied_to_the_iframe_falls_back_to_memory(stack: Stack, playwri
         chat = open_chat(page, stack.host_url)
         probe = "() => { try { sessionStorage; return 'allowed' } catch { return 'denied' } }"
         assert frame(page).evaluate(probe) == "denied"
-        assert [send(chat, text) for text in ("One", "Two", "Three")] == [1, 2, 3]
+        assert [send_in_chat(chat, text) for text in ("One", "Two", "Three")] == [1, 2, 3]
         page.reload()
         chat = open_chat(page, stack.host_url)
-        assert send(chat, "After the reload") == 1
+        assert send_in_chat(chat, "After the reload") == 1
         assert reasons(chat) == ["first"]
     finally:
         browser.close()
@@ -462,12 +466,12 @@ def test_a_slow_answer_shows_the_interim_then_the_answer(make_stack: Callable[..
     iframe, where only X-Teneo-Session carries the session to the pick-up."""
     stack = make_stack(deferred=True)
     chat = open_chat(page, stack.host_url)
-    assert send(chat, "Hello") == 1
+    assert send_in_chat(chat, "Hello") == 1
     started = time.monotonic()
     assert think(chat, lambda: shot(page, "11-deferred-interim")) == 2
     assert time.monotonic() - started >= SLOW_SECONDS
     shot(page, "12-deferred-answer")
-    assert send(chat, "And now?") == 3  # the same conversation, the slow turn counted once
+    assert send_in_chat(chat, "And now?") == 3  # the same conversation, the slow turn counted once
     assert reasons(chat) == ["first"]
     assert stack.sample("session_gateway_deferred_total", outcome="delivered") == 1
     # The widget without the client picks its answer up too, in a new conversation as every time.

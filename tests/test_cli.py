@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import clean_environ
+from gateway_helpers import clean_environ
 
 from gateway import __version__
 from gateway.config import effective, load_config
@@ -16,7 +16,7 @@ from gateway.config import effective, load_config
 pytestmark = pytest.mark.slow
 
 
-def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gateway", *args],
         env=clean_environ(**env),
@@ -28,7 +28,7 @@ def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_version() -> None:
-    result = run("--version")
+    result = run_cli("--version")
 
     assert result.returncode == 0
     assert result.stdout.strip() == f"session-gateway {__version__}"
@@ -40,7 +40,7 @@ def test_check_prints_the_effective_configuration_as_json(tmp_path: Path) -> Non
         '[listen]\nport = 8181\n[upstream]\nurl = "http://127.0.0.1:9000/bot"\n', encoding="utf-8"
     )
 
-    result = run("check", "--config", str(path))
+    result = run_cli("check", "--config", str(path))
 
     assert result.returncode == 0, result.stderr
     shown = json.loads(result.stdout)
@@ -53,7 +53,7 @@ def test_check_applies_environment_then_flags(tmp_path: Path) -> None:
     path = tmp_path / "gateway.toml"
     path.write_text("[listen]\nport = 1111\n[admin]\nport = 1112\n", encoding="utf-8")
 
-    result = run(
+    result = run_cli(
         "check",
         "--config",
         str(path),
@@ -84,7 +84,7 @@ def test_a_bad_file_names_file_and_key_and_exits_2(tmp_path: Path, toml: str, me
     path = tmp_path / "bad.toml"
     path.write_text(toml, encoding="utf-8")
 
-    result = run("check", "--config", str(path))
+    result = run_cli("check", "--config", str(path))
 
     assert result.returncode == 2
     assert result.stdout == ""
@@ -93,7 +93,7 @@ def test_a_bad_file_names_file_and_key_and_exits_2(tmp_path: Path, toml: str, me
 
 
 def test_a_bad_variable_is_named_on_stderr() -> None:
-    result = run("check", GATEWAY_UPSTREAM_READ_TIMEOUT="soon")
+    result = run_cli("check", GATEWAY_UPSTREAM_READ_TIMEOUT="soon")
 
     assert result.returncode == 2
     assert result.stderr.startswith(
@@ -102,7 +102,7 @@ def test_a_bad_variable_is_named_on_stderr() -> None:
 
 
 def test_a_malformed_set_flag_exits_2() -> None:
-    result = run("check", "--set", "listen.port")
+    result = run_cli("check", "--set", "listen.port")
 
     assert result.returncode == 2
     assert "expected --set section.key=value" in result.stderr
@@ -113,14 +113,14 @@ def test_serve_with_a_bad_file_exits_2_before_listening(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     path.write_text('[log]\nformat = "xml"\n', encoding="utf-8")
 
-    result = run("serve", "--config", str(path))
+    result = run_cli("serve", "--config", str(path))
 
     assert result.returncode == 2
     assert result.stderr.startswith(f"{path}: log.format: expected one of")
 
 
 def test_check_says_what_a_preset_sets_and_explicit_keys_win() -> None:
-    result = run("check", "--set", "session.preset=dialogflow-cx", GATEWAY_SESSION_IDLE_TIMEOUT="300")
+    result = run_cli("check", "--set", "session.preset=dialogflow-cx", GATEWAY_SESSION_IDLE_TIMEOUT="300")
 
     assert result.returncode == 0, result.stderr
     session = json.loads(result.stdout)["session"]

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest_tools import REPO
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from gateway.config import Config, effective, load_config
 from gateway.errors import ConfigError
 
-REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "config.example.toml"
 
 

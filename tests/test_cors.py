@@ -1,22 +1,10 @@
-# ruff: noqa: F811  (pytest fixtures imported from session_helpers are redefined as parameters)
 """End-to-end CORS for cross-site chat widgets: the gateway answers preflights and decorates responses."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 import pytest
-from session_helpers import (  # noqa: F401 - fixtures are used by name
-    EchoBot,
-    Reply,
-    Rig,
-    StartRig,
-    clock,
-    rig_for,
-    start_echo,
-)
+from session_helpers import HeaderEchoBot, Reply, Rig, StartEcho, StartRig
 
-StartEcho = Callable[..., Awaitable[EchoBot]]
 SHOP = "https://shop.example"
 OTHER = "https://evil.example"
 EXPOSED = {"x-gateway-session", "x-session-id", "x-session-new"}
@@ -43,7 +31,7 @@ async def preflight(rig: Rig, origin: str, request_headers: str = "x-teneo-sessi
 
 
 @pytest.fixture
-async def bot(start_echo: StartEcho) -> EchoBot:
+async def bot(start_echo: StartEcho) -> HeaderEchoBot:
     # The bot answers with CORS headers of its own, which the gateway must replace.
     return await start_echo(
         response_headers={
@@ -55,11 +43,13 @@ async def bot(start_echo: StartEcho) -> EchoBot:
 
 
 @pytest.fixture
-async def rig(bot: EchoBot, rig_for: StartRig) -> Rig:
+async def rig(bot: HeaderEchoBot, rig_for: StartRig) -> Rig:
     return await rig_for(bot.url, cors={"allow_origins": (SHOP,), "allow_headers": ("X-Widget-Version",)})
 
 
-async def test_preflight_from_an_allowed_origin_is_answered_by_the_gateway(rig: Rig, bot: EchoBot) -> None:
+async def test_preflight_from_an_allowed_origin_is_answered_by_the_gateway(
+    rig: Rig, bot: HeaderEchoBot
+) -> None:
     reply = await preflight(rig, SHOP)
     assert reply.status == 204
     assert bot.seen == []  # never forwarded
@@ -76,7 +66,7 @@ async def test_preflight_from_an_allowed_origin_is_answered_by_the_gateway(rig: 
     assert rig.metric("session_carrier_total", carrier="none") == 0
 
 
-async def test_actual_response_to_an_allowed_origin(rig: Rig, bot: EchoBot) -> None:
+async def test_actual_response_to_an_allowed_origin(rig: Rig, bot: HeaderEchoBot) -> None:
     reply = await rig.send("/chat", headers={"Origin": SHOP}, header="LIVE0001")
     assert reply.status == 200
     h = reply.headers
@@ -96,7 +86,7 @@ async def test_first_exchange_exposes_x_session_new(rig: Rig) -> None:
     assert "x-session-new" in tokens(reply.headers.get("Access-Control-Expose-Headers"))
 
 
-async def test_other_origins_get_no_cors_headers(rig: Rig, bot: EchoBot) -> None:
+async def test_other_origins_get_no_cors_headers(rig: Rig, bot: HeaderEchoBot) -> None:
     reply = await rig.send("/chat", headers={"Origin": OTHER}, header="LIVE0001")
     assert reply.status == 200
     assert cors_headers(reply) == []  # not even the bot's own
@@ -120,7 +110,7 @@ async def test_origin_match_is_exact(rig: Rig) -> None:
         assert cors_headers(reply) == [], origin
 
 
-async def test_wildcard_origin_never_allows_credentials(bot: EchoBot, rig_for: StartRig) -> None:
+async def test_wildcard_origin_never_allows_credentials(bot: HeaderEchoBot, rig_for: StartRig) -> None:
     rig = await rig_for(bot.url, cors={"allow_origins": ("*",)})
     pre = await preflight(rig, OTHER)
     assert pre.status == 204
@@ -143,7 +133,7 @@ async def test_wildcard_origin_never_allows_credentials(bot: EchoBot, rig_for: S
     ids=["not-a-cookie-string", "id-too-long"],
 )
 async def test_error_responses_to_an_allowed_origin_carry_cors_headers(
-    rig: Rig, bot: EchoBot, kwargs: dict[str, object], status: int, code: str
+    rig: Rig, bot: HeaderEchoBot, kwargs: dict[str, object], status: int, code: str
 ) -> None:
     headers = {"Origin": SHOP, **kwargs.pop("headers", {})}  # type: ignore[dict-item]
     reply = await rig.send("/chat", headers=headers, **kwargs)  # type: ignore[arg-type]
@@ -155,7 +145,7 @@ async def test_error_responses_to_an_allowed_origin_carry_cors_headers(
 
 
 async def test_capacity_error_to_an_allowed_origin_carries_cors_headers(
-    bot: EchoBot, rig_for: StartRig
+    bot: HeaderEchoBot, rig_for: StartRig
 ) -> None:
     rig = await rig_for(
         bot.url, cors={"allow_origins": (SHOP,)}, issuer="gateway", max_sessions=1, on_full="reject"
@@ -166,7 +156,7 @@ async def test_capacity_error_to_an_allowed_origin_carries_cors_headers(
     assert reply.headers.getall("Access-Control-Allow-Origin") == [SHOP]
 
 
-async def test_without_allow_origins_cors_is_left_to_the_bot(bot: EchoBot, rig_for: StartRig) -> None:
+async def test_without_allow_origins_cors_is_left_to_the_bot(bot: HeaderEchoBot, rig_for: StartRig) -> None:
     rig = await rig_for(bot.url)
     pre = await preflight(rig, SHOP)
     assert pre.status == 200  # forwarded: the bot answers it

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from session_helpers are redefined as parameters)
 """Slow bots: interim answers, pick-ups, the Dialogflow CX flow, and upstream.max_response_size."""
 
 from __future__ import annotations
@@ -10,21 +9,13 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from conftest import LOOPBACK
+from gateway_helpers import LOOPBACK
+from redis_server import RedisServer
 from replica_helpers import gateway_config
-from session_helpers import (  # noqa: F401 - fixtures are used by name
-    FakeClock,
-    Reply,
-    Rig,
-    carrying,
-    clock,
-    make_config,
-    start_rig,
-)
+from session_helpers import FakeClock, Reply, Rig, make_session_config, start_rig
 
 from gateway.config import Config, DeferredConfig
 from gateway.deferred import RUNNING, Answer, MemoryDeferred
-from tests.redis_server import RedisServer
 
 SLOW = {"GATEWAY_DEFERRED_AFTER": "0.2", "GATEWAY_DEFERRED_POLL_WAIT": "0.3"}
 
@@ -82,7 +73,7 @@ async def bot(aiohttp_server: Any) -> GatedBot:
 
 async def rig_with(aiohttp_client: Any, clock: FakeClock, url: str, **env: str) -> Rig:
     environ = {**SLOW, **{f"GATEWAY_{k.upper()}": v for k, v in env.items()}}
-    return await start_rig(aiohttp_client, make_config(url, environ=environ), clock)
+    return await start_rig(aiohttp_client, make_session_config(url, environ=environ), clock)
 
 
 async def pickup(rig: Rig, token: str, session: str | None = None) -> Reply:
@@ -232,7 +223,7 @@ async def test_max_response_size_for_every_request(
 ) -> None:
     bot.gate.set()
     env = {"GATEWAY_UPSTREAM_MAX_RESPONSE_SIZE": "1000"}
-    rig = await start_rig(aiohttp_client, make_config(bot.url, environ=env), clock)
+    rig = await start_rig(aiohttp_client, make_session_config(bot.url, environ=env), clock)
     reply = await rig.send(f"/?{query}")
     assert reply.status == status
     if status == 502:

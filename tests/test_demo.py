@@ -13,21 +13,12 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import SpawnGateway, StartGateway, StartUpstream, make_config
+from gateway_helpers import SpawnGateway, StartGateway, StartUpstream, make_config
+from session_helpers import FakeClock
 
 from gateway.config import DeferredConfig, DemoConfig, load_config
 from gateway.demo import COOKIE, DEMO_DEFERRED_AFTER, create_bot_app, demo_config
 from gateway.errors import ConfigError
-
-
-class Clock:
-    """An injected monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def say(
@@ -41,12 +32,12 @@ async def say(
 
 
 @pytest.fixture
-async def bot(aiohttp_client: Any) -> tuple[TestClient[Any, Any], Clock]:
-    clock = Clock()
+async def bot(aiohttp_client: Any) -> tuple[TestClient[Any, Any], FakeClock]:
+    clock = FakeClock(1000.0)
     return await aiohttp_client(create_bot_app(idle_timeout=60.0, clock=clock)), clock
 
 
-async def test_turns_count_up_within_one_session(bot: tuple[TestClient[Any, Any], Clock]) -> None:
+async def test_turns_count_up_within_one_session(bot: tuple[TestClient[Any, Any], FakeClock]) -> None:
     client, _ = bot
     first, issued = await say(client, "/", "hi")
     second, again = await say(client, "/", "how are you")
@@ -64,7 +55,7 @@ async def test_turns_count_up_within_one_session(bot: tuple[TestClient[Any, Any]
     assert second["output"]["text"] == "You said: how are you"
 
 
-async def test_unknown_session_id_gets_a_new_session(bot: tuple[TestClient[Any, Any], Clock]) -> None:
+async def test_unknown_session_id_gets_a_new_session(bot: tuple[TestClient[Any, Any], FakeClock]) -> None:
     client, _ = bot
     client.session.cookie_jar.update_cookies({COOKIE: "NOT-A-SESSION"})
     answer, issued = await say(client, "/", "hi")
@@ -75,7 +66,7 @@ async def test_unknown_session_id_gets_a_new_session(bot: tuple[TestClient[Any, 
 
 
 async def test_endsession_logs_out_and_the_next_turn_starts_over(
-    bot: tuple[TestClient[Any, Any], Clock],
+    bot: tuple[TestClient[Any, Any], FakeClock],
 ) -> None:
     client, _ = bot
     await say(client, "/", "hi")
@@ -91,7 +82,7 @@ async def test_endsession_logs_out_and_the_next_turn_starts_over(
     assert answer["output"]["parameters"]["turn"] == "1"
 
 
-async def test_session_expires_after_idle_timeout(bot: tuple[TestClient[Any, Any], Clock]) -> None:
+async def test_session_expires_after_idle_timeout(bot: tuple[TestClient[Any, Any], FakeClock]) -> None:
     client, clock = bot
     _, first_id = await say(client, "/", "hi")
 
@@ -105,7 +96,7 @@ async def test_session_expires_after_idle_timeout(bot: tuple[TestClient[Any, Any
     assert answer["output"]["parameters"]["turn"] == "1"
 
 
-async def test_form_post_input(bot: tuple[TestClient[Any, Any], Clock]) -> None:
+async def test_form_post_input(bot: tuple[TestClient[Any, Any], FakeClock]) -> None:
     client, _ = bot
     response = await client.post("/", data={"userinput": "from a form"})
 

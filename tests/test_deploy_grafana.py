@@ -10,9 +10,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest_tools import REPO
+from promql import DASHBOARD
 
-DASHBOARD = REPO / "deploy" / "grafana" / "session-gateway.json"
 DATASOURCE = "${datasource}"
 
 # Every metric the dashboard must show (issue 4, the Redis store's, and issue 16's edge), recorded or raw.

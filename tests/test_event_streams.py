@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from the helper modules are redefined as parameters)
 """Lifecycle events with the Redis store (issue 20): written by the scripts that start and end sessions, in the
 same step, and delivered through the replicas' consumer group, on a real redis-server and a real Cluster."""
 
@@ -18,11 +17,11 @@ from typing import Any
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from event_receiver import SECRET, Receiver, receiver  # noqa: F401 - fixtures by name
+from event_receiver import SECRET, Receiver
 from gateway_helpers import eventually
 from redis_server import RedisClusterNodes, RedisServer
-from replica_helpers import StartNode, gateway_config, spawn_gateways, start_node, stop_gateways, total  # noqa: F401
-from session_helpers import Bot, FakeClock, clock, demo, demo_bot_app, start_demo  # noqa: F401
+from replica_helpers import StartNode, gateway_config, spawn_gateways, stop_gateways, total
+from session_helpers import Bot, FakeClock, demo_bot_app
 
 from gateway.config import EventsConfig
 from gateway.event_streams import GROUP, to_event

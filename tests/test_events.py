@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from session_helpers are redefined as parameters)
 """Lifecycle events with the memory store: produced once, delivered to a real webhook receiver that fails and
 recovers, signed, retried, dropped when they must be, flushed on shutdown; the admin port's SSE feed."""
 
@@ -6,95 +5,31 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
-import hmac
 import json
 from typing import Any
 
 import aiohttp
-import pytest
 import redis.asyncio as aioredis
-from aiohttp import web
-from conftest import LOOPBACK, eventually
-from session_helpers import (  # noqa: F401 - fixtures are used by name
-    Bot,
-    FakeClock,
-    Rig,
-    clock,
-    demo,
-    make_config,
-    start_demo,
-    start_rig,
-)
+from event_receiver import SECRET, Receiver
+from gateway_helpers import LOOPBACK, eventually
+from redis_server import RedisServer
+from session_helpers import Bot, FakeClock, Rig, make_session_config, start_rig
 
 from gateway.app import admin_app_for
 from gateway.config import EventsConfig
 from gateway.events import session_digest
-from tests.redis_server import RedisServer
-
-SECRET = "webhook-secret"
-
-
-class Receiver:
-    """A webhook receiver on loopback: records batches, verifies signatures, and fails on demand."""
-
-    def __init__(self) -> None:
-        self.batches: list[list[dict[str, Any]]] = []
-        self.failures: list[int | str] = []  # the next answers: a status, or "reset"
-        self.attempts = 0
-        self.bad_signatures = 0
-        self.url = ""
-
-    @property
-    def events(self) -> list[dict[str, Any]]:
-        seen: dict[str, dict[str, Any]] = {}
-        for batch in self.batches:
-            for event in batch:
-                seen.setdefault(event["id"], event)  # a receiver deduplicates by id
-        return list(seen.values())
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.attempts += 1
-        body = await request.read()
-        expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(request.headers.get("X-Gateway-Signature-256", ""), expected):
-            self.bad_signatures += 1
-            return web.Response(status=401)
-        if self.failures:
-            failure = self.failures.pop(0)
-            if failure == "reset":
-                assert request.transport is not None
-                request.transport.close()
-                raise ConnectionResetError
-            return web.Response(status=int(failure), headers={"Retry-After": "0"})
-        self.batches.append(json.loads(body)["events"])
-        return web.Response(status=204)
-
-
-@pytest.fixture
-async def receiver(aiohttp_server: Any) -> Receiver:
-    recv = Receiver()
-    app = web.Application()
-    app.router.add_post("/hook", recv.handle)
-    server = await aiohttp_server(app)
-    recv.url = f"http://{LOOPBACK}:{server.port}/hook"
-    return recv
 
 
 async def events_rig(
     aiohttp_client: Any, clock: FakeClock, bot_url: str, receiver: Receiver, **events: Any
 ) -> Rig:
     # A short grace: the flush at shutdown must not retry a failing receiver for the default 20 s.
-    config = make_config(
+    config = make_session_config(
         bot_url, session={"sweep_interval": 0.05}, environ={"GATEWAY_LISTEN_SHUTDOWN_TIMEOUT": "1"}
     )
     options = {"sink": "webhook", "url": receiver.url, "secret": SECRET, "flush_interval": 0.05, **events}
     config = dataclasses.replace(config, events=EventsConfig(**options))
     return await start_rig(aiohttp_client, config, clock)
-
-
-def of(receiver: Receiver, kind: str) -> list[dict[str, Any]]:
-    return [e for e in receiver.events if e["type"] == kind]
 
 
 async def test_a_conversation_produces_each_start_and_end_once(
@@ -108,8 +43,8 @@ async def test_a_conversation_produces_each_start_and_end_once(
     await rig.send("/endsession", method="POST", header=sid)
     after = (await rig.send(header=sid)).session_id
     clock.advance(601)  # the sweeper ends the second one: idle
-    await eventually(lambda: len(of(receiver, "session.ended")) == 2, what="two ended events")
-    started, ended = of(receiver, "session.started"), of(receiver, "session.ended")
+    await eventually(lambda: len(receiver.of("session.ended")) == 2, what="two ended events")
+    started, ended = receiver.of("session.started"), receiver.of("session.ended")
     assert [(e["session"], e["reason"], e["previous"]) for e in started] == [
         (sid, "first", None),
         (after, "ended", sid),
@@ -131,7 +66,7 @@ async def test_failures_are_retried_until_delivered_and_4xx_is_dropped(
     rig = await events_rig(aiohttp_client, clock, demo.url, receiver)
     await rig.send()
     await eventually(
-        lambda: len(of(receiver, "session.started")) == 1, timeout=15, what="delivered after 3 failures"
+        lambda: len(receiver.of("session.started")) == 1, timeout=15, what="delivered after 3 failures"
     )
     assert receiver.attempts == 4
     assert rig.metric("events_total", type="session.started", outcome="retried") == 3
@@ -141,7 +76,7 @@ async def test_failures_are_retried_until_delivered_and_4xx_is_dropped(
         lambda: rig.metric("events_total", type="session.started", outcome="dropped") == 1,
         what="a 400 drops it",
     )
-    assert len(of(receiver, "session.started")) == 1
+    assert len(receiver.of("session.started")) == 1
 
 
 async def test_events_older_than_max_age_are_dropped(
@@ -185,14 +120,14 @@ async def test_shutdown_flushes_the_queue(
         await rig.send()
     assert receiver.events == []  # waiting for a fuller batch
     await rig.client.close()  # the app's cleanup: the queue is flushed
-    assert len(of(receiver, "session.started")) == 3
+    assert len(receiver.of("session.started")) == 3
 
 
 async def test_the_admin_feed_streams_events_and_cuts_a_slow_reader(
     demo: Bot, aiohttp_client: Any, aiohttp_server: Any, clock: FakeClock
 ) -> None:
     rig = await start_rig(
-        aiohttp_client, make_config(demo.url), clock
+        aiohttp_client, make_session_config(demo.url), clock
     )  # events.sink = "none": the feed still works
     admin = await aiohttp_server(admin_app_for(rig.app))
     async with aiohttp.ClientSession() as http, http.get(f"http://{LOOPBACK}:{admin.port}/events") as feed:
@@ -210,7 +145,7 @@ async def test_the_admin_feed_streams_events_and_cuts_a_slow_reader(
 async def test_the_redis_stream_sink_appends_events_for_your_consumers(
     demo: Bot, aiohttp_client: Any, clock: FakeClock, redis: RedisServer
 ) -> None:
-    config = make_config(demo.url, environ={"GATEWAY_LISTEN_SHUTDOWN_TIMEOUT": "1"})
+    config = make_session_config(demo.url, environ={"GATEWAY_LISTEN_SHUTDOWN_TIMEOUT": "1"})
     config = dataclasses.replace(
         config,
         session=dataclasses.replace(config.session, redis_url=redis.url),  # the store stays in memory
@@ -233,14 +168,13 @@ async def test_the_redis_stream_sink_appends_events_for_your_consumers(
         await client.aclose()
 
 
-def test_events_with_the_redis_store_are_refused_at_start_until_its_scripts_write_them() -> None:
+def test_events_with_the_redis_store_are_accepted_now_its_scripts_write_them() -> None:
     from gateway.config import load_config
-    from gateway.errors import ConfigError
 
     env = {
         "GATEWAY_EVENTS_SINK": "webhook",
         "GATEWAY_EVENTS_URL": "http://127.0.0.1:1/",
         "GATEWAY_SESSION_STORE": "redis",
     }
-    with pytest.raises(ConfigError, match=r"events\.sink"):
-        load_config(None, environ=env)
+    config = load_config(None, environ=env)
+    assert (config.events.sink, config.session.store) == ("webhook", "redis")

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from the helper modules are redefined as parameters)
 """Redis outages in the middle of a conversation, under both failure policies (issue 5)."""
 
 from __future__ import annotations
@@ -12,10 +11,11 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import eventually
+from gateway_helpers import eventually
 from prometheus_client import CollectorRegistry
-from replica_helpers import StartNode, gateway_config, start_node  # noqa: F401
-from session_helpers import Bot, FakeClock, Rig, clock, demo, make_config, start_demo  # noqa: F401
+from redis_server import RedisSentinel, RedisServer
+from replica_helpers import StartNode, gateway_config
+from session_helpers import Bot, FakeClock, Rig, make_session_config
 
 from gateway.app import admin_app_for
 from gateway.metrics import Metrics
@@ -23,7 +23,6 @@ from gateway.sessions import SessionManager
 from gateway.store import Swept
 from gateway.store.memory import MemoryStore
 from gateway.upstreams import Upstreams
-from tests.redis_server import RedisSentinel, RedisServer
 
 Admin = TestClient[Any, Any]
 
@@ -182,7 +181,7 @@ async def test_shutdown_ends_the_sweeper_even_when_its_cancel_is_lost(demo: Bot)
                 await asyncio.sleep(0.01)
             return await super().expire_due(now, limit)
 
-    config = make_config(demo.url, session={"sweep_interval": 0.001})
+    config = make_session_config(demo.url, session={"sweep_interval": 0.001})
     s = config.session
     store = SwallowingStore(
         absolute_timeout=s.absolute_timeout,

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from frontend_helpers are redefined as parameters)
 """The proxy port's front end (gateway/frontend.py) over raw loopback sockets: keep-alive, pipelining,
 the handoff to aiohttp's server mid-connection, framing of what it writes, and back-pressure."""
 
@@ -18,7 +17,8 @@ from dataclasses import dataclass, field
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import (
+from frontend_helpers import Connect, MiB, front_connections, get, handed_over, only_connection, post
+from gateway_helpers import (
     Recorder,
     StartGateway,
     StartRawUpstream,
@@ -29,16 +29,6 @@ from conftest import (
     make_config,
     raw_exchange,
     wait,
-)
-from frontend_helpers import (  # noqa: F401 - fixtures are used by name
-    Connect,
-    MiB,
-    connect,
-    front_connections,
-    get,
-    handed_over,
-    only_connection,
-    post,
 )
 
 # --- an upstream -----------------------------------------------------------------------------------------

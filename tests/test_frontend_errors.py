@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from frontend_helpers are redefined as parameters)
 """A bug of ours on the proxy port: the client gets an answer or a closed connection, never a hang, and the
 one ERROR line logged for it names the path without the session id carried in `;jsessionid=`."""
 
@@ -10,14 +9,14 @@ import logging
 from typing import NoReturn
 
 import pytest
-from conftest import (
+from frontend_helpers import Connect, get
+from gateway_helpers import (
     Recorder,
     StartGateway,
     StartUpstream,
     make_config,
     raw_exchange,
 )
-from frontend_helpers import Connect, connect, get  # noqa: F401 - fixtures are used by name
 
 import gateway.front_connection
 from gateway.sessions import SessionManager

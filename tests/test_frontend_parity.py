@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from frontend_helpers are redefined as parameters)
 """Cases from a review that found the proxy port's two former lanes (a fast one and aiohttp's server)
 answering differently; with one front end they pin what the answer is."""
 
@@ -8,8 +7,8 @@ import asyncio
 
 import pytest
 from aiohttp import web
-from conftest import StartGateway, StartRawUpstream, StartUpstream, make_config, raw_exchange
-from frontend_helpers import Connect, MiB, connect, only_connection  # noqa: F401 - fixtures are used by name
+from frontend_helpers import Connect, MiB, only_connection
+from gateway_helpers import StartGateway, StartRawUpstream, StartUpstream, make_config, raw_exchange
 
 from gateway.client import client_script
 

@@ -15,7 +15,15 @@ import contextlib
 import logging
 
 import pytest
-from conftest import LOOPBACK, StartGateway, StartUpstream, assert_no_errors, make_config, raw_exchange, wait
+from gateway_helpers import (
+    LOOPBACK,
+    StartGateway,
+    StartUpstream,
+    assert_no_errors,
+    make_config,
+    raw_exchange,
+    wait,
+)
 
 from bench.fuzz_runner import SEQ_HEADER, Bot, Runner
 from bench.fuzzing import SETTINGS

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from the helper modules are redefined as parameters)
 """Bots that misbehave (issue 16): stray bytes and EOF on idle pooled connections, odd Content-Length, a 101
 to a plain request, bad framing; and no session id in any log line whatever the bot or client sends."""
 
@@ -7,55 +6,33 @@ from __future__ import annotations
 import logging
 
 import pytest
-from conftest import (
-    StartGateway,
+from frontend_helpers import Connect, get, post
+from gateway_helpers import (
     assert_no_errors,
     wait,
-)
-from frontend_helpers import (  # noqa: F401 - fixtures are used by name
-    Conn,
-    Connect,
-    connect,
-    front_connections,
-    front_end,
-    get,
-    only_connection,
-    post,
 )
 from hostile_checks import (
     NO_UPSTREAM_ERRORS,
     STRAY,
-    edge_config,
+    StartEdge,
     error_code,
     upstream_errors,
 )
-from hostile_helpers import (  # noqa: F401 - start_raw_bot is a fixture, used by name
-    StartRawBot,
-    echo,
-    length_of,
-    read_answer,
-    response,
-    send,
-    start_raw_bot,
-    then_eof,
-    then_stray,
-)
+from hostile_helpers import echo, length_of, read_answer, response, send, then_eof, then_stray
 
 # --- 8. pool poisoning ----------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("when", ["100ms-later", "same-write"])
 async def test_stray_bytes_from_the_bot_never_reach_the_next_clients_response(
-    start_raw_bot: StartRawBot,
-    start_gateway: StartGateway,
+    start_edge: StartEdge,
     connect: Connect,
     caplog: pytest.LogCaptureFixture,
     when: str,
 ) -> None:
     first_answer = response(b"first")
     poison = then_stray(first_answer, STRAY, 0.1) if when == "100ms-later" else send(first_answer + STRAY)
-    bot = await start_raw_bot(poison)
-    gw = await start_gateway(edge_config(bot.url, upstream={"pool_size": 1}))
+    bot, gw = await start_edge(poison, upstream={"pool_size": 1})
     victim_a = await connect(gw.port)
     await victim_a.send(get("/first"))
     answer = await read_answer(victim_a)
@@ -79,14 +56,12 @@ async def test_stray_bytes_from_the_bot_never_reach_the_next_clients_response(
 
 @pytest.mark.parametrize("delay", [0.0, 0.1], ids=["with-the-answer", "100ms-later"])
 async def test_eof_on_an_idle_pooled_connection_is_not_reused(
-    start_raw_bot: StartRawBot,
-    start_gateway: StartGateway,
+    start_edge: StartEdge,
     connect: Connect,
     caplog: pytest.LogCaptureFixture,
     delay: float,
 ) -> None:
-    bot = await start_raw_bot(then_eof(response(b"first"), delay))
-    gw = await start_gateway(edge_config(bot.url, upstream={"pool_size": 1}))
+    bot, gw = await start_edge(then_eof(response(b"first"), delay), upstream={"pool_size": 1})
     conn = await connect(gw.port)
     await conn.send(get("/first"))
     assert (await read_answer(conn)).body == b"first"
@@ -108,13 +83,11 @@ ZEROS = "0" * 5000  # past the 4,300 digits int() accepts
 
 
 async def test_client_content_length_with_thousands_of_leading_zeros_is_served(
-    start_raw_bot: StartRawBot,
-    start_gateway: StartGateway,
+    start_edge: StartEdge,
     connect: Connect,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    bot = await start_raw_bot()
-    gw = await start_gateway(edge_config(bot.url))
+    bot, gw = await start_edge()
     conn = await connect(gw.port)
     zeros = f"POST /zeros HTTP/1.1\r\nHost: gw.example\r\nContent-Length: {ZEROS}3\r\n\r\nabc".encode()
     await conn.send(zeros + get("/next"))  # and a request pipelined behind it is framed right
@@ -130,17 +103,15 @@ async def test_client_content_length_with_thousands_of_leading_zeros_is_served(
 
 @pytest.mark.parametrize("size", [3, 100_000], ids=["whole", "streamed"])
 async def test_bot_content_length_with_thousands_of_leading_zeros_is_forwarded_or_502(
-    start_raw_bot: StartRawBot,
-    start_gateway: StartGateway,
+    start_edge: StartEdge,
     connect: Connect,
     caplog: pytest.LogCaptureFixture,
     size: int,
 ) -> None:
     body = bytes(i % 251 for i in range(size))
-    bot = await start_raw_bot(
+    _, gw = await start_edge(
         send(f"HTTP/1.1 200 OK\r\nContent-Length: {ZEROS}{size}\r\n\r\n".encode() + body)
     )
-    gw = await start_gateway(edge_config(bot.url))
     conn = await connect(gw.port)
     await conn.send(get("/zeros"))
     answer = await read_answer(conn)
@@ -169,14 +140,12 @@ SWITCHES = {
 
 @pytest.mark.parametrize("raw", list(SWITCHES.values()), ids=list(SWITCHES))
 async def test_bot_answering_101_to_a_plain_request_is_502_without_a_traceback(
-    start_raw_bot: StartRawBot,
-    start_gateway: StartGateway,
+    start_edge: StartEdge,
     connect: Connect,
     caplog: pytest.LogCaptureFixture,
     raw: bytes,
 ) -> None:
-    bot = await start_raw_bot(send(raw))
-    gw = await start_gateway(edge_config(bot.url))
+    bot, gw = await start_edge(send(raw))
     conn = await connect(gw.port)
     await conn.send(get("/plain"))
     answer = await read_answer(conn)
@@ -206,15 +175,13 @@ BAD_BOT_FRAMING = {  # the bot's answer, and what the client gets: 502, or the a
 
 @pytest.mark.parametrize(("raw", "outcome"), list(BAD_BOT_FRAMING.values()), ids=list(BAD_BOT_FRAMING))
 async def test_bad_bot_framing_never_reuses_the_connection(
-    start_raw_bot: StartRawBot,
-    start_gateway: StartGateway,
+    start_edge: StartEdge,
     connect: Connect,
     caplog: pytest.LogCaptureFixture,
     raw: bytes,
     outcome: str,
 ) -> None:
-    bot = await start_raw_bot(send(raw))
-    gw = await start_gateway(edge_config(bot.url, upstream={"pool_size": 1}))
+    bot, gw = await start_edge(send(raw), upstream={"pool_size": 1})
     first = await connect(gw.port)
     await first.send(get("/first", "Connection: close"))
     got = await wait(first.reader.read())  # everything until the gateway closes
@@ -242,22 +209,21 @@ SECRETS = ("SECRETCOOKIE0001", "SECRETPATH0002", "SECRETHEADER0003", "SECRETBOT0
 
 
 async def test_no_session_id_reaches_the_logs(
-    start_raw_bot: StartRawBot,
-    start_gateway: StartGateway,
+    start_edge: StartEdge,
     connect: Connect,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Session ids in every carrier, a bot-issued one, a refused one, a timed-out and a failed request:
     none appears in any log record, its message or its extra fields."""
     caplog.set_level(logging.DEBUG)
-    bot = await start_raw_bot(
+    _, gw = await start_edge(
         echo,
         echo,
         echo,
         send(response(b"new", "Set-Cookie: JSESSIONID=SECRETBOT0004; Path=/")),
         send(b"HTTP/1.1 101 Switching Protocols\r\n\r\n"),
+        listen={"header_timeout": 0.3},
     )
-    gw = await start_gateway(edge_config(bot.url, listen={"header_timeout": 0.3}))
     conn = await connect(gw.port)
     for request in (
         get("/chat", "Cookie: JSESSIONID=SECRETCOOKIE0001"),

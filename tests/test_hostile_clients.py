@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from the helper modules are redefined as parameters)
 """Slow, silent and greedy clients against the proxy port (issue 16): slowloris, slow uploads, a full pool,
 non-readers, idle and surplus connections; raw sockets, a recording raw bot, small timeouts."""
 
@@ -8,26 +7,17 @@ import asyncio
 import socket
 
 import pytest
-from conftest import (
+from frontend_helpers import Connect, MiB, front_connections, front_end, get, only_connection, post
+from gateway_helpers import (
     StartGateway,
     assert_no_errors,
     eventually,
     wait,
 )
-from frontend_helpers import (  # noqa: F401 - fixtures are used by name
-    Conn,
-    Connect,
-    connect,
-    front_connections,
-    front_end,
-    get,
-    only_connection,
-    post,
-)
 from hostile_checks import (
     FRAMINGS,
     NO_UPSTREAM_ERRORS,
-    MiB,
+    StartEdge,
     edge_config,
     error_code,
     framed,
@@ -37,7 +27,7 @@ from hostile_checks import (
     timeouts,
     upstream_errors,
 )
-from hostile_helpers import (  # noqa: F401 - start_raw_bot is a fixture, used by name
+from hostile_helpers import (
     StartRawBot,
     hold,
     ignore_body,
@@ -47,7 +37,6 @@ from hostile_helpers import (  # noqa: F401 - start_raw_bot is a fixture, used b
     response,
     send,
     silent,
-    start_raw_bot,
     trickle,
 )
 
@@ -55,13 +44,11 @@ from hostile_helpers import (  # noqa: F401 - start_raw_bot is a fixture, used b
 
 
 async def test_slowloris_head_gets_408_counted_from_its_first_byte_not_restarted_by_each(
-    start_raw_bot: StartRawBot,
-    start_gateway: StartGateway,
+    start_edge: StartEdge,
     connect: Connect,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    bot = await start_raw_bot()
-    gw = await start_gateway(edge_config(bot.url, listen={"header_timeout": 0.5}))
+    bot, gw = await start_edge(listen={"header_timeout": 0.5})
     conn = await connect(gw.port)
     loop = asyncio.get_running_loop()
     head = get("/slow", "X-Pad: " + "a" * 500)[:-2]  # never complete: its blank line is never sent
@@ -85,15 +72,13 @@ async def test_slowloris_head_gets_408_counted_from_its_first_byte_not_restarted
 
 
 async def test_a_head_is_timed_from_its_first_byte_not_from_the_connection_or_the_last_answer(
-    start_raw_bot: StartRawBot,
-    start_gateway: StartGateway,
+    start_edge: StartEdge,
     connect: Connect,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Idle time before a head is keep-alive time: a head that starts late and arrives within header_timeout
     of its first byte is served, on a new connection and after an answer alike."""
-    bot = await start_raw_bot()
-    gw = await start_gateway(edge_config(bot.url, listen={"header_timeout": 0.5}))
+    bot, gw = await start_edge(listen={"header_timeout": 0.5})
     conn = await connect(gw.port)
     for target in ("/late", "/later"):
         await asyncio.sleep(0.4)  # idle: most of header_timeout, before the first byte
@@ -212,14 +197,12 @@ async def test_bot_that_never_reads_a_streamed_upload_is_timed_out_with_504(
 
 
 async def test_request_without_a_bot_connection_within_queue_timeout_gets_503_upstream_busy(
-    start_raw_bot: StartRawBot,
-    start_gateway: StartGateway,
+    start_edge: StartEdge,
     connect: Connect,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     release = asyncio.Event()
-    bot = await start_raw_bot(hold(release))
-    gw = await start_gateway(edge_config(bot.url, upstream={"pool_size": 1, "queue_timeout": 0.3}))
+    bot, gw = await start_edge(hold(release), upstream={"pool_size": 1, "queue_timeout": 0.3})
     holder = await connect(gw.port)
     await holder.send(get("/held"))
     await eventually(lambda: bot.targets == ["/held"])
@@ -247,16 +230,12 @@ async def test_request_without_a_bot_connection_within_queue_timeout_gets_503_up
 
 
 async def test_max_inflight_sheds_load_with_503_upstream_busy_at_once(
-    start_raw_bot: StartRawBot,
-    start_gateway: StartGateway,
+    start_edge: StartEdge,
     connect: Connect,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     release = asyncio.Event()
-    bot = await start_raw_bot(hold(release))
-    gw = await start_gateway(
-        edge_config(bot.url, listen={"max_inflight": 1}, upstream={"queue_timeout": 5.0})
-    )
+    bot, gw = await start_edge(hold(release), listen={"max_inflight": 1}, upstream={"queue_timeout": 5.0})
     holder = await connect(gw.port)
     await holder.send(get("/held"))
     await eventually(lambda: bot.targets == ["/held"])
@@ -279,16 +258,14 @@ async def test_max_inflight_sheds_load_with_503_upstream_busy_at_once(
 
 
 async def test_clients_resetting_behind_a_pipelined_request_leave_max_inflight_free(
-    start_raw_bot: StartRawBot,
-    start_gateway: StartGateway,
+    start_edge: StartEdge,
     connect: Connect,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A client pipelines /b behind /a, then resets. The reset is seen when /a's answer is written: /b
     must not start then (its task, cancelled before it ran, used to keep its place in front.inflight, until
     max_inflight was used up by nobody and every request got 503)."""
-    bot = await start_raw_bot(default=late(0.3))
-    gw = await start_gateway(edge_config(bot.url, listen={"max_inflight": 2}))
+    bot, gw = await start_edge(default=late(0.3), listen={"max_inflight": 2})
     front = front_end(gw)
     for _ in range(3):
         conn = await connect(gw.port)
@@ -312,13 +289,11 @@ async def test_clients_resetting_behind_a_pipelined_request_leave_max_inflight_f
 
 
 async def test_client_that_never_reads_is_cut_after_send_timeout_and_its_bot_connection_closed(
-    start_raw_bot: StartRawBot,
-    start_gateway: StartGateway,
+    start_edge: StartEdge,
     connect: Connect,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    bot = await start_raw_bot(large(32 * MiB))
-    gw = await start_gateway(edge_config(bot.url, listen={"send_timeout": 0.5}, upstream={"pool_size": 1}))
+    bot, gw = await start_edge(large(32 * MiB), listen={"send_timeout": 0.5}, upstream={"pool_size": 1})
     reader = await connect(gw.port, rcvbuf=16 * 1024)
     await reader.send(get("/big"))  # and never reads a byte of the answer
 
@@ -338,15 +313,13 @@ async def test_client_that_never_reads_is_cut_after_send_timeout_and_its_bot_con
 
 
 async def test_client_leaving_while_the_bot_is_silent_closes_its_bot_connection_and_marks_nothing_down(
-    start_raw_bot: StartRawBot,
-    start_gateway: StartGateway,
+    start_edge: StartEdge,
     connect: Connect,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A client's disconnect is no bot failure: the abandoned bot connection is closed (the bot sees it),
     the replica stays up, and the next request is served on a new connection."""
-    bot = await start_raw_bot(silent)
-    gw = await start_gateway(edge_config(bot.url, upstream={"pool_size": 1}))
+    bot, gw = await start_edge(silent, upstream={"pool_size": 1})
     leaving = await connect(gw.port)
     await leaving.send(get("/never-answered"))
     await eventually(lambda: bot.targets == ["/never-answered"])
@@ -364,8 +337,7 @@ async def test_client_leaving_while_the_bot_is_silent_closes_its_bot_connection_
 
 @pytest.mark.parametrize("last", ["idle", "connection-close"])
 async def test_client_that_stops_reading_below_the_high_water_mark_is_cut_after_send_timeout(
-    start_raw_bot: StartRawBot,
-    start_gateway: StartGateway,
+    start_edge: StartEdge,
     connect: Connect,
     caplog: pytest.LogCaptureFixture,
     last: str,
@@ -373,8 +345,9 @@ async def test_client_that_stops_reading_below_the_high_water_mark_is_cut_after_
     """Under 32 KiB queued, pause_writing never fires: the last answer left unread is cut send_timeout after
     the connection starts closing (after keepalive_timeout idle, or after a `Connection: close` answer),
     each timeout counted once. It used to stay open for good, a keep-alive timeout counted every tick."""
-    bot = await start_raw_bot(default=send(response(b"x" * 8000)))
-    gw = await start_gateway(edge_config(bot.url, listen={"keepalive_timeout": 0.5, "send_timeout": 0.5}))
+    bot, gw = await start_edge(
+        default=send(response(b"x" * 8000)), listen={"keepalive_timeout": 0.5, "send_timeout": 0.5}
+    )
     conn = await connect(gw.port, rcvbuf=4096)
     await eventually(lambda: front_connections(gw) == 1)
     transport = only_connection(gw).transport
@@ -412,13 +385,11 @@ async def test_client_that_stops_reading_below_the_high_water_mark_is_cut_after_
 
 
 async def test_idle_keepalive_connections_are_closed_quietly_after_keepalive_timeout(
-    start_raw_bot: StartRawBot,
-    start_gateway: StartGateway,
+    start_edge: StartEdge,
     connect: Connect,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    bot = await start_raw_bot()
-    gw = await start_gateway(edge_config(bot.url, listen={"keepalive_timeout": 0.3, "header_timeout": 0.6}))
+    bot, gw = await start_edge(listen={"keepalive_timeout": 0.3, "header_timeout": 0.6})
     used = await connect(gw.port)
     await used.send(get("/once"))
     assert (await read_answer(used)).status == 200
@@ -443,13 +414,11 @@ async def test_idle_keepalive_connections_are_closed_quietly_after_keepalive_tim
 
 
 async def test_connections_past_max_connections_get_503_and_existing_ones_keep_working(
-    start_raw_bot: StartRawBot,
-    start_gateway: StartGateway,
+    start_edge: StartEdge,
     connect: Connect,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    bot = await start_raw_bot()
-    gw = await start_gateway(edge_config(bot.url, listen={"max_connections": 2}))
+    bot, gw = await start_edge(listen={"max_connections": 2})
     first, second = await connect(gw.port), await connect(gw.port)
     for conn in (first, second):  # both accepted (and counted) before the third arrives
         await conn.send(get("/in"))

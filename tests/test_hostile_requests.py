@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from the helper modules are redefined as parameters)
 """Requests an attacker crafts (issue 16): upgrades with a body, CONNECT and TRACE, other HTTP versions, any
 bytes in a session value, ambiguous framing, Expect, HTTP/1.0 and pipelining; nothing refused reaches the bot."""
 
@@ -8,42 +7,32 @@ import asyncio
 import gc
 
 import pytest
-from conftest import (
+from frontend_helpers import Connect, front_connections, front_end, get, post
+from gateway_helpers import (
     StartGateway,
     assert_no_errors,
     eventually,
     wait,
 )
-from frontend_helpers import (  # noqa: F401 - fixtures are used by name
-    Conn,
-    Connect,
-    connect,
-    front_connections,
-    front_end,
-    get,
-    only_connection,
-    post,
-)
 from hostile_checks import (
     CONTINUE,
     FRAMINGS,
     SMUGGLED,
+    StartEdge,
     edge_config,
     error_code,
     healthy,
     refused_and_closed,
 )
-from hostile_helpers import (  # noqa: F401 - start_raw_bot is a fixture, used by name
+from hostile_helpers import (
     Action,
     StartRawBot,
-    echo,
     late,
     read_answer,
     response,
     send,
     send_and_close,
     sessions,
-    start_raw_bot,
 )
 
 from gateway.config import DEFAULT_UPSTREAM_URL
@@ -117,14 +106,12 @@ CONNECTS = {
 
 @pytest.mark.parametrize("raw", list(CONNECTS.values()), ids=list(CONNECTS))
 async def test_connect_with_a_body_is_405_and_closed_and_its_body_never_reaches_the_bot(
-    start_raw_bot: StartRawBot,
-    start_gateway: StartGateway,
+    start_edge: StartEdge,
     connect: Connect,
     caplog: pytest.LogCaptureFixture,
     raw: bytes,
 ) -> None:
-    bot = await start_raw_bot()
-    gw = await start_gateway(edge_config(bot.url))
+    bot, gw = await start_edge()
     attacker = await connect(gw.port)
     await attacker.send(raw)
     await refused_and_closed(attacker, 405, "method_not_allowed")
@@ -135,13 +122,11 @@ async def test_connect_with_a_body_is_405_and_closed_and_its_body_never_reaches_
 
 
 async def test_trace_is_405_and_not_forwarded(
-    start_raw_bot: StartRawBot,
-    start_gateway: StartGateway,
+    start_edge: StartEdge,
     connect: Connect,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    bot = await start_raw_bot()
-    gw = await start_gateway(edge_config(bot.url))
+    bot, gw = await start_edge()
     conn = await connect(gw.port)
     await conn.send(b"TRACE /trace HTTP/1.1\r\nHost: gw.example\r\nMax-Forwards: 5\r\n\r\n")
     answer = await read_answer(conn)
@@ -167,15 +152,13 @@ VERSIONS = {  # the request, and the statuses it may get: 505 for a version, 400
 
 @pytest.mark.parametrize(("raw", "statuses"), list(VERSIONS.values()), ids=list(VERSIONS))
 async def test_only_http_1_0_and_1_1_are_served_and_the_status_line_says_http_1_1(
-    start_raw_bot: StartRawBot,
-    start_gateway: StartGateway,
+    start_edge: StartEdge,
     connect: Connect,
     caplog: pytest.LogCaptureFixture,
     raw: bytes,
     statuses: set[int],
 ) -> None:
-    bot = await start_raw_bot()
-    gw = await start_gateway(edge_config(bot.url))
+    bot, gw = await start_edge()
     conn = await connect(gw.port)
     await conn.send(raw)
     answer = await read_answer(conn)
@@ -202,14 +185,12 @@ SESSION_BYTES = {
 
 @pytest.mark.parametrize("field", list(SESSION_BYTES.values()), ids=list(SESSION_BYTES))
 async def test_non_utf8_session_value_is_400_bad_session_header_never_500(
-    start_raw_bot: StartRawBot,
-    start_gateway: StartGateway,
+    start_edge: StartEdge,
     connect: Connect,
     caplog: pytest.LogCaptureFixture,
     field: bytes,
 ) -> None:
-    bot = await start_raw_bot()
-    gw = await start_gateway(edge_config(bot.url))
+    bot, gw = await start_edge()
     conn = await connect(gw.port)
     await conn.send(b"GET /chat HTTP/1.1\r\nHost: gw.example\r\n" + field + b"\r\n\r\n")
     answer = await read_answer(conn)
@@ -222,13 +203,11 @@ async def test_non_utf8_session_value_is_400_bad_session_header_never_500(
 
 
 async def test_non_utf8_session_path_parameter_is_400_never_500(
-    start_raw_bot: StartRawBot,
-    start_gateway: StartGateway,
+    start_edge: StartEdge,
     connect: Connect,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    bot = await start_raw_bot()
-    gw = await start_gateway(edge_config(bot.url))
+    bot, gw = await start_edge()
     conn = await connect(gw.port)
     await conn.send(b"GET /chat;jsessionid=\xff HTTP/1.1\r\nHost: gw.example\r\n\r\n")
     answer = await read_answer(conn)
@@ -275,14 +254,12 @@ REFUSED = {
 
 @pytest.mark.parametrize("raw", list(REFUSED.values()), ids=list(REFUSED))
 async def test_ambiguous_framing_is_refused_with_400_and_nothing_reaches_the_bot(
-    start_raw_bot: StartRawBot,
-    start_gateway: StartGateway,
+    start_edge: StartEdge,
     connect: Connect,
     caplog: pytest.LogCaptureFixture,
     raw: bytes,
 ) -> None:
-    bot = await start_raw_bot()
-    gw = await start_gateway(edge_config(bot.url))
+    bot, gw = await start_edge()
     conn = await connect(gw.port)
     await conn.send(raw + SMUGGLED)
     await refused_and_closed(conn, 400, "bad_request")
@@ -296,14 +273,12 @@ async def test_ambiguous_framing_is_refused_with_400_and_nothing_reaches_the_bot
 
 @pytest.mark.parametrize("size", [11, 4096], ids=["buffered", "streamed"])
 async def test_expect_100_continue_is_answered_before_the_body_is_sent(
-    start_raw_bot: StartRawBot,
-    start_gateway: StartGateway,
+    start_edge: StartEdge,
     connect: Connect,
     caplog: pytest.LogCaptureFixture,
     size: int,
 ) -> None:
-    bot = await start_raw_bot()
-    gw = await start_gateway(edge_config(bot.url, upstream={"buffer_request_body": 1024}))
+    bot, gw = await start_edge(upstream={"buffer_request_body": 1024})
     body = bytes(65 + i % 26 for i in range(size))
     conn = await connect(gw.port)
     await conn.send(
@@ -320,16 +295,14 @@ async def test_expect_100_continue_is_answered_before_the_body_is_sent(
 
 
 async def test_client_resetting_behind_a_pipelined_expect_100_continue_logs_no_error(
-    start_raw_bot: StartRawBot,
-    start_gateway: StartGateway,
+    start_edge: StartEdge,
     connect: Connect,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """/a is answered into a reset connection: the POST pipelined behind it is not started, so no
     100 Continue is written to the closing transport (it used to raise in /a's task: "Task exception was
     never retrieved ... ConnectionResetError" at ERROR)."""
-    bot = await start_raw_bot(default=late(0.3))
-    gw = await start_gateway(edge_config(bot.url))
+    bot, gw = await start_edge(default=late(0.3))
     conn = await connect(gw.port)
     await conn.send(get("/a"))
     await eventually(lambda: bot.targets == ["/a"])
@@ -358,14 +331,12 @@ HTTP_1_0_ANSWERS = {
 
 @pytest.mark.parametrize("bot_answer", list(HTTP_1_0_ANSWERS.values()), ids=list(HTTP_1_0_ANSWERS))
 async def test_http_1_0_request_gets_a_sized_or_close_delimited_answer_never_chunked(
-    start_raw_bot: StartRawBot,
-    start_gateway: StartGateway,
+    start_edge: StartEdge,
     connect: Connect,
     caplog: pytest.LogCaptureFixture,
     bot_answer: Action,
 ) -> None:
-    bot = await start_raw_bot(bot_answer)
-    gw = await start_gateway(edge_config(bot.url))
+    bot, gw = await start_edge(bot_answer)
     conn = await connect(gw.port)
     await conn.send(b"GET /old HTTP/1.0\r\nHost: gw.example\r\n\r\n")
     raw = await wait(conn.reader.read())  # HTTP/1.0 without keep-alive: the gateway closes after it
@@ -380,13 +351,11 @@ async def test_http_1_0_request_gets_a_sized_or_close_delimited_answer_never_chu
 
 
 async def test_pipelined_requests_are_answered_in_order(
-    start_raw_bot: StartRawBot,
-    start_gateway: StartGateway,
+    start_edge: StartEdge,
     connect: Connect,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    bot = await start_raw_bot()
-    gw = await start_gateway(edge_config(bot.url))
+    bot, gw = await start_edge()
     body = b"GET /not-a-request HTTP/1.1\r\nHost: gw.example\r\n\r\n"  # looks like a request: it is a body
     conn = await connect(gw.port)
     await conn.send(
@@ -403,15 +372,13 @@ async def test_pipelined_requests_are_answered_in_order(
 
 
 async def test_a_head_begun_in_the_read_that_ends_a_large_body_is_not_counted_as_that_read(
-    start_raw_bot: StartRawBot,
-    start_gateway: StartGateway,
+    start_edge: StartEdge,
     connect: Connect,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The read that ends a 100 kB body also begins the next head: only reads wholly inside a head count
     toward its size (the whole read used to, and the small head got 431 headers_too_large)."""
-    bot = await start_raw_bot()
-    gw = await start_gateway(edge_config(bot.url))
+    bot, gw = await start_edge()
     body = b"x" * 100_000
     conn = await connect(gw.port)
     await conn.send(post("/one", body) + b"GET /two HTTP/1.1\r\nHost: gw")
@@ -426,12 +393,11 @@ async def test_a_head_begun_in_the_read_that_ends_a_large_body_is_not_counted_as
 
 
 async def test_requests_already_read_are_answered_at_shutdown(
-    start_raw_bot: StartRawBot, start_gateway: StartGateway, connect: Connect
+    start_edge: StartEdge, connect: Connect
 ) -> None:
     """SIGTERM's drain: pipelined requests the gateway has read are answered, the last with Connection: close;
     the client is not left with a request it sent and the gateway read but never answered."""
-    bot = await start_raw_bot(default=late(0.3))
-    gw = await start_gateway(edge_config(bot.url))
+    bot, gw = await start_edge(default=late(0.3))
     conn = await connect(gw.port)
     await conn.send(get("/a") + get("/b"))
     await eventually(lambda: bot.targets == ["/a"])

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 import uvloop
 from aiohttp import web
-from conftest import LOOPBACK, Recorder, SpawnGateway, StartUpstream
+from gateway_helpers import LOOPBACK, Recorder, SpawnGateway, StartUpstream
 
 from gateway import listener
 from gateway.listener import BatchListener, GatewaySite

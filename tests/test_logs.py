@@ -9,7 +9,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import (
+from gateway_helpers import (
     GatewayProcess,
     Recorder,
     SpawnGateway,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -22,9 +21,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 from conftest_tools import executable
+from gateway_helpers import LOOPBACK, free_port
 from prometheus_client import CollectorRegistry
 from promql import JOB, PROMETHEUS_HINT, RULES, all_queries, concrete, yaml
-from session_helpers import make_config
+from session_helpers import make_session_config
 from traffic import (
     ACTIVE,
     ENDED,
@@ -43,7 +43,6 @@ from gateway import metrics as m
 from gateway.app import admin_app_for, create_app
 from gateway.frontend import GatewayRunner
 
-LOOPBACK = "127.0.0.1"
 SCRAPE_INTERVAL = 1  # seconds; rules are evaluated as often
 
 # Queries that must come back empty in this scenario, and why. Everything else must return data.
@@ -62,13 +61,6 @@ EMPTY = {
     "panel 'Wait from interim to pick-up' A": "no bot here is slower than deferred.after (off)",
     "panel 'Wait from interim to pick-up' B": "no bot here is slower than deferred.after (off)",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass(slots=True)
@@ -123,7 +115,7 @@ async def gateway_server(registry: CollectorRegistry) -> AsyncIterator[tuple[str
         runners.append(bot)
         await bot.setup()
         await web.TCPSite(bot, LOOPBACK, 0).start()
-        config = make_config(f"http://{LOOPBACK}:{bot.addresses[0][1]}", session=SESSION_OPTIONS)
+        config = make_session_config(f"http://{LOOPBACK}:{bot.addresses[0][1]}", session=SESSION_OPTIONS)
         app = create_app(config, registry=registry)
         for application, runner_class in ((app, GatewayRunner), (admin_app_for(app), web.AppRunner)):
             runner = runner_class(application, access_log=None, shutdown_timeout=1.0)

@@ -24,7 +24,7 @@ async def serve(bot: ProtocolBot, aiohttp_server: Any, aiohttp_client: Any) -> C
     return client
 
 
-async def post(client: Client, path: str, **kwargs: Any) -> tuple[int, Any]:
+async def post_and_read(client: Client, path: str, **kwargs: Any) -> tuple[int, Any]:
     async with client.post(path, **kwargs) as response:
         if response.content_type == "application/json":
             return response.status, await response.json()
@@ -44,9 +44,11 @@ async def test_rasa_counts_turns_per_sender(rasa: tuple[RasaRestBot, Client]) ->
     bot, client = rasa
     hook = "/webhooks/rest/webhook"
     answers = [
-        await post(client, hook, json={"sender": "alice", "message": "hi"}, headers={"X-Session-Id": "s-1"}),
-        await post(client, hook, json={"sender": "bob", "message": "hello"}),
-        await post(client, hook, json={"sender": "alice", "message": " how are you \n"}),
+        await post_and_read(
+            client, hook, json={"sender": "alice", "message": "hi"}, headers={"X-Session-Id": "s-1"}
+        ),
+        await post_and_read(client, hook, json={"sender": "bob", "message": "hello"}),
+        await post_and_read(client, hook, json={"sender": "alice", "message": " how are you \n"}),
     ]
     assert answers == [
         (200, [{"recipient_id": "alice", "text": "turn 1: hi"}]),
@@ -72,7 +74,7 @@ async def test_rasa_sender_defaults_as_rasa_does(
     rasa: tuple[RasaRestBot, Client], body: dict[str, Any], key: str
 ) -> None:
     bot, client = rasa
-    assert await post(client, "/webhooks/rest/webhook", json=body) == (
+    assert await post_and_read(client, "/webhooks/rest/webhook", json=body) == (
         200,
         [{"recipient_id": key, "text": "turn 1: hi"}],
     )
@@ -96,7 +98,7 @@ async def test_rasa_sender_defaults_as_rasa_does(
 )
 async def test_rasa_refusals(rasa: tuple[RasaRestBot, Client], body: bytes, status: int, answer: Any) -> None:
     bot, client = rasa
-    got_status, got = await post(
+    got_status, got = await post_and_read(
         client, "/webhooks/rest/webhook", data=body, headers={"Content-Type": "application/json"}
     )
     assert got_status == status
@@ -138,7 +140,7 @@ async def test_cx_detect_intent_counts_turns_per_session(cx: tuple[DialogflowCxB
     bot, client = cx
     session = "3f2c1b7e-0d4a-4c59-9d1e-8a6b5c4d3e2f"  # 36 bytes: the most Dialogflow CX takes
     url = f"{AGENT}/sessions/{session}:detectIntent"
-    status, first = await post(client, url, json=detect("hi", city="Oslo"))
+    status, first = await post_and_read(client, url, json=detect("hi", city="Oslo"))
     assert status == 200
     assert first["responseType"] == "FINAL" and len(first["responseId"]) == 36
     result = first["queryResult"]
@@ -147,8 +149,8 @@ async def test_cx_detect_intent_counts_turns_per_session(cx: tuple[DialogflowCxB
     assert result["parameters"] == {"city": "Oslo", "turn": 1}
     assert result["currentPage"]["name"].startswith(AGENT_NAME + "/flows/")
 
-    await post(client, f"{AGENT}/sessions/other:detectIntent", json=detect("hello"))
-    _, second = await post(client, url, json=detect("again"))
+    await post_and_read(client, f"{AGENT}/sessions/other:detectIntent", json=detect("hello"))
+    _, second = await post_and_read(client, url, json=detect("again"))
     assert second["queryResult"]["parameters"] == {"city": "Oslo", "turn": 2}  # session parameters persist
     assert second["queryResult"]["responseMessages"][0]["text"]["text"] == ["turn 2: again"]
     assert bot.keys == [session, "other", session]
@@ -157,8 +159,8 @@ async def test_cx_detect_intent_counts_turns_per_session(cx: tuple[DialogflowCxB
 
 async def test_cx_environment_sessions_are_their_own(cx: tuple[DialogflowCxBot, Client]) -> None:
     bot, client = cx
-    await post(client, f"{AGENT}/sessions/s1:detectIntent", json=detect("hi"))
-    status, answer = await post(
+    await post_and_read(client, f"{AGENT}/sessions/s1:detectIntent", json=detect("hi"))
+    status, answer = await post_and_read(
         client, f"{AGENT}/environments/draft/sessions/s1:detectIntent", json=detect("hi")
     )
     assert status == 200 and answer["queryResult"]["parameters"]["turn"] == 1
@@ -186,7 +188,7 @@ async def test_cx_invalid_argument(
 ) -> None:
     bot, client = cx
     kwargs = {"data": body} if isinstance(body, bytes) else {"json": body}
-    status, answer = await post(client, f"{AGENT}/sessions/{session}:detectIntent", **kwargs)
+    status, answer = await post_and_read(client, f"{AGENT}/sessions/{session}:detectIntent", **kwargs)
     assert status == 400
     error = answer["error"]
     assert (error["code"], error["status"]) == (400, "INVALID_ARGUMENT")
@@ -196,7 +198,9 @@ async def test_cx_invalid_argument(
 
 async def test_cx_unknown_field_carries_google_details(cx: tuple[DialogflowCxBot, Client]) -> None:
     _, client = cx
-    _, answer = await post(client, f"{AGENT}/sessions/s:detectIntent", json={**detect("hi"), "session": "x"})
+    _, answer = await post_and_read(
+        client, f"{AGENT}/sessions/s:detectIntent", json={**detect("hi"), "session": "x"}
+    )
     (detail,) = answer["error"]["details"]
     assert detail["@type"] == "type.googleapis.com/google.rpc.BadRequest"
     assert detail["fieldViolations"][0]["description"].startswith(
@@ -207,7 +211,7 @@ async def test_cx_unknown_field_carries_google_details(cx: tuple[DialogflowCxBot
 async def test_cx_other_methods_and_paths_are_not_found(cx: tuple[DialogflowCxBot, Client]) -> None:
     _, client = cx
     for path in (f"{AGENT}/sessions/s:matchIntent", f"{AGENT}/sessions/s", f"{AGENT}/sessions/:detectIntent"):
-        status, _ = await post(client, path, json=detect("hi"))
+        status, _ = await post_and_read(client, path, json=detect("hi"))
         assert status == 404, path
 
 
@@ -228,9 +232,9 @@ async def test_cx_webhook_counts_turns_per_session_info(aiohttp_server: Any, aio
             "text": text,
         }
 
-    await post(client, "/webhook", json=request(alice, "hi"))
-    await post(client, "/webhook", json=request(bob, "hi"))
-    status, answer = await post(client, "/webhook", json=request(alice, "again"))
+    await post_and_read(client, "/webhook", json=request(alice, "hi"))
+    await post_and_read(client, "/webhook", json=request(bob, "hi"))
+    status, answer = await post_and_read(client, "/webhook", json=request(alice, "again"))
     assert (status, answer) == (
         200,
         {
@@ -240,7 +244,7 @@ async def test_cx_webhook_counts_turns_per_session_info(aiohttp_server: Any, aio
     )
     assert bot.keys == [alice, bob, alice]
     for body in ({"text": "hi"}, {"sessionInfo": {"session": "alice"}}, ["x"]):
-        status, _ = await post(client, "/webhook", json=body)
+        status, _ = await post_and_read(client, "/webhook", json=body)
         assert status == 400
     assert bot.turns == {alice: 2, bob: 1}
 
@@ -252,9 +256,11 @@ async def test_botpress_converse_counts_turns_per_user(aiohttp_server: Any, aioh
     bot = BotpressConverseBot()
     client = await serve(bot, aiohttp_server, aiohttp_client)
     answers = [
-        await post(client, "/api/v1/bots/welcome/converse/u1", json={"type": "text", "text": "hi"}),
-        await post(client, "/api/v1/bots/welcome/converse/u2", json={"type": "text", "text": "hi"}),
-        await post(client, "/api/v1/bots/welcome/converse/u1", json={"type": "text", "text": "again"}),
+        await post_and_read(client, "/api/v1/bots/welcome/converse/u1", json={"type": "text", "text": "hi"}),
+        await post_and_read(client, "/api/v1/bots/welcome/converse/u2", json={"type": "text", "text": "hi"}),
+        await post_and_read(
+            client, "/api/v1/bots/welcome/converse/u1", json={"type": "text", "text": "again"}
+        ),
     ]
     assert [a for _, a in answers] == [
         {"responses": [{"type": "text", "markdown": True, "text": "turn 1: hi"}]},
@@ -263,6 +269,6 @@ async def test_botpress_converse_counts_turns_per_user(aiohttp_server: Any, aioh
     ]
     assert bot.keys == ["u1", "u2", "u1"]
     for body in ({"type": "text"}, {"type": "text", "text": 5}, {"type": "text", "text": "x" * 361}):
-        status, error = await post(client, "/api/v1/bots/welcome/converse/u1", json=body)
+        status, error = await post_and_read(client, "/api/v1/bots/welcome/converse/u1", json=body)
         assert (status, error["type"]) == (400, "InvalidParameterError")
     assert bot.turns == {"u1": 2, "u2": 1}

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import (
+from gateway_helpers import (
     LOOPBACK,
     Recorder,
     SpawnGateway,
@@ -773,7 +773,7 @@ async def test_head_requests_never_freeze_the_gateway(
     ]
 
 
-FRAMINGS = {
+RESPONSE_FRAMINGS = {
     "no-content": (b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n", 204, b""),
     # RFC 9110 §8.6: a 304 may carry the 200's Content-Length; no body follows it.
     "not-modified-with-length": (
@@ -797,7 +797,9 @@ FRAMINGS = {
 }
 
 
-@pytest.mark.parametrize(("raw", "status", "body"), list(FRAMINGS.values()), ids=list(FRAMINGS))
+@pytest.mark.parametrize(
+    ("raw", "status", "body"), list(RESPONSE_FRAMINGS.values()), ids=list(RESPONSE_FRAMINGS)
+)
 async def test_upstream_response_framings(
     start_raw_upstream: StartRawUpstream, start_gateway: StartGateway, raw: bytes, status: int, body: bytes
 ) -> None:

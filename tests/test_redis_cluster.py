@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from the helper modules are redefined as parameters)
 """The Redis store on a real Redis Cluster (three masters, three replicas; issue 20). The store contract suite
 runs on it too (test_store.py, "redis-cluster"); these are what only a Cluster has: sessions spread over
 several masters, pipelines per node, a rename between two shards, the cap per shard, a master failover."""
@@ -10,9 +9,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from conftest import eventually
-from replica_helpers import StartNode, gateway_config, start_node, total  # noqa: F401 - fixtures by name
-from session_helpers import Bot, FakeClock, Rig, clock, demo, start_demo  # noqa: F401 - fixtures by name
+from gateway_helpers import eventually
+from redis_server import RedisClusterNodes, running_cluster
+from replica_helpers import StartNode, gateway_config, total
+from session_helpers import Bot, FakeClock, Rig
 
 from gateway.app import SESSIONS
 from gateway.deferred import Answer
@@ -20,7 +20,6 @@ from gateway.errors import StoreUnavailable
 from gateway.store import CapacityExceeded, Outcome
 from gateway.store.redis import RedisStore
 from gateway.store.redis_deferred import RedisDeferred
-from tests.redis_server import RedisClusterNodes, running_cluster
 
 IDLE = 600.0
 ABSOLUTE = 3600.0
@@ -51,7 +50,7 @@ async def make_store(redis_cluster: RedisClusterNodes) -> AsyncIterator[MakeStor
         await store.close()
 
 
-def _record(store: RedisStore, session_id: str) -> str:
+def _record_key(store: RedisStore, session_id: str) -> str:
     return store._keys(session_id)[1][0]
 
 
@@ -61,7 +60,7 @@ async def test_sessions_spread_over_every_master_and_are_touched_counted_and_swe
     store = make_store()
     ids = [f"s{i}" for i in range(60)]
     await asyncio.gather(*(store.create(sid, 0.0, idle_timeout=IDLE, replica="r") for sid in ids))
-    owners = {redis_cluster.owner(_record(store, sid)).port for sid in ids}
+    owners = {redis_cluster.owner(_record_key(store, sid)).port for sid in ids}
     assert len(owners) == 3  # 16 shards' hash tags land on all three masters
     # One batch of touches spans the three nodes: each call gets its own answer.
     touches = await asyncio.gather(*(store.touch(sid, 10.0) for sid in ids))
@@ -81,9 +80,11 @@ async def test_sessions_spread_over_every_master_and_are_touched_counted_and_swe
 
 def _ids_on_two_masters(store: RedisStore, cluster: RedisClusterNodes) -> tuple[str, str]:
     first = "rename-old"
-    owner = cluster.owner(_record(store, first))
+    owner = cluster.owner(_record_key(store, first))
     second = next(
-        f"rename-new-{i}" for i in range(100) if cluster.owner(_record(store, f"rename-new-{i}")) is not owner
+        f"rename-new-{i}"
+        for i in range(100)
+        if cluster.owner(_record_key(store, f"rename-new-{i}")) is not owner
     )
     return first, second
 
@@ -199,11 +200,11 @@ async def test_a_stalled_master_fails_only_its_own_sessions_calls(
     store = make_store(timeout=0.3)
     ids = [f"p{i}" for i in range(30)]
     await asyncio.gather(*(store.create(sid, 0.0, idle_timeout=IDLE, replica="r") for sid in ids))
-    stalled = redis_cluster.owner(_record(store, ids[0]))
+    stalled = redis_cluster.owner(_record_key(store, ids[0]))
     redis_cluster.command(stalled, "CLIENT", "PAUSE", "1000", "ALL")
     results = await asyncio.gather(*(store.touch(sid, 1.0) for sid in ids), return_exceptions=True)
     for sid, result in zip(ids, results, strict=True):
-        if redis_cluster.owner(_record(store, sid)) is stalled:
+        if redis_cluster.owner(_record_key(store, sid)) is stalled:
             assert isinstance(result, StoreUnavailable), sid
         else:
             assert not isinstance(result, BaseException) and result.outcome is Outcome.LIVE, sid
@@ -277,7 +278,7 @@ async def test_a_conversation_continues_across_a_master_failover(
         assert (await node.send(header=sid)).turn == 2
         store = node.app[SESSIONS].store
         assert isinstance(store, RedisStore)
-        master = cluster.owner(_record(store, sid))
+        master = cluster.owner(_record_key(store, sid))
         replica = cluster.replica_of(master)
         assert cluster.command(master, "WAIT", "1", "2000").strip() == "1"  # the replica has the session
         assert cluster.command(replica, "CLUSTER", "FAILOVER").strip() == "OK"

@@ -8,13 +8,13 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis.asyncio as aioredis
-from conftest import eventually, make_config
+from gateway_helpers import eventually, free_port, make_config
+from redis_server import RedisSentinel, RedisServer
 
 from gateway.deferred import RUNNING, Answer, DeferredStore, MemoryDeferred, new_token
 from gateway.errors import StoreUnavailable
 from gateway.store import redis_deferred
 from gateway.store.redis_deferred import RedisDeferred
-from tests.redis_server import RedisSentinel, RedisServer, free_port
 
 KEEP = 60.0
 ANSWER = Answer(

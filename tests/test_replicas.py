@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from the helper modules are redefined as parameters)
 """Gateway replicas sharing one real redis-server (issue 5): a conversation, its expiry, its end and its
 races are the same whichever replica a request lands on, and every count is counted once."""
 
@@ -12,28 +11,12 @@ from typing import Any
 import aiohttp
 import redis.asyncio as aioredis
 from aiohttp import web
-from conftest import eventually
-from replica_helpers import (  # noqa: F401 - fixtures are used by name
-    StartNode,
-    gateway_config,
-    spawn_gateways,
-    start_node,
-    stop_gateways,
-    total,
-)
-from session_helpers import (  # noqa: F401 - fixtures are used by name
-    START_REASONS,
-    Bot,
-    FakeClock,
-    Rig,
-    clock,
-    demo,
-    demo_bot_app,
-    start_demo,
-)
+from gateway_helpers import eventually
+from redis_server import RedisServer
+from replica_helpers import StartNode, gateway_config, spawn_gateways, stop_gateways, total
+from session_helpers import START_REASONS, Bot, FakeClock, Rig, demo_bot_app
 
 from gateway.app import SESSIONS
-from tests.redis_server import RedisServer
 
 IDLE = 600.0
 

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from session_helpers are redefined as parameters)
 """Reverse rewriting for a bot behind a path prefix: its cookie paths and redirects, mapped back."""
 
 from __future__ import annotations
@@ -9,8 +8,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import LOOPBACK
-from session_helpers import clock, make_config, start_rig  # noqa: F401 - fixtures are used by name
+from gateway_helpers import LOOPBACK
+from session_helpers import make_session_config, start_rig
 
 from gateway.config import UpstreamConfig
 from gateway.errors import ConfigError
@@ -120,7 +119,7 @@ async def _rig(aiohttp_client: Any, clock: Any, url: str, **upstream: Any) -> An
         f"GATEWAY_UPSTREAM_{k.upper()}": str(v).lower() if isinstance(v, bool) else v
         for k, v in upstream.items()
     }
-    return await start_rig(aiohttp_client, make_config(url, environ=env), clock)
+    return await start_rig(aiohttp_client, make_session_config(url, environ=env), clock)
 
 
 async def test_a_cookie_keeping_browser_continues_behind_a_path_prefix(

@@ -11,7 +11,7 @@ import signal
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import GatewayProcess, SpawnGateway, StartUpstream, eventually, wait
+from gateway_helpers import GatewayProcess, SpawnGateway, StartUpstream, eventually, wait
 
 from gateway.server import raise_file_limit
 

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from conftest import make_config
+from gateway_helpers import make_config
 from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import CollectorRegistry
+from redis_server import RedisServer
 
 from gateway.errors import StoreUnavailable
 from gateway.metrics import Metrics
@@ -21,7 +22,6 @@ from gateway.store import Outcome, SessionStore
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
 from gateway.upstreams import Upstreams
-from tests.redis_server import RedisServer
 
 IDLE = 600.0
 ABSOLUTE = 3600.0

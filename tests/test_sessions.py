@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from session_helpers are redefined as parameters)
 """End-to-end session tests (issue 3's wire contract): the gateway before the demo bot or test bots.
 
 Time comes from a FakeClock shared by the gateway and the demo bot, so expiry never waits.
@@ -11,30 +10,25 @@ import dataclasses
 import re
 import tracemalloc
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from aiohttp import web
-from conftest import eventually, raw_exchange
+from gateway_helpers import eventually, raw_exchange
 from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import CollectorRegistry
-from session_helpers import (  # noqa: F401 - fixtures are used by name
+from session_helpers import (
     CARRIERS,
     END_REASONS,
     START_REASONS,
     Bot,
-    EchoBot,
     FakeClock,
+    HeaderEchoBot,
     P,
-    Rig,
+    StartDemo,
+    StartEcho,
     StartRig,
     carry,
-    clock,
-    demo,
-    rig_for,
-    start_demo,
-    start_echo,
 )
 
 from gateway.app import admin_app_for
@@ -44,8 +38,6 @@ from gateway.sessions import SessionManager
 from gateway.store.memory import MemoryStore
 from gateway.upstreams import Upstreams
 
-StartEcho = Callable[..., Awaitable[EchoBot]]
-StartDemo = Callable[..., Awaitable[Bot]]
 TENEO_ID = "31992FA776A3XXXXX1031B5F"
 LOGOUT = {"status": 1, "message": "logout"}
 
@@ -872,7 +864,7 @@ async def test_an_empty_session_cookie_counts_as_no_session(demo: Bot, rig_for: 
 # --- the session cap ------------------------------------------------------------------------------------
 
 
-async def _bot_for(issuer: str, start_demo: StartDemo, start_echo: StartEcho) -> Bot | EchoBot:
+async def _bot_for(issuer: str, start_demo: StartDemo, start_echo: StartEcho) -> Bot | HeaderEchoBot:
     return await start_demo() if issuer == "upstream" else await start_echo()
 
 

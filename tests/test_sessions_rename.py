@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from session_helpers are redefined as parameters)
 """A bot that gives a live conversation a new id (Tomcat's changeSessionId()): restart or rename."""
 
 from __future__ import annotations
@@ -8,16 +7,8 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from conftest import LOOPBACK
-from session_helpers import (  # noqa: F401 - fixtures are used by name
-    END_REASONS,
-    START_REASONS,
-    FakeClock,
-    StartRig,
-    clock,
-    rig_for,
-    session_control,
-)
+from gateway_helpers import LOOPBACK
+from session_helpers import END_REASONS, START_REASONS, FakeClock, StartRig, session_control
 
 
 class RotatingBot:

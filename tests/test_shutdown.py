@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from aiohttp import web
-from conftest import LOOPBACK, SpawnGateway, StartUpstream, eventually, wait
+from gateway_helpers import LOOPBACK, SpawnGateway, StartUpstream, eventually, wait
 
 from bench.wire import Framing, parse_answer
 
@@ -36,7 +36,7 @@ def expected_body(kind: str, n: int) -> bytes:
 
 
 @dataclass(slots=True)
-class Bot:
+class SlowStreamingBot:
     """Answers turns after TURN_DELAY, streams in parts; records the number of each request it read."""
 
     seen: set[int] = field(default_factory=set)
@@ -147,7 +147,7 @@ async def exchange(
 async def test_sigterm_under_load_drains_every_read_request_and_cuts_none(
     start_upstream: StartUpstream, spawn_gateway: SpawnGateway
 ) -> None:
-    bot = Bot()
+    bot = SlowStreamingBot()
     gw = await spawn_gateway(
         "serve",
         upstream_url=await start_upstream(bot.app()),

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from session_helpers are redefined as parameters)
 """session.state_file (gateway/store/state_file.py): the memory store's sessions across a graceful restart.
 
 The format round-trips and refuses what it cannot read; the store restores a snapshot, ending what expired
@@ -23,23 +22,13 @@ from typing import Any, get_args
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import SpawnGateway, StartUpstream
 from conftest_tools import unavailable
+from gateway_helpers import SpawnGateway, StartUpstream
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
-from session_helpers import (  # noqa: F401 - fixtures are used by name
-    Bot,
-    FakeClock,
-    P,
-    StartRig,
-    clock,
-    demo,
-    make_config,
-    rig_for,
-    start_demo,
-)
+from session_helpers import Bot, FakeClock, P, StartRig, make_session_config
 
 from gateway.app import create_store
 from gateway.config import Config, SessionConfig
@@ -67,7 +56,7 @@ def file_bytes(snapshot: Snapshot, saved_at: float = T0) -> bytes:
 def manager(clock: FakeClock, **session: Any) -> tuple[SessionManager, MemoryStore, CollectorRegistry]:
     """A session manager on a fresh memory store and registry, as create_app builds one."""
     options = {"idle_timeout": IDLE, "absolute_timeout": ABSOLUTE, "tombstone_ttl": TTL, **session}
-    config = make_config("http://127.0.0.1:1", session=options)
+    config = make_session_config("http://127.0.0.1:1", session=options)
     store = create_store(config)
     assert isinstance(store, MemoryStore)
     registry = CollectorRegistry()
@@ -221,7 +210,7 @@ async def test_restore_past_max_sessions_evicts_those_nearest_expiry(
 
 async def test_restore_keeps_successors_and_drops_forgotten_tombstones(tmp_path: Path) -> None:
     path = tmp_path / "sessions.state"
-    store = create_store(make_config("http://127.0.0.1:1", session={"tombstone_ttl": TTL}))
+    store = create_store(make_session_config("http://127.0.0.1:1", session={"tombstone_ttl": TTL}))
     assert isinstance(store, MemoryStore)
     await store.create("OLD", T0, idle_timeout=IDLE, replica="default")
     await store.end("EARLY", T0, "client")  # never live: no tombstone
@@ -231,7 +220,7 @@ async def test_restore_keeps_successors_and_drops_forgotten_tombstones(tmp_path:
     await store.end("GONE", T0 + 1, "bot")
     state_file.save(store, str(path), T0 + 30)
 
-    restored = create_store(make_config("http://127.0.0.1:1", session={"tombstone_ttl": TTL}))
+    restored = create_store(make_session_config("http://127.0.0.1:1", session={"tombstone_ttl": TTL}))
     assert isinstance(restored, MemoryStore)
     assert await load(restored, path, T0 + TTL + 5) == []  # GONE's tombstone is forgotten by then
 
@@ -242,7 +231,7 @@ async def test_restore_keeps_successors_and_drops_forgotten_tombstones(tmp_path:
 
 
 async def test_restore_refuses_a_store_in_use() -> None:
-    store = create_store(make_config("http://127.0.0.1:1"))
+    store = create_store(make_session_config("http://127.0.0.1:1"))
     assert isinstance(store, MemoryStore)
     await store.create("LIVE", T0, idle_timeout=IDLE, replica="default")
     with pytest.raises(RuntimeError, match="empty store"):
@@ -258,7 +247,7 @@ def _lines(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
 
 async def test_a_missing_file_is_a_cold_start(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "gateway")
-    store = create_store(make_config("http://127.0.0.1:1"))
+    store = create_store(make_session_config("http://127.0.0.1:1"))
     assert isinstance(store, MemoryStore)
     assert await load(store, tmp_path / "sessions.state", T0) == []
     assert _lines(caplog) == [
@@ -275,7 +264,7 @@ async def test_an_unreadable_file_is_set_aside_and_the_store_starts_empty(
     path = tmp_path / "sessions.state"
     data = damage(file_bytes(_small_snapshot()))
     path.write_bytes(data)
-    store = create_store(make_config("http://127.0.0.1:1"))
+    store = create_store(make_session_config("http://127.0.0.1:1"))
     assert isinstance(store, MemoryStore)
 
     assert await load(store, path, T0) == []
@@ -292,7 +281,7 @@ async def test_a_file_over_the_size_bound_is_set_aside_unread(
 ) -> None:
     path = tmp_path / "sessions.state"
     path.write_bytes(file_bytes(_small_snapshot()))
-    store = create_store(make_config("http://127.0.0.1:1"))
+    store = create_store(make_session_config("http://127.0.0.1:1"))
     assert isinstance(store, MemoryStore)
     assert await load(store, path, T0, max_bytes=1000) == []
     assert await store.count() == 0 and not path.exists()
@@ -308,7 +297,7 @@ async def test_a_file_over_the_size_bound_is_set_aside_unread(
 async def test_save_replaces_the_file_atomically(tmp_path: Path) -> None:
     path = tmp_path / "sessions.state"
     path.write_bytes(b"an older file")
-    store = create_store(make_config("http://127.0.0.1:1"))
+    store = create_store(make_session_config("http://127.0.0.1:1"))
     assert isinstance(store, MemoryStore)
     await store.create("LIVE", T0, idle_timeout=IDLE, replica="default")
     (tmp_path / f"sessions.state.tmp-{os.getpid()}").write_bytes(b"left by a killed process with our pid")
@@ -326,7 +315,7 @@ async def test_an_unwritable_directory_is_reported_at_start_and_at_shutdown(
     """At start one ERROR line (and the store starts empty); at shutdown one ERROR line, no exception, and
     the sessions are still in memory."""
     caplog.set_level(logging.INFO, "gateway")
-    store = create_store(make_config("http://127.0.0.1:1"))
+    store = create_store(make_session_config("http://127.0.0.1:1"))
     assert isinstance(store, MemoryStore)
     missing = tmp_path / "no-such-dir" / "sessions.state"
     not_a_dir = tmp_path / "a-file"

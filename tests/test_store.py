@@ -6,11 +6,11 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
+from redis_server import RedisSentinel, RedisServer
 
 from gateway.store import CapacityExceeded, Outcome, SessionStore
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore, open_successor, seal_successor
-from tests.redis_server import RedisSentinel, RedisServer
 
 IDLE = 600.0
 ABSOLUTE = 3600.0

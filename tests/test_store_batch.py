@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis_server import RedisServer
 
 from gateway.errors import StoreUnavailable
 from gateway.store.batch import ScriptBatcher
-from tests.redis_server import RedisServer
 
 ECHO = "return {KEYS[1], ARGV[1], redis.call('INCR', KEYS[1])}"
 

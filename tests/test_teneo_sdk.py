@@ -27,11 +27,11 @@ import aiohttp
 import pytest
 import yarl
 from aiohttp import web
-from conftest import free_port
 from conftest_tools import REPO, executable, unavailable
+from gateway_helpers import free_port
 from multidict import CIMultiDict
-from replica_helpers import BotReplica, GatewayProcess, stop_gateways
-from session_helpers import Seen, demo_bot_app
+from replica_helpers import BotReplica, MeteredGatewayProcess, stop_gateways
+from session_helpers import SeenByBot, demo_bot_app
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +50,7 @@ SESSION_HEADERS = ("Cookie", "X-Teneo-Session", "X-Gateway-Session")
 
 
 @dataclass(slots=True)
-class Answer:
+class SdkAnswer:
     """One exchange as the client saw it: the response, the JSON the SDK handed over, what was sent."""
 
     status: int
@@ -76,9 +76,9 @@ class Answer:
 class SdkClient(Protocol):
     """One chat conversation as the SDK keeps it: the engine URL and the last session id it was given."""
 
-    async def send(self, text: str) -> Answer: ...
+    async def send(self, text: str) -> SdkAnswer: ...
 
-    async def close(self) -> Answer: ...
+    async def close(self) -> SdkAnswer: ...
 
     async def aclose(self) -> None: ...
 
@@ -94,20 +94,20 @@ class PythonSdkClient:
     def _url(self, path: str) -> str:
         return f"{self.engine}{path}" + (f";jsessionid={self.session_id}" if self.session_id else "")
 
-    async def _post(self, url: str, fields: dict[str, str]) -> Answer:
+    async def _post(self, url: str, fields: dict[str, str]) -> SdkAnswer:
         async with self._http.post(
             yarl.URL(url, encoded=True), data=urlencode(fields), headers=SDK_HEADERS
         ) as response:
             body = await response.json(content_type=None)
             sent = CIMultiDict(response.request_info.headers)
-            return Answer(response.status, CIMultiDict(response.headers), body, url, sent, self.session_id)
+            return SdkAnswer(response.status, CIMultiDict(response.headers), body, url, sent, self.session_id)
 
-    async def send(self, text: str) -> Answer:
+    async def send(self, text: str) -> SdkAnswer:
         answer = await self._post(self._url(""), {"viewtype": "tieapi", "userinput": text})
         self.session_id = answer.body.get("sessionId") or self.session_id
         return dataclasses.replace(answer, session_id=self.session_id)
 
-    async def close(self) -> Answer:
+    async def close(self) -> SdkAnswer:
         return await self._post(self._url("endsession"), {"viewtype": "tieapi"})
 
     async def aclose(self) -> None:
@@ -133,7 +133,7 @@ class NodeSdkClient:
         )
         return cls(proc)
 
-    async def _command(self, **command: str) -> Answer:
+    async def _command(self, **command: str) -> SdkAnswer:
         assert self._proc.stdin is not None and self._proc.stdout is not None
         self._proc.stdin.write(json.dumps(command).encode() + b"\n")
         await self._proc.stdin.drain()
@@ -146,7 +146,7 @@ class NodeSdkClient:
         received, sent = answer["received"], answer["sent"]
         # sendInput resolves with the engine's JSON; close resolves with nothing, so read what it received.
         body = answer["result"] if answer["result"] is not None else json.loads(received["body"])
-        return Answer(
+        return SdkAnswer(
             received["status"],
             CIMultiDict(received["headers"]),
             body,
@@ -159,10 +159,10 @@ class NodeSdkClient:
         assert self._proc.stderr is not None
         return (await self._proc.stderr.read()).decode(errors="replace")
 
-    async def send(self, text: str) -> Answer:
+    async def send(self, text: str) -> SdkAnswer:
         return await self._command(op="send", text=text)
 
-    async def close(self) -> Answer:
+    async def close(self) -> SdkAnswer:
         return await self._command(op="close")
 
     async def aclose(self) -> None:
@@ -175,12 +175,12 @@ class NodeSdkClient:
             await self._proc.wait()
 
 
-Connect = Callable[[str], Awaitable[SdkClient]]
+ConnectSdk = Callable[[str], Awaitable[SdkClient]]
 
 
 @pytest.fixture(params=["python", "node"], ids=["python-client", "node-sdk"])
-async def connect(request: pytest.FixtureRequest) -> AsyncIterator[Connect]:
-    """connect(engine_url) -> a new conversation's client; every client is closed at teardown."""
+async def connect_sdk(request: pytest.FixtureRequest) -> AsyncIterator[ConnectSdk]:
+    """connect_sdk(engine_url) -> a new conversation's client; every client is closed at teardown."""
     clients: list[SdkClient] = []
     node = ""
     if request.param == "node":
@@ -200,7 +200,7 @@ async def connect(request: pytest.FixtureRequest) -> AsyncIterator[Connect]:
         await client.aclose()
 
 
-def replica_bot(name: str, seen: list[Seen]) -> web.Application:
+def replica_bot(name: str, seen: list[SeenByBot]) -> web.Application:
     """The demo bot, recording what it sees, naming itself in `output.parameters.replica` of every answer."""
     app = demo_bot_app(time.monotonic, seen)
 
@@ -224,14 +224,14 @@ async def bots(aiohttp_server: Any) -> list[BotReplica]:
     """Two demo bot replicas, a and b, each keeping its conversations in memory as Teneo engines do."""
     replicas = []
     for name in ("a", "b"):
-        seen: list[Seen] = []
+        seen: list[SeenByBot] = []
         replicas.append(BotReplica(name, await aiohttp_server(replica_bot(name, seen)), seen))
     return replicas
 
 
-async def _start_gateway(tmp_path: Path, name: str, env: dict[str, str], port: int) -> GatewayProcess:
+async def _start_gateway(tmp_path: Path, name: str, env: dict[str, str], port: int) -> MeteredGatewayProcess:
     """`python -m gateway serve` on `port`: the restarted process listens where its predecessor did."""
-    launched = GatewayProcess.launch(
+    launched = MeteredGatewayProcess.launch(
         tmp_path / f"{name}.stderr", {**env, "GATEWAY_LISTEN_PORT": str(port)}, cwd=REPO
     )
     gateway = dataclasses.replace(launched, port=port)
@@ -239,17 +239,17 @@ async def _start_gateway(tmp_path: Path, name: str, env: dict[str, str], port: i
     return gateway
 
 
-def _carried_by_path_alone(answer: Answer, sid: str, path: str = "") -> None:
+def _carried_by_path_alone(answer: SdkAnswer, sid: str, path: str = "") -> None:
     assert answer.sent_url.endswith(f"{ENGINE_PATH}/{path};jsessionid={sid}"), answer.sent_url
     assert not [h for h in SESSION_HEADERS if h in answer.sent_headers], answer.sent_headers
 
 
-def _asked_for(bot: BotReplica, sid: str) -> list[Seen]:
+def _asked_for(bot: BotReplica, sid: str) -> list[SeenByBot]:
     return [s for s in bot.seen if ("JSESSIONID", sid) in s.cookies]
 
 
 async def test_an_sdk_conversation_continues_on_its_replica_across_a_graceful_restart(
-    connect: Connect, bots: list[BotReplica], tmp_path: Path
+    connect_sdk: ConnectSdk, bots: list[BotReplica], tmp_path: Path
 ) -> None:
     a, b = bots
     state = tmp_path / "state"
@@ -268,7 +268,7 @@ async def test_an_sdk_conversation_continues_on_its_replica_across_a_graceful_re
         engine = before.url + ENGINE_PATH
         # New sessions spread over the replicas: start conversations until one is pinned to b.
         for _ in range(4):
-            client = await connect(engine)
+            client = await connect_sdk(engine)
             hello = await client.send("hello")
             assert (hello.status, hello.new, hello.turn) == (200, "first", 1), hello
             if hello.replica == "b":

@@ -5,24 +5,13 @@ starts its own conversations on it. Skipped without Tomcat, failed under CI=true
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
 import pytest
-from session_helpers import (  # noqa: F401 - fixtures are used by name
-    FakeClock,
-    P,
-    Reply,
-    Rig,
-    carrying,
-    clock,
-    make_config,
-    start_rig,
-)
+from session_helpers import FakeClock, P, Reply, Rig, StartRig, carrying, make_session_config, start_rig
 from tomcat import TomcatServer, running_tomcat
-
-StartGateway = Callable[..., Awaitable[Rig]]
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +21,11 @@ def tomcat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TomcatServer]:
 
 
 @pytest.fixture
-def gateway(aiohttp_client: Any, clock: FakeClock, tomcat: TomcatServer) -> StartGateway:  # noqa: F811
+def gateway(aiohttp_client: Any, clock: FakeClock, tomcat: TomcatServer) -> StartRig:
     """start(environ=None, **session options) -> a gateway (memory store) with upstream.url = Tomcat's /bot."""
 
     async def start(*, environ: dict[str, str] | None = None, **session: Any) -> Rig:
-        config = make_config(tomcat.url, session=session, environ=environ)
+        config = make_session_config(tomcat.url, session=session, environ=environ)
         return await start_rig(aiohttp_client, config, clock)
 
     return start
@@ -49,7 +38,7 @@ async def direct(tomcat: TomcatServer) -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def send(
+async def send_unredirected(
     rig: Rig, path: str = "/engine?userinput=hi", *, method: str = "GET", header: str | None = None
 ) -> Reply:
     """One request through the gateway, redirects not followed; `header=<id>` carries it in X-Teneo-Session."""
@@ -77,7 +66,7 @@ def cookie_path(reply: Reply, name: str = "JSESSIONID") -> str | None:
     return None
 
 
-def total(rig: Rig, family: str) -> float:
+def counter_total(rig: Rig, family: str) -> float:
     """A counter's sum over all its labels."""
     return sum(
         sample.value
@@ -113,14 +102,14 @@ async def test_tomcat_scopes_its_cookie_to_the_context_and_encodes_new_sessions_
 # --- continuing a conversation (passes with today's gateway) ----------------------------------------------
 
 
-async def test_a_conversation_continues_by_header(gateway: StartGateway) -> None:
+async def test_a_conversation_continues_by_header(gateway: StartRig) -> None:
     rig = await gateway()
-    first = await send(rig)
+    first = await send_unredirected(rig)
     assert (first.new, turn(first)) == ("first", 1)
     session_id = first.session_id
     assert session_id == bot_id(first)
     for expected in (2, 3):
-        reply = await send(rig, header=session_id)
+        reply = await send_unredirected(rig, header=session_id)
         assert (reply.new, reply.session_id, turn(reply), bot_id(reply)) == (
             None,
             session_id,
@@ -129,31 +118,33 @@ async def test_a_conversation_continues_by_header(gateway: StartGateway) -> None
         )
 
 
-async def test_a_conversation_continues_by_path_parameter(gateway: StartGateway) -> None:
+async def test_a_conversation_continues_by_path_parameter(gateway: StartRig) -> None:
     rig = await gateway()
-    first = await send(rig, "/engine")
+    first = await send_unredirected(rig, "/engine")
     session_id = first.session_id
     assert (first.new, turn(first)) == ("first", 1)
     for expected in (2, 3):
-        reply = await send(rig, f"/engine;jsessionid={session_id}?userinput=hi")
+        reply = await send_unredirected(rig, f"/engine;jsessionid={session_id}?userinput=hi")
         assert (reply.new, reply.session_id, turn(reply)) == (None, session_id, expected)
 
 
-async def test_a_session_tomcat_ended_on_its_own_restarts_as_upstream(gateway: StartGateway) -> None:
+async def test_a_session_tomcat_ended_on_its_own_restarts_as_upstream(gateway: StartRig) -> None:
     rig = await gateway()
-    session_id = (await send(rig)).session_id
-    ended = await send(rig, "/engine?end=1", header=session_id)  # Tomcat invalidates after answering
+    session_id = (await send_unredirected(rig)).session_id
+    ended = await send_unredirected(
+        rig, "/engine?end=1", header=session_id
+    )  # Tomcat invalidates after answering
     assert turn(ended) == 2
-    reply = await send(rig, header=session_id)
+    reply = await send_unredirected(rig, header=session_id)
     assert (reply.new, turn(reply)) == ("upstream", 1)
     assert reply.session_id == bot_id(reply) != session_id
 
 
-async def test_a_rotated_id_restarts_the_conversation_by_default(gateway: StartGateway) -> None:
+async def test_a_rotated_id_restarts_the_conversation_by_default(gateway: StartRig) -> None:
     rig = await gateway()
-    session_id = (await send(rig)).session_id
-    await send(rig, header=session_id)
-    rotated = await send(rig, "/engine?rotate=1", header=session_id)
+    session_id = (await send_unredirected(rig)).session_id
+    await send_unredirected(rig, header=session_id)
+    rotated = await send_unredirected(rig, "/engine?rotate=1", header=session_id)
     assert turn(rotated) == 3  # Tomcat kept the conversation; the default still reads a new id as a new one
     assert (rotated.new, rotated.session_id) == ("upstream", bot_id(rotated))
     assert rotated.session_id != session_id
@@ -163,23 +154,23 @@ async def test_a_rotated_id_restarts_the_conversation_by_default(gateway: StartG
 
 
 async def test_endsession_for_an_unknown_id_is_forwarded_to_the_bot(
-    gateway: StartGateway, direct: aiohttp.ClientSession
+    gateway: StartRig, direct: aiohttp.ClientSession
 ) -> None:
     a = await gateway()
-    session_id = (await send(a)).session_id
+    session_id = (await send_unredirected(a)).session_id
     assert session_id is not None
-    assert turn(await send(a, header=session_id)) == 2
+    assert turn(await send_unredirected(a, header=session_id)) == 2
     await a.client.close()
 
     b = await gateway()  # a fresh memory store: B never saw this session
-    ended = await send(b, f"/engine/endsession;jsessionid={session_id}", method="POST")
+    ended = await send_unredirected(b, f"/engine/endsession;jsessionid={session_id}", method="POST")
     assert (ended.status, ended.json) == (200, {"status": 1, "message": "logout", "invalidated": True})
 
     async with direct.get("/bot/engine", headers={"Cookie": f"JSESSIONID={session_id}"}) as response:
         body = await response.json()
         assert (body["turn"], body["sessionId"] != session_id) == (1, True)  # Tomcat forgot it
 
-    after = await send(b, header=session_id)
+    after = await send_unredirected(b, header=session_id)
     assert (after.new, turn(after)) == ("ended", 1)
     assert after.session_id == bot_id(after) != session_id
     assert b.ended("client") == 0  # B had no record to end
@@ -188,26 +179,26 @@ async def test_endsession_for_an_unknown_id_is_forwarded_to_the_bot(
 # --- session.on_bot_new_id = "rename" ---------------------------------------------------------------------
 
 
-async def test_rename_follows_tomcats_change_of_session_id(gateway: StartGateway) -> None:
+async def test_rename_follows_tomcats_change_of_session_id(gateway: StartRig) -> None:
     rig = await gateway(on_bot_new_id="rename")
-    old = (await send(rig)).session_id
-    assert turn(await send(rig, header=old)) == 2
-    rotated = await send(rig, "/engine?rotate=1", header=old)
+    old = (await send_unredirected(rig)).session_id
+    assert turn(await send_unredirected(rig, header=old)) == 2
+    rotated = await send_unredirected(rig, "/engine?rotate=1", header=old)
     new = bot_id(rotated)
     assert turn(rotated) == 3
     assert new != old
     assert (rotated.new, rotated.session_id) == (None, new)
     assert rig.metric("sessions_renamed_total") == 1
-    assert (total(rig, "sessions_started"), total(rig, "sessions_ended")) == (1, 0)
+    assert (counter_total(rig, "sessions_started"), counter_total(rig, "sessions_ended")) == (1, 0)
 
-    other_tab = await send(rig, header=old)  # still presenting the id it had
+    other_tab = await send_unredirected(rig, header=old)  # still presenting the id it had
     assert (other_tab.new, other_tab.session_id, turn(other_tab), bot_id(other_tab)) == (None, new, 4, new)
 
 
 # --- cookie paths and redirects mapped from /bot to the public prefix -------------------------------------
 
 
-async def test_a_cookie_keeping_client_continues_with_the_cookie_path_mapped(gateway: StartGateway) -> None:
+async def test_a_cookie_keeping_client_continues_with_the_cookie_path_mapped(gateway: StartRig) -> None:
     rig = await gateway()
     url = rig.client.make_url("/engine")
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as client:
@@ -231,10 +222,10 @@ async def test_a_cookie_keeping_client_continues_with_the_cookie_path_mapped(gat
     ids=["root", "public-prefix", "rewrite-off"],
 )
 async def test_the_cookie_path_becomes_the_public_prefix(
-    gateway: StartGateway, environ: dict[str, str], path: str
+    gateway: StartRig, environ: dict[str, str], path: str
 ) -> None:
     rig = await gateway(environ=environ)
-    assert cookie_path(await send(rig)) == path
+    assert cookie_path(await send_unredirected(rig)) == path
 
 
 @pytest.mark.parametrize(
@@ -247,30 +238,30 @@ async def test_the_cookie_path_becomes_the_public_prefix(
     ids=["absolute", "path-absolute", "public-prefix"],
 )
 async def test_a_redirect_into_the_bot_becomes_a_public_path(
-    gateway: StartGateway, redirect: str, environ: dict[str, str], location: str
+    gateway: StartRig, redirect: str, environ: dict[str, str], location: str
 ) -> None:
     rig = await gateway(environ=environ)
-    session_id = (await send(rig)).session_id
-    reply = await send(rig, f"/engine?redirect={redirect}", header=session_id)
+    session_id = (await send_unredirected(rig)).session_id
+    reply = await send_unredirected(rig, f"/engine?redirect={redirect}", header=session_id)
     assert (reply.status, reply.headers.get("Location")) == (302, location)
 
 
 @pytest.mark.parametrize("carrier", ["header", "path"])
 async def test_tomcats_jsessionid_in_a_redirect_is_kept_only_for_path_parameter_clients(
-    gateway: StartGateway, carrier: str
+    gateway: StartRig, carrier: str
 ) -> None:
     """Tomcat writes `;jsessionid=` into a redirect when it starts a session on a request without a cookie:
     here, after the client ended its session and presents the old id."""
     rig = await gateway()
-    old = (await send(rig)).session_id
+    old = (await send_unredirected(rig)).session_id
 
     def carried(path: str, query: str = "") -> dict[str, Any]:
         if carrier == "header":
             return {"path": path + query, "header": old}
         return {"path": f"{path};jsessionid={old}{query}"}
 
-    assert (await send(rig, **carried("/engine/endsession"), method="POST")).status == 200
-    reply = await send(rig, **carried("/engine", "?redirect=1"))
+    assert (await send_unredirected(rig, **carried("/engine/endsession"), method="POST")).status == 200
+    reply = await send_unredirected(rig, **carried("/engine", "?redirect=1"))
     assert (reply.status, reply.new) == (302, "ended")
     new = reply.session_id
     assert new is not None

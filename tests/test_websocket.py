@@ -9,10 +9,10 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
-from conftest import StartGateway, StartUpstream, closed_url, eventually, make_config, wait
+from gateway_helpers import StartGateway, StartUpstream, closed_url, eventually, make_config, wait
 
 
-class EchoBot:
+class WebSocketEchoBot:
     """An upstream WebSocket echo with a few commands, recording the close code it receives."""
 
     def __init__(self) -> None:
@@ -52,8 +52,10 @@ class EchoBot:
 
 
 @pytest.fixture
-async def bot_and_gateway(start_upstream: StartUpstream, start_gateway: StartGateway) -> tuple[EchoBot, Any]:
-    bot = EchoBot()
+async def bot_and_gateway(
+    start_upstream: StartUpstream, start_gateway: StartGateway
+) -> tuple[WebSocketEchoBot, Any]:
+    bot = WebSocketEchoBot()
     return bot, await start_gateway(make_config(await start_upstream(bot.app())))
 
 
@@ -61,7 +63,7 @@ async def receive(ws: aiohttp.ClientWebSocketResponse) -> aiohttp.WSMessage:
     return await wait(ws.receive())
 
 
-async def test_text_and_binary_frames_echo_through(bot_and_gateway: tuple[EchoBot, Any]) -> None:
+async def test_text_and_binary_frames_echo_through(bot_and_gateway: tuple[WebSocketEchoBot, Any]) -> None:
     _, gw = bot_and_gateway
     async with gw.client.ws_connect("/ws", autoping=False) as ws:
         await ws.send_str("héllo")
@@ -75,7 +77,7 @@ async def test_text_and_binary_frames_echo_through(bot_and_gateway: tuple[EchoBo
     await eventually(lambda: gw.metric("session_gateway_streams_open", kind="websocket") == 0)
 
 
-async def test_ping_and_pong_cross_both_ways(bot_and_gateway: tuple[EchoBot, Any]) -> None:
+async def test_ping_and_pong_cross_both_ways(bot_and_gateway: tuple[WebSocketEchoBot, Any]) -> None:
     bot, gw = bot_and_gateway
     async with gw.client.ws_connect("/ws", autoping=False) as ws:
         await ws.ping(b"from-client")  # the bot answers a ping with a pong carrying its payload
@@ -89,7 +91,7 @@ async def test_ping_and_pong_cross_both_ways(bot_and_gateway: tuple[EchoBot, Any
         assert await wait(bot.pongs.get()) == b"from-upstream"
 
 
-async def test_client_close_code_reaches_the_upstream(bot_and_gateway: tuple[EchoBot, Any]) -> None:
+async def test_client_close_code_reaches_the_upstream(bot_and_gateway: tuple[WebSocketEchoBot, Any]) -> None:
     bot, gw = bot_and_gateway
     ws = await gw.client.ws_connect("/ws", autoping=False)
     await ws.send_str("warm-up")
@@ -99,7 +101,7 @@ async def test_client_close_code_reaches_the_upstream(bot_and_gateway: tuple[Ech
     assert await wait(bot.closes.get()) == 4001
 
 
-async def test_upstream_close_code_reaches_the_client(bot_and_gateway: tuple[EchoBot, Any]) -> None:
+async def test_upstream_close_code_reaches_the_client(bot_and_gateway: tuple[WebSocketEchoBot, Any]) -> None:
     _, gw = bot_and_gateway
     async with gw.client.ws_connect("/ws", autoping=False) as ws:
         await ws.send_str("close 4002")
@@ -111,7 +113,7 @@ async def test_upstream_close_code_reaches_the_client(bot_and_gateway: tuple[Ech
 
 
 async def test_subprotocol_chosen_by_the_upstream_is_the_one_the_client_sees(
-    bot_and_gateway: tuple[EchoBot, Any],
+    bot_and_gateway: tuple[WebSocketEchoBot, Any],
 ) -> None:
     bot, gw = bot_and_gateway
     async with gw.client.ws_connect("/ws", protocols=("chat.v1", "chat.v2"), autoping=False) as ws:
@@ -120,7 +122,7 @@ async def test_subprotocol_chosen_by_the_upstream_is_the_one_the_client_sees(
 
 
 async def test_refused_upstream_handshake_gives_the_client_that_status(
-    bot_and_gateway: tuple[EchoBot, Any],
+    bot_and_gateway: tuple[WebSocketEchoBot, Any],
 ) -> None:
     _, gw = bot_and_gateway
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:

@@ -24,7 +24,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -33,6 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from conftest_tools import unavailable
+from gateway_helpers import free_port
 
 CATALINA_HOME = Path("/usr/share/tomcat10")
 CATALINA_SH = CATALINA_HOME / "bin" / "catalina.sh"
@@ -171,12 +171,6 @@ def require_tomcat() -> None:
         unavailable("java (a JRE 11+ for Tomcat 10)", HINT)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def write_base(base: Path, port: int) -> None:
     """A CATALINA_BASE: conf/ for one connector on `port`, the webapp at webapps/bot, logs/, temp/, work/."""
     files = {
@@ -202,7 +196,7 @@ class TomcatServer:
     def __init__(self, base: Path) -> None:
         require_tomcat()
         self.base = base
-        self.port = _free_port()
+        self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         write_base(base, self.port)
 
