@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -19,16 +20,20 @@ from gateway.deferred import DeferredStore, MemoryDeferred
 from gateway.errors import Handler, error_middleware
 from gateway.event_delivery import Delivery, RedisStreamSink, Sink, WebhookSink
 from gateway.event_feed import Feed
-from gateway.event_streams import StreamDelivery, StreamFeed
 from gateway.events import Emitter, EventQueue, instance_name
 from gateway.messages import Incoming, Whole
 from gateway.metrics import Metrics
-from gateway.proxy import Proxy, Streams, build_client, build_pool
+from gateway.proxy import Proxy
 from gateway.routes import LocalRoutes
 from gateway.sessions import Clock, SessionManager
 from gateway.store import SessionStore, state_file
 from gateway.store.memory import MemoryStore
+from gateway.streams import Streams
+from gateway.upstream_clients import build_client, build_pool
 from gateway.upstreams import Upstreams
+
+if TYPE_CHECKING:
+    from gateway.event_streams import StreamDelivery, StreamFeed
 
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
@@ -41,8 +46,9 @@ ROUTES = web.AppKey("routes", LocalRoutes)
 DEFERRALS = web.AppKey("deferrals", Deferrals)
 FEED = web.AppKey("feed", Feed)
 DELIVERY = web.AppKey("delivery", Delivery)
-STREAM_DELIVERY = web.AppKey("stream_delivery", StreamDelivery)
-STREAM_FEED = web.AppKey("stream_feed", StreamFeed)
+# Typed by annotation: event_streams imports redis, which is imported only when the Redis store is configured.
+STREAM_DELIVERY: web.AppKey[StreamDelivery] = web.AppKey("stream_delivery")
+STREAM_FEED: web.AppKey[StreamFeed] = web.AppKey("stream_feed")
 
 
 def claim_ttl(config: Config) -> float:
@@ -226,6 +232,7 @@ async def _events(app: web.Application) -> AsyncIterator[None]:
 def _stream_events(app: web.Application, config: Config, store: SessionStore) -> None:
     """The Redis store's events: its scripts write them, the replicas' consumer group delivers the webhook's,
     and the admin feed reads them while someone watches."""
+    from gateway.event_streams import StreamDelivery, StreamFeed
     from gateway.store.redis import RedisStore
 
     if config.events.sink == "none" or not isinstance(store, RedisStore):

@@ -2,7 +2,8 @@
 a time in order (pipelined ones wait, parsed), with the edge's limits and timeouts.
 
 The model is uvicorn's httptools_impl.py: the parser is fed every byte as it arrives and its callbacks
-build the requests; a request is served by one task while reading continues under flow control. Unlike
+build the requests (RequestReader, front_reader.py, the base class of HttpConnection here); a request is
+served by one task while reading continues under flow control. Unlike
 uvicorn it buffers a body up to upstream.buffer_request_body before serving (so a slow uploader holds no bot
 connection), refuses what it cannot frame with certainty, and keeps no timer per request: FrontEnd's
 watcher compares each connection's `phase` and `since` with the listen.*_timeout every tick (frontend.py).
@@ -13,35 +14,19 @@ A WebSocket handshake is handed, head and all, to aiohttp's server, which owns t
 from __future__ import annotations
 
 import asyncio
-import base64
-import collections
 import contextlib
 import logging
 from typing import TYPE_CHECKING, Final, cast
 
-import httptools
 from aiohttp import web
-from aiohttp.http_parser import SINGLETON_HEADERS
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 
 from gateway.chunks import HIGH_WATER
-from gateway.errors import (
-    BadRequest,
-    BodyTooLarge,
-    ExpectationFailed,
-    GatewayError,
-    HeadersTooLarge,
-    MethodNotAllowed,
-    RequestTimeout,
-    UpstreamBusy,
-    UriTooLong,
-    VersionNotSupported,
-    error_whole,
-    unexpected_error,
-)
+from gateway.errors import GatewayError, RequestTimeout, UpstreamBusy, error_whole, unexpected_error
+from gateway.front_reader import BODY, BUSY, HEAD, IDLE, LINGER, PIPELINED, RequestReader
 from gateway.front_request import Request
 from gateway.front_response import StreamWriter, whole_bytes
-from gateway.headers import content_length, encode_head, is_websocket_upgrade, redact_path
+from gateway.headers import encode_head, redact_path
 from gateway.messages import Outgoing, Whole
 
 if TYPE_CHECKING:
@@ -49,71 +34,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway")
 
-MAX_REQUEST_LINE: Final = 8190  # bytes of request target; nginx's large_client_header_buffers is 8 KiB
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
-_SINGLETONS: Final = frozenset(name.lower() for name in SINGLETON_HEADERS)
-
-# What the connection waits for, which decides the timeout that applies (FrontEnd._watch).
-IDLE: Final = 0  # between requests: listen.keepalive_timeout, closed quietly
-HEAD: Final = 1  # a request head: listen.header_timeout from its first byte, then 408
-BODY: Final = 2  # a request body: listen.body_timeout of silence, then 408
-BUSY: Final = 3  # the request is being served: the upstream's timeouts apply (and send_timeout)
-LINGER: Final = 4  # the last response is out, the client's unread bytes are drained before closing
-
-# Why reading is paused: several reasons may hold at once.
-_PIPELINED: Final = 1  # a request waits behind the one being served
-_BODY_FULL: Final = 2  # a streamed body's buffer is above its high-water mark
-_STOPPED: Final = 4  # nothing more will be parsed (a refusal, an upgrade)
 
 
-def _handshake_refusal(request: Request) -> GatewayError | None:
-    """Why a WebSocket handshake is refused before any bot sees it (RFC 6455 §4.2.1), or None."""
-    headers = request.headers
-    if request.method != "GET":
-        return BadRequest("A WebSocket handshake must be a GET.")
-    if headers.get("Sec-WebSocket-Version", "").strip() != "13":
-        return BadRequest("A WebSocket handshake must ask for Sec-WebSocket-Version 13.")
-    key = headers.get("Sec-WebSocket-Key", "").strip()
-    try:
-        valid = key.isascii() and len(base64.b64decode(key, validate=True)) == 16
-    except ValueError:  # binascii.Error is one
-        valid = False
-    if not valid:
-        return BadRequest("A WebSocket handshake needs a Sec-WebSocket-Key of 16 bytes in base64.")
-    return None
+class HttpConnection(RequestReader):
+    """One client connection: its requests (read by RequestReader) served one at a time, in order."""
 
-
-class _Stop(Exception):
-    """Raised in a parser callback to stop parsing; the reason is already recorded."""
-
-
-class HttpConnection(asyncio.Protocol):
     def __init__(self, front: FrontEnd) -> None:
-        self._front = front
-        self.loop = front.loop
-        self.transport: asyncio.Transport | None = None
-        self.remote: str | None = None
-        self._parser = httptools.HttpRequestParser(self)
-        self._queue: collections.deque[Request] = collections.deque()  # parsed, not yet served
-        self._parsing: Request | None = None  # the request whose body is arriving
+        super().__init__(front)
         self._task: asyncio.Task[None] | None = None
-        self._in_head = False
-        self._url = b""
-        self._fields: list[tuple[str, str]] = []
-        self._head_bytes = 0  # bytes read while a head was incomplete (what a parser buffers in the meantime)
-        self._read = 0  # bytes of the read being parsed
-        self._fresh = True  # no byte has arrived yet
         self._counted = False  # the request being served counts in front.inflight
-        self._paused = 0
-        self._stopped = False
         self._writing_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self.closing = False  # the connection ends after the response being written
-        self.closed = False
-        # A new connection waits for its first head, so listen.header_timeout applies to it from the start
-        # (nginx's client_header_timeout does the same); keepalive_timeout is for between requests.
-        self.phase = HEAD
-        self.since = front.now  # when the current phase began (or, for BODY, the last byte arrived)
         self.send_since = 0.0  # when writing last stalled; 0 while the client reads
         self.send_backlog = 0  # bytes then waiting in the transport
 
@@ -133,46 +66,6 @@ class HttpConnection(asyncio.Protocol):
             self.transport.close()
             return
         front.connections.add(self)
-
-    def data_received(self, data: bytes) -> None:
-        if self._stopped:
-            return  # a refusal is being answered, or lingering: what follows is not read
-        was_in_head = self._in_head
-        phase = self.phase
-        if phase == IDLE or self._fresh:  # the head's time counts from its first byte
-            self.phase, self.since = HEAD, self._front.now
-            self._fresh = False
-        elif phase == BODY:
-            self.since = self._front.now
-        self._read = len(data)
-        try:
-            self._parser.feed_data(data)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            self._parse_error(exc, data)
-        if self._in_head and was_in_head and not self._stopped:
-            # Reads wholly inside a head: the read it began in may hold a body before it, never counted.
-            self._head_bytes += self._read
-            if self._head_bytes > self._front.max_head:
-                self._refuse(HeadersTooLarge("The request head is larger than the gateway accepts."))
-        self._advance()
-
-    def _feed(self, data: bytes) -> None:
-        try:
-            self._parser.feed_data(data)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            self._parse_error(exc, data)
-
-    def _parse_error(self, exc: Exception, data: bytes) -> None:
-        if isinstance(exc, httptools.HttpParserUpgrade):
-            self._upgraded(data[cast(int, exc.args[0]) :])
-        elif isinstance(exc, httptools.HttpParserCallbackError):
-            if not self._stopped:  # a bug of ours in a callback, not a refusal
-                log.error("failed to parse a request", exc_info=exc.__context__)
-                self._refuse(GatewayError("The gateway failed to read the request."))
-        elif str(exc) == "Invalid HTTP version":  # llhttp's words for HTTP/1.2, HTTP/3.0...
-            self._refuse(VersionNotSupported("Only HTTP/1.0 and HTTP/1.1 are served."))
-        else:
-            self._refuse(BadRequest(f"The request is not valid HTTP/1.1 ({exc})."))
 
     def eof_received(self) -> bool | None:
         # As aiohttp: a client that closes its side has left, so its request (if any) is abandoned.
@@ -203,180 +96,13 @@ class HttpConnection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    # -- httptools callbacks -----------------------------------------------------------------------------
-
-    # No on_message_begin: a callback fewer per request. on_url comes first in every request; the head's
-    # state is reset in on_headers_complete, once used.
-
-    def on_url(self, url: bytes) -> None:
-        self._in_head = True
-        self._url += url
-        if len(self._url) > MAX_REQUEST_LINE:
-            raise self._refusing(UriTooLong(f"The request target is longer than {MAX_REQUEST_LINE} bytes."))
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._in_head:  # llhttp reports a chunked body's trailer fields here
-            raise self._refusing(BadRequest("Trailer fields after a chunked body are not accepted."))
-        # rstrip: llhttp keeps a value's trailing whitespace (RFC 9110 §5.5 excludes it from the value).
-        self._fields.append(
-            (name.decode("utf-8", "surrogateescape"), value.rstrip(b" \t").decode("utf-8", "surrogateescape"))
-        )
-
-    def on_headers_complete(self) -> None:
-        self._in_head = False
-        front = self._front
-        # No field can be over a limit when all the reads that held the head are shorter than it (the usual
-        # head comes in one read): the fields are measured one by one only otherwise.
-        if self._head_bytes + self._read > front.small_head or len(self._fields) > front.max_headers:
-            self._measure_head()
-        self._head_bytes = 0
-        parser = self._parser
-        fields = CIMultiDict(self._fields)
-        length = fields.get("Content-Length")
-        declared = content_length(length) if length is not None else None  # llhttp judged the value
-        chunked = "Transfer-Encoding" in fields  # llhttp refuses any coding but a final chunked
-        request = Request(
-            self,
-            parser.get_method().decode("ascii", "surrogateescape"),
-            self._url.decode("utf-8", "surrogateescape"),
-            parser.get_http_version(),
-            CIMultiDictProxy(fields),
-            declared,
-            chunked or bool(declared),
-            not parser.should_keep_alive(),
-        )
-        self._url, self._fields = b"", []
-        self._queue.append(request)
-        self._parsing = request
-        refusal = self._judge(request, fields)
-        if refusal is not None:
-            raise self._refusing(refusal)
-        if self.phase == HEAD:
-            self.phase, self.since = BODY, self._front.now
-
-    def on_body(self, data: bytes) -> None:
-        request = self._parsing
-        assert request is not None
-        request.content.feed(data)
-        if request.content.received > self._front.max_body:
-            raise self._refusing(
-                BodyTooLarge(f"The request body exceeds the limit of {self._front.max_body} bytes.")
-            )
-
-    def on_message_complete(self) -> None:
-        request, self._parsing = self._parsing, None
-        if request is not None:
-            request.content.feed_eof()
-        if self.phase == BODY:
-            self.phase = BUSY  # a streamed body is complete: what remains is the bot's to answer
-
-    # -- judging -------------------------------------------------------------------------------------------
-
-    def _measure_head(self) -> None:
-        front = self._front
-        limit = front.max_field_size  # per name and per value, as aiohttp's server judged them
-        size = len(self._url)
-        for name, value in self._fields:
-            if len(name) > limit or len(value) > limit:
-                break
-            size += len(name) + len(value) + 4
-        else:
-            if len(self._fields) <= front.max_headers and size <= front.max_head:
-                return
-        raise self._refusing(
-            HeadersTooLarge(
-                f"The request has a header name or value over {limit} bytes, over {front.max_headers} "
-                f"headers, or a head over {front.max_head} bytes."
-            )
-        )
-
-    def _judge(self, request: Request, fields: CIMultiDict[str]) -> GatewayError | None:
-        """Why the request is refused, or None: what a browser never sends, or we cannot frame."""
-        if request.version not in ("1.1", "1.0"):
-            return VersionNotSupported("Only HTTP/1.0 and HTTP/1.1 are served.")
-        method = request.method
-        if method == "CONNECT":
-            return MethodNotAllowed("CONNECT is not supported: the gateway is no forward proxy.")
-        if method == "TRACE":
-            return MethodNotAllowed("TRACE is not forwarded.")
-        target = request.raw_path
-        # A path, OPTIONS *, or the absolute form (whose path is used): any other target is refused here.
-        if (
-            target[:1] != "/"
-            and not target.startswith(("http://", "https://"))
-            and not (target == "*" and method == "OPTIONS")
-        ):
-            return BadRequest("The request target is neither a path nor an absolute URL.")
-        if request.version == "1.1" and "Host" not in fields:
-            return BadRequest("The request has no Host header.")  # RFC 9112 §3.2
-        for name in fields.keys() & _SINGLETONS:
-            if len(fields.getall(name)) > 1:
-                return BadRequest(f"The request repeats the {name} header.")
-        if self._parser.should_upgrade() and request.body_exists:
-            # llhttp treats what follows an upgrade's head as the new protocol, never as its body.
-            return BadRequest("An upgrade request must not carry a body.")
-        expect = fields.get("Expect")
-        if expect is not None:
-            if expect.lower() != "100-continue":
-                return ExpectationFailed("Only the expectation 100-continue is supported.")
-            request.expect_continue = request.body_exists
-        if request.content_length is not None and request.content_length > self._front.max_body:
-            return BodyTooLarge(
-                f"The request body of {request.content_length} bytes exceeds the limit of "
-                f"{self._front.max_body} bytes."
-            )
-        return None
-
-    def _refusing(self, error: GatewayError) -> _Stop:
-        self._refuse(error)
-        return _Stop()
-
-    def _refuse(self, error: GatewayError, request: Request | None = None) -> None:
-        """Stop reading; answer `error` (for `request`, else the one being parsed) once the requests before
-        it are answered, then close."""
-        if self._stopped:
-            return
-        self._stopped = True
-        self._pause(_STOPPED)
-        log.info(
-            "refused a request from %s: %s %s (%s)", self.remote, error.status, error.code, error.message
-        )
-        request = request or self._parsing
-        if request is not None and request.content.streaming:
-            request.content.fail(error)  # the request is being served: its reader gets the error
-            return
-        if request is None or request not in self._queue:
-            request = Request(self, "", "", "1.1", CIMultiDictProxy(CIMultiDict()), None, False, True)
-            self._queue.append(request)
-        request.refusal = error
-
-    def _upgraded(self, rest: bytes) -> None:
-        """llhttp stopped after an upgrade's head (or CONNECT's, refused already)."""
-        if self._stopped:
-            return
-        request = self._queue[-1]
-        if request.version == "1.1" and is_websocket_upgrade(request.headers):
-            refusal = _handshake_refusal(request)
-            if refusal is not None:  # refused here: aiohttp would, but only after the bot was asked
-                self._refuse(refusal, request)
-                return
-            request.upgrade = rest  # aiohttp's server takes the connection when the request's turn comes
-            self._stopped = True
-            self._pause(_STOPPED)
-            return
-        # Another protocol (h2c...), or an HTTP/1.0 request, whose Upgrade is to be ignored (RFC 9110 §7.8):
-        # served as a plain request, the Upgrade header dropped as hop-by-hop.
-        self._parser = httptools.HttpRequestParser(self)
-        if rest:
-            self._feed(rest)
-
     # -- serving -------------------------------------------------------------------------------------------
 
     def _advance(self) -> None:
         """Serve the next request once it may be served, answer a refusal, or go idle."""
         if self._task is not None:
             if self._queue:
-                self._pause(_PIPELINED)
+                self._pause(PIPELINED)
             return
         if not self._queue or self.closed:
             if self.phase == BUSY:
@@ -496,8 +222,8 @@ class HttpConnection(asyncio.Protocol):
         if self.last_response(request):
             self._close()  # its head said Connection: close
             return
-        if self._paused & _PIPELINED:
-            self._resume(_PIPELINED)
+        if self._paused & PIPELINED:
+            self._resume(PIPELINED)
         self.phase, self.since = BUSY, self._front.now
         self._advance()
 
@@ -526,31 +252,7 @@ class HttpConnection(asyncio.Protocol):
             or not request.content.complete
         )
 
-    # -- flow control and writing ----------------------------------------------------------------------
-
-    def _pause(self, reason: int) -> None:
-        if not self._paused and self.transport is not None and not self.closed:
-            self.transport.pause_reading()
-        self._paused |= reason
-
-    def _resume(self, reason: int) -> None:
-        if self._paused & reason:
-            self._paused &= ~reason
-            if not self._paused and self.transport is not None and not self.closed:
-                self.transport.resume_reading()
-
-    def pause_for_body(self) -> None:
-        self._pause(_BODY_FULL)
-
-    def resume_for_body(self) -> None:
-        if self._paused & _BODY_FULL:
-            self._resume(_BODY_FULL)
-            self.since = self._front.now  # the wait was the bot's: the client's silence counts from now
-
-    @property
-    def body_paused(self) -> bool:
-        """Whether reading waits for the bot to take the body: silence then is not the client's."""
-        return bool(self._paused & _BODY_FULL)
+    # -- writing -------------------------------------------------------------------------------------
 
     def send(self, data: bytes) -> None:
         transport = self.transport

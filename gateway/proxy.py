@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
-from collections.abc import AsyncIterator, Coroutine
-from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import hdrs, web
@@ -19,43 +14,24 @@ from yarl import URL
 from gateway.config import Config
 from gateway.cors import Cors
 from gateway.deferral import DIALOGFLOW_MAX_BODY, Deferrals
-from gateway.errors import (
-    BadRequest,
-    BadRequestBody,
-    BodyTooLarge,
-    ClientFault,
-    ReplicaUnavailable,
-    StoreUnavailable,
-    UpstreamBusy,
-    UpstreamResponseTooLarge,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-)
-from gateway.headers import (
-    REQUEST_ONLY_DROP,
-    WEBSOCKET_HANDSHAKE,
-    is_trusted,
-    is_websocket_upgrade,
-    redact_path,
-    set_forwarded,
-    strip_hop_by_hop,
-)
+from gateway.deferring import Deferring
+from gateway.errors import BodyTooLarge, ReplicaUnavailable
+from gateway.exchange import Exchange, log_exchange
+from gateway.failures import BODY_FAILURES, Failures
+from gateway.headers import REQUEST_ONLY_DROP, WEBSOCKET_HANDSHAKE, is_websocket_upgrade, strip_hop_by_hop
 from gateway.messages import Incoming, NewStream, Outgoing, Whole
 from gateway.metrics import Metrics
 from gateway.placing import NOTHING, Checked, Placer
+from gateway.request_body import body_for_upstream, whole_body
 from gateway.reverse import REVERSED, reverse
-from gateway.sessions import LOGOUT, SessionManager, Turn, short_id
-from gateway.upstream_client import Pool, PoolBusy, Response, UpstreamConnectError
-from gateway.upstreams import Replica
-from gateway.websocket import proxy_websocket
-
-log = logging.getLogger("gateway")
-access_log = logging.getLogger("gateway.access")
+from gateway.sessions import LOGOUT, SessionManager, Turn
+from gateway.streams import Streams
+from gateway.upstream_client import Pool, Response, UpstreamConnectError
+from gateway.upstream_request import request_target, upstream_headers
+from gateway.websocket import WebSockets
 
 SSE_TYPE = "text/event-stream"
 LOGOUT_BODY = json.dumps(LOGOUT).encode()
-# How reading a bot's body fails (ConnectionError: the bot closed the connection mid-body).
-_BODY_FAILURES = (asyncio.IncompleteReadError, aiohttp.ClientPayloadError, ConnectionError, TimeoutError)
 # Bytes: a known-length response body up to this is read whole, then sent with its head.
 SMALL_BODY = 64 * 1024
 _COOKIE = frozenset({hdrs.COOKIE})  # rebuilt by the session layer: merged, session set, gateway's own removed
@@ -63,73 +39,6 @@ _COOKIE = frozenset({hdrs.COOKIE})  # rebuilt by the session layer: merged, sess
 
 def aiohttp_stream(status: int, reason: str, headers: CIMultiDict[str]) -> Outgoing:
     return web.StreamResponse(status=status, reason=reason, headers=headers)
-
-
-@dataclass(slots=True)
-class Exchange:
-    """What one proxied request did, for the access log and metrics."""
-
-    new_stream: NewStream  # how a streamed response is opened on this request's connection
-    started: float = field(default_factory=time.perf_counter)
-    upstream_status: int | None = None
-    session: str | None = None
-    bytes_in: int = 0
-    bytes_out: int = 0
-    body_too_large: bool = False
-    client_gone: bool = False
-    note: str = ""
-
-
-class Streams:
-    """Open SSE responses and WebSockets, so shutdown can close them with "going away"."""
-
-    def __init__(self) -> None:
-        self.responses: set[Response] = set()
-        self.sockets: set[web.WebSocketResponse] = set()
-        self.closing = False
-
-    async def close_all(self) -> None:
-        self.closing = True
-        for upstream in list(self.responses):
-            upstream.close()  # the read loop sees EOF and ends the client's stream cleanly
-        await asyncio.gather(
-            *(
-                ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"gateway shutting down")
-                for ws in self.sockets
-            ),
-            return_exceptions=True,
-        )
-
-
-def build_pool(config: Config, metrics: Metrics) -> Pool:
-    """The proxy's one upstream HTTP client."""
-    up = config.upstream
-    return Pool(
-        limit=up.pool_size,
-        keepalive_timeout=up.keepalive_timeout,
-        connect_timeout=up.connect_timeout,
-        read_timeout=up.read_timeout,
-        queue_timeout=up.queue_timeout,
-        on_wait=metrics.upstream_queue.observe,
-    )
-
-
-def build_client(config: Config) -> aiohttp.ClientSession:
-    """aiohttp's client, for WebSocket upgrades and the readiness probe only."""
-    up = config.upstream
-    connector = aiohttp.TCPConnector(limit=up.pool_size, keepalive_timeout=up.keepalive_timeout)
-    return aiohttp.ClientSession(
-        connector=connector,
-        # The upstream's cookies belong to the client, never to the gateway nor to another user.
-        cookie_jar=aiohttp.DummyCookieJar(),
-        # Compressed bodies pass through byte-exact with their Content-Encoding.
-        auto_decompress=False,
-        # total=None: a chat stream may last minutes; sock_read is the silence allowed between bytes.
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=up.connect_timeout, sock_read=up.read_timeout),
-        skip_auto_headers=(hdrs.USER_AGENT, hdrs.ACCEPT, hdrs.ACCEPT_ENCODING, hdrs.CONTENT_TYPE),
-        raise_for_status=False,
-        trust_env=False,
-    )
 
 
 class Proxy:
@@ -158,11 +67,23 @@ class Proxy:
         self._trusted = config.listen.trusted_networks()
         self._max_body = config.upstream.max_body_size
         self._drop = REQUEST_ONLY_DROP | sessions.owned_request_headers | _COOKIE
-        self._drop_websocket = self._drop | WEBSOCKET_HANDSHAKE
         self._path_param = config.session.path_param.lower()
         self._placer = Placer(config.session)
         self._deferrals = deferrals
         self._max_response = config.upstream.max_response_size  # 0: no cap
+        self._access = config.log.access
+        self._failures = Failures(config.upstream, metrics, self.upstreams)
+        self._deferring = Deferring(deferrals, sessions, metrics, self._buffer, self._respond)
+        self._websockets = WebSockets(
+            client,
+            config.upstream.max_ws_message_size,
+            self._drop | WEBSOCKET_HANDSHAKE,
+            self._trusted,
+            sessions,
+            metrics,
+            streams,
+            self._failures,
+        )
 
     async def handle(
         self, request: Incoming, new_stream: NewStream = aiohttp_stream
@@ -193,33 +114,7 @@ class Proxy:
             elapsed = time.perf_counter() - exchange.started
             self.metrics.count_request(request.method, status)
             self.metrics.request_duration.observe(elapsed)
-            self._access(request, status, elapsed, exchange)
-
-    @staticmethod
-    def request_target(request: Incoming) -> str:
-        """The raw request target (path and query, never re-quoted)."""
-        target = request.raw_path
-        if not target.startswith("/"):
-            if target == "*":
-                raise BadRequest("The asterisk request target is not supported.")
-            # Absolute form (`GET http://other.host/x`): forward its path only, never to that host.
-            parts = urlsplit(target)
-            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        return target
-
-    def upstream_headers(self, request: Incoming, turn: Turn, *, websocket: bool = False) -> CIMultiDict[str]:
-        """Request headers for the upstream: hop-by-hop and gateway-owned stripped, session and X-Forwarded-* set."""
-        headers = strip_hop_by_hop(request.headers, self._drop_websocket if websocket else self._drop)
-        headers.extend(turn.headers)
-        peer = request.remote
-        set_forwarded(
-            headers,
-            peer=peer,
-            scheme=request.scheme,
-            host=request.headers.get(hdrs.HOST),
-            trusted=is_trusted(peer, self._trusted),
-        )
-        return headers
+            log_exchange(request, status, elapsed, exchange, self._access)
 
     async def _proxy(self, request: Incoming, exchange: Exchange) -> web.StreamResponse | Outgoing | Whole:
         preflight = self.cors.preflight(request)
@@ -230,7 +125,7 @@ class Proxy:
             raise BodyTooLarge(
                 f"The request body of {declared} bytes exceeds the limit of {self._max_body} bytes."
             )
-        target = self.request_target(request)
+        target = request_target(request)
         checked = NOTHING
         deferrals = self._deferrals
         webhook = (
@@ -239,7 +134,11 @@ class Proxy:
             and 0 < (request.content_length or 0) <= min(DIALOGFLOW_MAX_BODY, self._buffer)
         )
         if self._placer.reads_body or (webhook and deferrals.enabled):
-            body = await self._whole_body(request, exchange) if request.body_exists else None
+            body = (
+                await whole_body(request, exchange, self._buffer, self._placer)
+                if request.body_exists
+                else None
+            )
             checked = (
                 self._placer.check(target, body) if self._placer.reads_body else Checked(body, None, None)
             )
@@ -264,11 +163,13 @@ class Proxy:
                 if is_websocket_upgrade(request.headers) and isinstance(request, web.Request):
                     # The front end hands valid HTTP/1.1 handshakes to aiohttp's server; any other request
                     # with an Upgrade is a plain one (the header is hop-by-hop).
-                    return await proxy_websocket(self, request, self._url(turn), turn, exchange)
+                    return await self._websockets.proxy(request, self._url(turn), turn, exchange)
                 sent = time.perf_counter()
-                if deferrals.enabled and self._deferrable(request, checked):
+                if deferrals.enabled and self._deferring.deferrable(request, checked):
                     send = self._send(request, turn, exchange, checked)
-                    upstream_or_interim = await self._send_or_defer(request, turn, exchange, send, sent)
+                    upstream_or_interim = await self._deferring.send_or_defer(
+                        request, turn, exchange, send, sent
+                    )
                     if isinstance(upstream_or_interim, Whole):
                         handed_over = True
                         return upstream_or_interim
@@ -278,7 +179,7 @@ class Proxy:
             except BaseException:
                 await asyncio.shield(self.sessions.abandon(turn))
                 raise
-            # (inline, not _respond_to(): one coroutine less on every request)
+            # (inline, not Deferring._respond_to(): one coroutine less on every request)
             received = time.perf_counter()
             exchange.upstream_status = upstream.status
             self.metrics.upstream_ttfb.observe(received - sent)
@@ -293,94 +194,6 @@ class Proxy:
                 assert turn.replica is not None
                 turn.replica.in_flight -= 1  # not `replica`: a re-pin in _send moved the count to the new one
 
-    async def _respond_to(
-        self,
-        request: Incoming,
-        upstream: Response,
-        exchange: Exchange,
-        turn: Turn,
-        sent: float,
-        keep: int = 0,
-    ) -> web.StreamResponse | Outgoing | Whole:
-        received = time.perf_counter()
-        exchange.upstream_status = upstream.status
-        self.metrics.upstream_ttfb.observe(received - sent)
-        try:
-            return await self._respond(
-                request,
-                upstream,
-                exchange,
-                turn,
-                overhead=sent - exchange.started,
-                received=received,
-                keep=keep,
-            )
-        finally:
-            upstream.release()
-
-    def _deferrable(self, request: Incoming, checked: Checked) -> bool:
-        """Only a request whose body is read whole (so nothing of it is left to stream), never HEAD."""
-        if request.method == hdrs.METH_HEAD:
-            return False
-        length = request.content_length
-        return (
-            checked.body is not None
-            or not request.body_exists
-            or (length is not None and length <= self._buffer)
-        )
-
-    async def _send_or_defer(
-        self,
-        request: Incoming,
-        turn: Turn,
-        exchange: Exchange,
-        send: Coroutine[Any, Any, Response],
-        sent: float,
-    ) -> Response | Whole:
-        """The bot's head if it comes within deferred.after; else an interim answer, the exchange going on."""
-        task = asyncio.ensure_future(send)
-        try:
-            done, _ = await asyncio.wait({task}, timeout=self._deferrals.after)
-            if done:
-                return task.result()
-            # Bound to the session the client carries; a Dialogflow CX agent carries none of ours (the 128-bit
-            # token is the proof there).
-            session = turn.session_id if turn.live or self.sessions.config.issuer == "gateway" else None
-            bound = None if self._deferrals.dialogflow else session or turn.carried.session_id
-            try:
-                token = await self._deferrals.open(bound)
-            except StoreUnavailable:
-                token = None  # nowhere to keep the answer: wait for it instead
-            if token is None:  # max_pending (or no store): wait as without deferral
-                return await task
-        except BaseException:
-            task.cancel()  # the client left (or the store failed): the bot's request goes with it
-            raise
-        self._deferrals.run(token, self._answer_later(request, turn, exchange, task, sent))
-        exchange.note = ""
-        return self._deferrals.interim(token, self.sessions.known_headers(turn))
-
-    async def _answer_later(
-        self, request: Incoming, turn: Turn, exchange: Exchange, task: asyncio.Future[Response], sent: float
-    ) -> Whole:
-        """A deferred exchange's rest: the bot's answer, whole and processed as usual, for the store."""
-        try:
-            try:
-                upstream = await task
-            except BaseException:
-                await asyncio.shield(self.sessions.abandon(turn))
-                raise
-            response = await self._respond_to(
-                request, upstream, exchange, turn, sent, keep=self._deferrals.answer_cap
-            )
-            assert isinstance(response, Whole)  # keep: read whole
-            return response
-        finally:
-            if exchange.note:
-                log.warning("%s %s (deferred): %s", request.method, _log_path(request), exchange.note)
-            assert turn.replica is not None
-            turn.replica.in_flight -= 1
-
     def _url(self, turn: Turn) -> URL:
         assert turn.replica is not None
         return URL(
@@ -394,11 +207,11 @@ class Proxy:
             replica = turn.replica
             assert replica is not None
             replica.requests_metric.inc()
-            headers = self.upstream_headers(request, turn)
+            headers = upstream_headers(request, turn, self._drop, self._trusted)
             target = turn.carried.target
             try:
                 if checked.body is None:
-                    body = await self._request_body(request, exchange)
+                    body = await body_for_upstream(request, exchange, self._buffer, self._max_body)
                 else:  # read whole for session placement or carriage; placed again after a re-pin
                     body = self._placer.body(checked, turn.session_id)
                 if self._placer.places:
@@ -407,7 +220,7 @@ class Proxy:
                     replica.origin, request.method, replica.prefix + target, headers, body
                 )
             except Exception as exc:
-                error = self._request_failure(exc, exchange, replica)
+                error = self._failures.request_failure(exc, exchange, replica)
                 refused = isinstance(
                     exc, UpstreamConnectError | aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError
                 )
@@ -423,98 +236,6 @@ class Proxy:
                 raise error from None
             self.upstreams.mark_up(replica)
             return upstream
-
-    async def _request_body(
-        self, request: Incoming, exchange: Exchange
-    ) -> bytes | AsyncIterator[bytes] | None:
-        """A body the front end read whole is sent with the head in one write; a larger one streams."""
-        if not request.body_exists:
-            return None
-        length = request.content_length
-        if length is not None and length <= self._buffer:
-            try:
-                body: bytes = await request.content.readexactly(length)
-            except (ConnectionError, asyncio.IncompleteReadError, aiohttp.ClientConnectionResetError):
-                exchange.client_gone = True
-                raise asyncio.CancelledError() from None
-            exchange.bytes_in = length
-            return body
-        return self._body(request, exchange)
-
-    async def _whole_body(self, request: Incoming, exchange: Exchange) -> bytes:
-        """The body read whole, up to upstream.buffer_request_body, for session placement or carriage."""
-        length = request.content_length
-        too_large = BadRequestBody(
-            f"The request body is over upstream.buffer_request_body ({self._buffer} bytes), so no session id "
-            f"can be placed or read at {self._placer.pointers()}."
-        )
-        if length is not None and length > self._buffer:
-            raise too_large
-        chunks: list[bytes] = []
-        try:
-            if length is not None:
-                chunks.append(await request.content.readexactly(length))
-            else:
-                async for chunk in request.content.iter_any():
-                    chunks.append(chunk)
-                    exchange.bytes_in += len(chunk)
-                    if exchange.bytes_in > self._buffer:
-                        raise too_large
-        except (ConnectionError, asyncio.IncompleteReadError, aiohttp.ClientConnectionResetError):
-            exchange.client_gone = True
-            raise asyncio.CancelledError() from None
-        body = b"".join(chunks)
-        exchange.bytes_in = len(body)
-        return body
-
-    async def _body(self, request: Incoming, exchange: Exchange) -> AsyncIterator[bytes]:
-        """The request body as it arrives, counted against upstream.max_body_size."""
-        try:
-            async for chunk in request.content.iter_any():
-                exchange.bytes_in += len(chunk)
-                if exchange.bytes_in > self._max_body:
-                    exchange.body_too_large = True
-                    raise BodyTooLarge(f"The request body exceeds the limit of {self._max_body} bytes.")
-                yield chunk
-        except (ConnectionError, aiohttp.ClientConnectionResetError):
-            exchange.client_gone = True
-            raise
-
-    def _request_failure(self, exc: BaseException, exchange: Exchange, replica: Replica) -> BaseException:
-        """Map a failed upstream request to the gateway error the client gets; count and log it once.
-        A client's fault (a slow or oversized body, a client gone) and a full pool never count against
-        the replica: they do not mark it down, so no other user's session moves."""
-        if isinstance(exc, ClientFault):
-            return exc
-        if isinstance(exc, PoolBusy):
-            exchange.note = "upstream busy: no connection within upstream.queue_timeout"
-            return UpstreamBusy(
-                f"No connection to the bot became free within {self.config.upstream.queue_timeout:g} s."
-            )
-        if exchange.body_too_large:
-            return BodyTooLarge(f"The request body exceeds the limit of {self._max_body} bytes.")
-        if exchange.client_gone:
-            return asyncio.CancelledError()
-        reason, error = self._classify(exc)
-        self.metrics.upstream_errors.labels(reason=reason).inc()
-        self.metrics.replica_errors.labels(replica=replica.name).inc()
-        if reason in ("connect", "timeout"):
-            self.upstreams.mark_down(replica, reason)
-        exchange.note = f"upstream {reason}: {type(exc).__name__}"
-        return error
-
-    def _classify(self, exc: BaseException) -> tuple[str, Exception]:
-        if isinstance(
-            exc, UpstreamConnectError | aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError
-        ):
-            return "connect", UpstreamUnavailable("The upstream could not be reached.")
-        if isinstance(exc, asyncio.TimeoutError):
-            return "timeout", UpstreamTimeout(
-                f"The upstream did not answer within {self.config.upstream.read_timeout:g} seconds."
-            )
-        if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | ConnectionError):
-            return "reset", UpstreamUnavailable("The upstream closed the connection before answering.")
-        return "protocol", UpstreamUnavailable("The upstream sent an invalid HTTP response.")
 
     async def _respond(
         self,
@@ -541,7 +262,7 @@ class Proxy:
         if cap:
             try:
                 if is_sse and keep:
-                    raise self._too_large(
+                    raise self._failures.too_large(
                         upstream, exchange, "an event stream cannot be kept as a deferred answer"
                     )
                 kept = await self._read_capped(upstream, cap, exchange) if has_body else b""
@@ -572,8 +293,8 @@ class Proxy:
             # separate header write was ~10% of the per-request cost). Long or unsized bodies stream.
             try:
                 body = await upstream.content.readexactly(length)
-            except _BODY_FAILURES as exc:
-                raise self._body_failure(exc, exchange) from None
+            except BODY_FAILURES as exc:
+                raise self._failures.body_failure(exc, exchange) from None
             exchange.bytes_out = length
             self.metrics.overhead.observe(overhead + time.perf_counter() - received)
             return Whole(upstream.status, upstream.reason or "", headers, body)
@@ -607,7 +328,7 @@ class Proxy:
         """The whole body, refused past `cap` bytes (declared, or counted as it arrives)."""
         length = upstream.content_length
         if length is not None and length > cap:
-            raise self._too_large(upstream, exchange, f"it declares {length} bytes")
+            raise self._failures.too_large(upstream, exchange, f"it declares {length} bytes")
         try:
             if length is not None:
                 return await upstream.content.readexactly(length)
@@ -615,24 +336,11 @@ class Proxy:
             async for chunk, _ in upstream.content.iter_chunks():
                 size += len(chunk)
                 if size > cap:
-                    raise self._too_large(upstream, exchange, f"it sent more than {cap} bytes")
+                    raise self._failures.too_large(upstream, exchange, f"it sent more than {cap} bytes")
                 chunks.append(chunk)
             return b"".join(chunks)
-        except _BODY_FAILURES as exc:
-            raise self._body_failure(exc, exchange) from None
-
-    def _body_failure(self, exc: BaseException, exchange: Exchange) -> Exception:
-        """The bot failed mid-body (before anything reached the client): counted, noted, mapped."""
-        reason, error = self._classify(exc)
-        self.metrics.upstream_errors.labels(reason=reason).inc()
-        exchange.note = f"upstream {reason} in body: {type(exc).__name__}"
-        return error
-
-    def _too_large(self, upstream: Response, exchange: Exchange, why: str) -> UpstreamResponseTooLarge:
-        upstream.close()  # the rest is never read: the connection cannot be reused
-        self.metrics.upstream_errors.labels(reason="too_large").inc()
-        exchange.note = f"upstream answer too large: {why}"
-        return UpstreamResponseTooLarge(f"The bot's answer is too large: {why}.")
+        except BODY_FAILURES as exc:
+            raise self._failures.body_failure(exc, exchange) from None
 
     async def _pump(
         self, request: Incoming, upstream: Response, response: Outgoing, exchange: Exchange
@@ -654,7 +362,7 @@ class Proxy:
             else:
                 # Headers are gone already: the only honest signal left is to cut the connection,
                 # so the client sees a truncated body rather than a complete one.
-                reason, _ = self._classify(exc)
+                reason, _ = self._failures.classify(exc)
                 self.metrics.upstream_errors.labels(reason=reason).inc()
                 exchange.note = f"upstream {reason} mid-body: {type(exc).__name__}"
                 upstream.close()
@@ -666,37 +374,8 @@ class Proxy:
         except (ConnectionError, aiohttp.ClientConnectionResetError):
             exchange.client_gone = True
 
-    def _access(self, request: Incoming, status: int, elapsed: float, exchange: Exchange) -> None:
-        if exchange.note:
-            log.warning("%s %s: %s", request.method, _log_path(request), exchange.note)
-        if not self.config.log.access:
-            return
-        access_log.info(
-            "%s %s %s",
-            request.method,
-            _log_path(request),
-            status,
-            extra={
-                "fields": {
-                    "method": request.method,
-                    "path": _log_path(request),
-                    "status": status,
-                    "duration_ms": round(elapsed * 1000, 3),
-                    "upstream_status": exchange.upstream_status,
-                    "bytes_in": exchange.bytes_in,
-                    "bytes_out": exchange.bytes_out,
-                    "client": request.remote,
-                    "session": short_id(exchange.session),
-                }
-            },
-        )
-
 
 def _logout(headers: CIMultiDict[str]) -> Whole:
     """The Teneo engine's logout answer, given by the gateway for a bot without an end-session endpoint."""
     headers[hdrs.CONTENT_TYPE] = "application/json; charset=utf-8"
     return Whole(200, "", headers, LOGOUT_BODY)
-
-
-def _log_path(request: Incoming) -> str:
-    return redact_path(request.raw_path)

@@ -3,71 +3,97 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import WSMsgType, hdrs, web
 from multidict import CIMultiDict
 from yarl import URL
 
-if TYPE_CHECKING:
-    from gateway.proxy import Exchange, Proxy
-    from gateway.sessions import Turn
+from gateway.exchange import Exchange
+from gateway.failures import Failures
+from gateway.headers import Network
+from gateway.metrics import Metrics
+from gateway.sessions import SessionManager, Turn
+from gateway.streams import Streams
+from gateway.upstream_request import upstream_headers
 
 CLOSED = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR})
 
 
-async def proxy_websocket(
-    proxy: Proxy, request: web.Request, url: URL, turn: Turn, exchange: Exchange
-) -> web.StreamResponse:
-    """Open the upstream socket first, so a refused upstream is a 502 JSON and not a dead socket."""
-    protocols = [
-        p.strip() for p in request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL, "").split(",") if p.strip()
-    ]
-    limit = proxy.config.upstream.max_ws_message_size
-    try:
-        upstream = await proxy.client.ws_connect(
-            url,
-            headers=proxy.upstream_headers(request, turn, websocket=True),
-            protocols=protocols,
-            autoclose=False,
-            autoping=False,
-            max_msg_size=limit,
-        )
-    except aiohttp.WSServerHandshakeError as exc:
-        exchange.upstream_status = exc.status
-        return web.Response(status=exc.status, text=exc.message or "")
-    except Exception as exc:
-        assert turn.replica is not None
-        raise proxy._request_failure(exc, exchange, turn.replica) from None
-    exchange.upstream_status = 101
-    session_headers: CIMultiDict[str] = CIMultiDict()
-    await proxy.sessions.finish(turn, 101, session_headers)
-    chosen = [upstream.protocol] if upstream.protocol else []
-    client = web.WebSocketResponse(protocols=chosen, autoclose=False, autoping=False, max_msg_size=limit)
-    client.headers.extend(session_headers)
-    await client.prepare(request)
-    proxy.metrics.streams_open.labels(kind="websocket").inc()
-    proxy.streams.sockets.add(client)
-    try:
-        pumps = [
-            asyncio.create_task(_pump(client, upstream, exchange, inbound=True)),
-            asyncio.create_task(_pump(upstream, client, exchange, inbound=False)),
+class WebSockets:
+    """The proxy's WebSocket upgrades, on aiohttp's client and server (one instance per app)."""
+
+    def __init__(
+        self,
+        client: aiohttp.ClientSession,
+        max_msg_size: int,
+        drop: frozenset[str],
+        trusted: tuple[Network, ...],
+        sessions: SessionManager,
+        metrics: Metrics,
+        streams: Streams,
+        failures: Failures,
+    ) -> None:
+        self._client = client
+        self._max_msg_size = max_msg_size  # upstream.max_ws_message_size
+        self._drop = drop  # request headers never forwarded, the handshake's own included
+        self._trusted = trusted
+        self._sessions = sessions
+        self._metrics = metrics
+        self._streams = streams
+        self._failures = failures
+
+    async def proxy(
+        self, request: web.Request, url: URL, turn: Turn, exchange: Exchange
+    ) -> web.StreamResponse:
+        """Open the upstream socket first, so a refused upstream is a 502 JSON and not a dead socket."""
+        protocols = [
+            p.strip() for p in request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL, "").split(",") if p.strip()
         ]
+        limit = self._max_msg_size
         try:
-            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+            upstream = await self._client.ws_connect(
+                url,
+                headers=upstream_headers(request, turn, self._drop, self._trusted),
+                protocols=protocols,
+                autoclose=False,
+                autoping=False,
+                max_msg_size=limit,
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            exchange.upstream_status = exc.status
+            return web.Response(status=exc.status, text=exc.message or "")
+        except Exception as exc:
+            assert turn.replica is not None
+            raise self._failures.request_failure(exc, exchange, turn.replica) from None
+        exchange.upstream_status = 101
+        session_headers: CIMultiDict[str] = CIMultiDict()
+        await self._sessions.finish(turn, 101, session_headers)
+        chosen = [upstream.protocol] if upstream.protocol else []
+        client = web.WebSocketResponse(protocols=chosen, autoclose=False, autoping=False, max_msg_size=limit)
+        client.headers.extend(session_headers)
+        await client.prepare(request)
+        self._metrics.streams_open.labels(kind="websocket").inc()
+        self._streams.sockets.add(client)
+        try:
+            pumps = [
+                asyncio.create_task(_pump(client, upstream, exchange, inbound=True)),
+                asyncio.create_task(_pump(upstream, client, exchange, inbound=False)),
+            ]
+            try:
+                await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in pumps:
+                    task.cancel()
+                await asyncio.gather(*pumps, return_exceptions=True)
         finally:
-            for task in pumps:
-                task.cancel()
-            await asyncio.gather(*pumps, return_exceptions=True)
-    finally:
-        proxy.streams.sockets.discard(client)
-        proxy.metrics.streams_open.labels(kind="websocket").dec()
-        if not upstream.closed:
-            await upstream.close(code=client.close_code or aiohttp.WSCloseCode.GOING_AWAY)
-        if not client.closed:
-            await client.close(code=upstream.close_code or aiohttp.WSCloseCode.GOING_AWAY)
-    return client
+            self._streams.sockets.discard(client)
+            self._metrics.streams_open.labels(kind="websocket").dec()
+            if not upstream.closed:
+                await upstream.close(code=client.close_code or aiohttp.WSCloseCode.GOING_AWAY)
+            if not client.closed:
+                await client.close(code=upstream.close_code or aiohttp.WSCloseCode.GOING_AWAY)
+        return client
 
 
 async def _pump(
