@@ -289,3 +289,19 @@ async def test_the_admin_feed_shows_every_replicas_events_from_the_streams(
         assert lines[1] == b"event: session.started\n"
         event = json.loads(lines[2].removeprefix(b"data: "))
         assert event["session"] == session_digest(sid) and event["reason"] == "first"  # digests for operators
+
+
+async def test_a_restart_through_the_gateway_names_its_reason_and_previous_session(
+    redis: RedisServer, start_node: StartNode, clock: FakeClock, demo: Bot, receiver: Receiver
+) -> None:
+    config = gateway_config(demo.url, redis, idle_timeout=IDLE, sweep_interval=60.0)
+    node = await start_node(dataclasses.replace(config, events=webhook(receiver)), clock)
+    first = (await node.send()).session_id
+    clock.advance(IDLE + 1)
+    second = (await node.send(header=first)).session_id
+    await eventually(lambda: len(receiver.of("session.started")) == 2, timeout=10, what="two starts")
+    started = {e["session"]: e for e in receiver.of("session.started")}
+    assert (started[first]["reason"], started[first]["previous"]) == ("first", None)
+    assert (started[second]["reason"], started[second]["previous"]) == ("expired", first)
+    await eventually(lambda: receiver.of("session.ended"), timeout=10, what="the touch's end")
+    assert [(e["session"], e["reason"]) for e in receiver.of("session.ended")] == [(first, "idle")]
