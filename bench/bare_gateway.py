@@ -9,9 +9,9 @@ rounds compare the gateway with it, to show what the session layer costs per req
 from __future__ import annotations
 
 from gateway import cli
-from gateway.headers import REQUEST_ONLY_DROP, strip_hop_by_hop
-from gateway.messages import Incoming, NewStream, Whole
-from gateway.proxy import Proxy
+from gateway.edge.messages import Incoming, NewStream, Whole
+from gateway.upstream.headers import REQUEST_ONLY_DROP, strip_hop_by_hop
+from gateway.upstream.proxy import Proxy
 
 
 async def bare_handle(self: Proxy, request: Incoming, new_stream: NewStream | None = None) -> Whole:

@@ -1,10 +1,10 @@
 """Where the gateway replaces a library with code of its own, the measurement that justifies it, in one run.
 
 - server: aiohttp's server vs a bare asyncio protocol with httptools, both answering a fixed JSON (the
-  gateway's front end, gateway/frontend.py, is built on the latter);
+  gateway's front end, gateway/edge/frontend.py, is built on the latter);
 - client: the plain aiohttp proxy vs the same proxy with the gateway's upstream pool (upstream_client.py);
 - metrics: prometheus_client's locked Counter.inc + Histogram.observe vs the lock-free ones (hotmetrics.py);
-- redis: 32 touches batched by gateway/store/batch.py's ScriptBatcher, sent through redis-py's Pipeline (as
+- redis: 32 touches batched by gateway/sessions/store/batch.py's ScriptBatcher, sent through redis-py's Pipeline (as
   before) vs packed by hiredis on a pooled connection (as now), against a real redis-server when installed.
 Each is a ratio, ours over the library's, from contenders alternated round by round.
 """
@@ -21,8 +21,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from bench.run import HERE, PYTHON, ROOT, Rig, free_port, load, process
-from gateway.hotmetrics import HotMetrics
-from gateway.metrics import DURATION_BUCKETS
+from gateway.ops.hotmetrics import HotMetrics
+from gateway.ops.metrics import DURATION_BUCKETS
 
 
 def _rps(args: list[str], port: int, seconds: float) -> float:
@@ -81,7 +81,7 @@ def measure_metrics() -> float:
 async def _redis_batches(url: str, batches: int, size: int) -> float:
     import redis.asyncio as aioredis
 
-    from gateway.store.batch import Call, ScriptBatcher
+    from gateway.sessions.store.batch import Call, ScriptBatcher
 
     class PipelineBatcher(ScriptBatcher):
         """The same batching, sent the way it was before: through redis-py's Pipeline."""

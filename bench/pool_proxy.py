@@ -1,4 +1,4 @@
-"""bench/plain_proxy.py with the gateway's upstream pool (gateway/upstream_client.py) in place of aiohttp's
+"""bench/plain_proxy.py with the gateway's upstream pool (gateway/upstream/upstream_client.py) in place of aiohttp's
 client, nothing else changed: what the hand-written pool saves. Run by bench/justify.py."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from bench.plain_proxy import HOP
-from gateway.upstream_client import Origin, Pool
+from gateway.upstream.upstream_client import Origin, Pool
 
 POOL = web.AppKey("pool", Pool)
 

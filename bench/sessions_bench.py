@@ -19,7 +19,7 @@ def _rss_bytes() -> int:
 
 
 def _store(count: int):  # type: ignore[no-untyped-def]
-    from gateway.store.memory import MemoryStore
+    from gateway.sessions.store.memory import MemoryStore
 
     return MemoryStore(
         absolute_timeout=86400.0,
@@ -54,9 +54,9 @@ def expiry_stall(count: int) -> dict[str, float]:
     from prometheus_client import CollectorRegistry
 
     from gateway.config import SessionConfig, UpstreamConfig
-    from gateway.metrics import Metrics
-    from gateway.sessions import SessionManager
-    from gateway.upstreams import Upstreams
+    from gateway.ops.metrics import Metrics
+    from gateway.sessions.manager import SessionManager
+    from gateway.upstream.upstreams import Upstreams
 
     async def run() -> dict[str, float]:
         now = [0.0]

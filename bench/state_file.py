@@ -33,7 +33,7 @@ def _peak_mb() -> float:
 
 def _store(count: int):  # type: ignore[no-untyped-def]
     from gateway.config import SessionConfig
-    from gateway.store.memory import MemoryStore
+    from gateway.sessions.store.memory import MemoryStore
 
     c = SessionConfig()
     return MemoryStore(
@@ -48,7 +48,7 @@ def _store(count: int):  # type: ignore[no-untyped-def]
 def save(count: int, path: str) -> dict[str, float]:
     """Fill a store as a gateway would (32-hex Teneo ids, a tombstone per 5 sessions up to the default
     200k), then save it as the shutdown does; JSON of the same rows, written and fsynced, is the baseline."""
-    from gateway.store import state_file
+    from gateway.sessions.store import state_file
 
     async def fill():  # type: ignore[no-untyped-def]
         store = _store(count)
@@ -91,7 +91,7 @@ def load(count: int, path: str) -> dict[str, float]:
     """Load into an empty store as the start does (the file is consumed); then the JSON baseline, parsed
     into the same dict of records."""
     from gateway.config import SessionConfig
-    from gateway.store import state_file
+    from gateway.sessions.store import state_file
 
     store = _store(count)
     base = _rss_mb()

@@ -11,29 +11,29 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from gateway.admin import Readiness, check_upstream_forever, create_admin_app
-from gateway.client import client_handler
 from gateway.config import Config
-from gateway.cors import Cors
-from gateway.deferral import PICKUP_PREFIX, Deferrals
-from gateway.deferred import DeferredStore, MemoryDeferred
+from gateway.edge.client import client_handler
+from gateway.edge.cors import Cors
+from gateway.edge.messages import Incoming, Whole
+from gateway.edge.routes import LocalRoutes
+from gateway.edge.streams import Streams
 from gateway.errors import Handler, error_middleware
-from gateway.event_delivery import Delivery, RedisStreamSink, Sink, WebhookSink
-from gateway.event_feed import Feed
-from gateway.events import Emitter, EventQueue, instance_name
-from gateway.messages import Incoming, Whole
-from gateway.metrics import Metrics
-from gateway.proxy import Proxy
-from gateway.routes import LocalRoutes
-from gateway.sessions import Clock, SessionManager
-from gateway.store import SessionStore, state_file
-from gateway.store.memory import MemoryStore
-from gateway.streams import Streams
-from gateway.upstream_clients import build_client, build_pool
-from gateway.upstreams import Upstreams
+from gateway.ops.admin import Readiness, check_upstream_forever, create_admin_app
+from gateway.ops.event_delivery import Delivery, RedisStreamSink, Sink, WebhookSink
+from gateway.ops.event_feed import Feed
+from gateway.ops.events import Emitter, EventQueue, instance_name
+from gateway.ops.metrics import Metrics
+from gateway.sessions.manager import Clock, SessionManager
+from gateway.sessions.store import SessionStore, state_file
+from gateway.sessions.store.memory import MemoryStore
+from gateway.upstream.deferral import PICKUP_PREFIX, Deferrals
+from gateway.upstream.deferred import DeferredStore, MemoryDeferred
+from gateway.upstream.proxy import Proxy
+from gateway.upstream.upstream_clients import build_client, build_pool
+from gateway.upstream.upstreams import Upstreams
 
 if TYPE_CHECKING:
-    from gateway.event_streams import StreamDelivery, StreamFeed
+    from gateway.ops.event_streams import StreamDelivery, StreamFeed
 
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
@@ -60,7 +60,10 @@ def create_store(config: Config) -> SessionStore:
     """The configured SessionStore backend."""
     s = config.session
     if s.store == "redis":
-        from gateway.store.redis import RedisStore, StreamEvents  # redis is only imported when configured
+        from gateway.sessions.store.redis import (  # redis is only imported when configured
+            RedisStore,
+            StreamEvents,
+        )
 
         events = StreamEvents(
             on=config.events.sink != "none",
@@ -168,7 +171,7 @@ def _deferrals(config: Config, metrics: Metrics, sessions: SessionManager) -> De
     d = config.deferred
     store: DeferredStore
     if config.session.store == "redis" and d.after > 0:
-        from gateway.store.redis_deferred import RedisDeferred
+        from gateway.sessions.store.redis_deferred import RedisDeferred
 
         store = RedisDeferred.for_config(config, on_expired=metrics.deferred["expired"].inc)
     else:
@@ -232,8 +235,8 @@ async def _events(app: web.Application) -> AsyncIterator[None]:
 def _stream_events(app: web.Application, config: Config, store: SessionStore) -> None:
     """The Redis store's events: its scripts write them, the replicas' consumer group delivers the webhook's,
     and the admin feed reads them while someone watches."""
-    from gateway.event_streams import StreamDelivery, StreamFeed
-    from gateway.store.redis import RedisStore
+    from gateway.ops.event_streams import StreamDelivery, StreamFeed
+    from gateway.sessions.store.redis import RedisStore
 
     if config.events.sink == "none" or not isinstance(store, RedisStore):
         return

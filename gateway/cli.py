@@ -12,7 +12,7 @@ from typing import Any
 from gateway import __version__
 from gateway.config import PRESETS, Config, EventLoop, effective, load_config
 from gateway.errors import ConfigError
-from gateway.logs import setup_logging
+from gateway.ops.logs import setup_logging
 
 EXIT_CONFIG = 2
 DEMO_BOTS = (
@@ -60,7 +60,7 @@ def _config_options(cmd: argparse.ArgumentParser) -> None:
 
 
 def _sessions_parser(cmd: argparse.ArgumentParser) -> None:
-    """`sessions list|show|end`: calls the admin API of a running gateway (gateway/admin_client.py)."""
+    """`sessions list|show|end`: calls the admin API of a running gateway (gateway/ops/admin_client.py)."""
     cmd.set_defaults(log_format=None, log_level=None)
     actions = cmd.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="live sessions, a page at a time (a table, or JSON Lines)")
@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
         print(f"{exc.source}: {exc}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
     if args.command == "sessions":
-        from gateway.admin_client import run_sessions
+        from gateway.ops.admin_client import run_sessions
 
         sys.exit(run_sessions(args, config))
     if args.command == "check":

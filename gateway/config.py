@@ -19,7 +19,7 @@ from typing import Any, Final, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 
 from gateway.errors import ConfigError
-from gateway.placement import IdFormat, PathPlacement, parse_pointer
+from gateway.sessions.placement import IdFormat, PathPlacement, parse_pointer
 
 ENV_PREFIX = "GATEWAY_"
 _REPLICA_NAME = re.compile(r"[A-Za-z0-9.:_-]{1,64}")  # it rides in the affinity cookie and a metric label
@@ -399,7 +399,7 @@ class SessionConfig:
 
 
 def _failed_key(config: SessionConfig, message: str) -> str:
-    """Which placement key a ValueError from gateway.placement is about (its message quotes the value)."""
+    """Which placement key a ValueError from gateway.sessions.placement is about (its message quotes the value)."""
     for key in ("place_json", "carry_json", "place_path"):
         value = getattr(config, key)
         if value and repr(value) in message:

@@ -22,8 +22,8 @@ from multidict import CIMultiDict
 from gateway.app import ROUTES, create_app
 from gateway.config import Config
 from gateway.demo_rasa import REST_WEBHOOK, create_rasa_bot_app
+from gateway.edge.messages import Incoming, Whole
 from gateway.errors import NotFound, error_whole
-from gateway.messages import Incoming, Whole
 from gateway.server import bound_addresses, serve
 
 COOKIE = "JSESSIONID"

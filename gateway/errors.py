@@ -41,8 +41,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
-from gateway.headers import redact_path
-from gateway.messages import Whole
+from gateway.edge.messages import Whole
+from gateway.upstream.headers import redact_path
 
 log = logging.getLogger("gateway")
 

@@ -13,8 +13,8 @@ from aiohttp import web
 
 from gateway.app import READINESS, admin_app_for, create_app
 from gateway.config import Config
-from gateway.frontend import GatewayRunner
-from gateway.listener import GatewaySite
+from gateway.edge.frontend import GatewayRunner
+from gateway.edge.listener import GatewaySite
 
 log = logging.getLogger("gateway")
 

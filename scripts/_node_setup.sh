@@ -23,7 +23,7 @@ _node_setup() {
     (cd "$sdk" && npm ci --no-audit --no-fund --loglevel=error >&2) ||
       echo "note: npm ci failed in tests/sdk; the Teneo SDK test will skip (or fail under CI=true)" >&2
   fi
-  # TypeScript (pinned by tests/ts/package-lock.json) checks the JS client's types in tests/test_client_node.py.
+  # TypeScript (pinned by tests/ts/package-lock.json) checks the JS client's types in tests/edge/test_client_node.py.
   if [ ! -x "$sdk/../ts/node_modules/.bin/tsc" ]; then
     echo "installing TypeScript in tests/ts (npm ci)" >&2
     (cd "$sdk/../ts" && npm ci --no-audit --no-fund --loglevel=error >&2) ||

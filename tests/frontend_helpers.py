@@ -13,8 +13,8 @@ import pytest
 from gateway_helpers import LOOPBACK, Gateway, wait
 from multidict import CIMultiDict
 
-from gateway.front_connection import HttpConnection
-from gateway.frontend import FrontEnd
+from gateway.edge.front_connection import HttpConnection
+from gateway.edge.frontend import FrontEnd
 
 MiB = 1024 * 1024
 

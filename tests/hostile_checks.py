@@ -13,7 +13,7 @@ from gateway_helpers import Gateway, StartGateway, make_config
 from hostile_helpers import Action, RawAnswer, RawBot, StartRawBot, read_answer
 
 from gateway.config import Config
-from gateway.metrics import UPSTREAM_ERROR_REASONS
+from gateway.ops.metrics import UPSTREAM_ERROR_REASONS
 
 # Edge timeouts short enough for a fast suite; each test shortens the one it is about.
 EDGE = {"header_timeout": 1.0, "body_timeout": 1.0, "keepalive_timeout": 5.0, "send_timeout": 1.0}

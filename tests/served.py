@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.frontend import GatewayRunner
+from gateway.edge.frontend import GatewayRunner
 
 
 class GatewayTestServer(TestServer):

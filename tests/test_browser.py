@@ -28,7 +28,7 @@ from gateway.app import create_app
 from gateway.config import Config, DeferredConfig, load_config
 from gateway.demo import add_demo_widget, create_bot_app, create_host_app, teneo_answer, widget_url_for
 from gateway.demo_rasa import REST_WEBHOOK, create_rasa_bot_app
-from gateway.frontend import GatewayRunner
+from gateway.edge.frontend import GatewayRunner
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "browser"

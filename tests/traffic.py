@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry
 from session_helpers import carrying, session_control
 
 from gateway.demo import create_bot_app
-from gateway.metrics import method_label
+from gateway.ops.metrics import method_label
 
 # What the story implies; every other reason counts 0.
 MAX_SESSIONS = 3

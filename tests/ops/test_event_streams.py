@@ -1,0 +1,307 @@
+"""Lifecycle events with the Redis store (issue 20): written by the scripts that start and end sessions, in the
+same step, and delivered through the replicas' consumer group, on a real redis-server and a real Cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+from event_receiver import SECRET, Receiver
+from gateway_helpers import eventually
+from redis_server import RedisClusterNodes, RedisServer
+from replica_helpers import StartNode, gateway_config, spawn_gateways, stop_gateways, total
+from session_helpers import Bot, FakeClock, demo_bot_app
+
+from gateway.config import EventsConfig
+from gateway.ops.event_streams import GROUP, to_event
+from gateway.ops.events import session_digest
+from gateway.sessions.store.redis import RedisStore, StreamEvents
+
+IDLE = 60.0
+MakeStore = Callable[..., RedisStore]
+
+
+@pytest.fixture
+async def make_store(redis: RedisServer) -> AsyncIterator[MakeStore]:
+    """make_store(**options) -> a RedisStore on the flushed redis-server, writing events unless told; closed after."""
+    made: list[RedisStore] = []
+
+    def make(**overrides: Any) -> RedisStore:
+        options: dict[str, Any] = {
+            "absolute_timeout": 3600.0,
+            "max_sessions": 1000,
+            "on_full": "evict",
+            "tombstone_ttl": 7200.0,
+            "events": StreamEvents(on=True, gateway="gw-test"),
+            **overrides,
+        }
+        store = RedisStore(redis.url, **options)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        await store.close()
+
+
+async def stream_events(store: RedisStore) -> list[dict[str, Any]]:
+    """Every event in the store's streams, as the webhook would carry them, oldest first."""
+    events = []
+    for stream in store.event_streams:
+        for entry_id, fields in await store.client.xrange(stream):
+            events.append(to_event(stream, entry_id, fields))
+    return sorted(events, key=lambda e: tuple(int(part) for part in e["id"].rsplit("-", 2)[1:]))
+
+
+def brief(event: dict[str, Any]) -> tuple[Any, ...]:
+    return event["type"], event["session"], event["reason"], event["previous"], event["replica"]
+
+
+async def test_each_start_end_and_rename_is_written_by_its_own_script(make_store: MakeStore) -> None:
+    store = make_store()
+    await store.create("a", 100.0, idle_timeout=IDLE, replica="r1")
+    await store.create("b", 100.0, idle_timeout=IDLE, replica="r2", previous="a", reason="expired")
+    assert (await store.touch("a", 200.0)).outcome.value == "expired"  # the touch ends it: its event
+    assert await store.end("b", 110.0, "client") is not None
+    await store.create("c", 100.0, idle_timeout=IDLE, replica="r1")
+    await store.touch("c", 101.0)
+    assert await store.rename("c", "d", 102.0) is not None
+    swept = await store.expire_due(1000.0, limit=100)  # d: the sweeper knows only its digest
+    assert len(swept.ended) == 1
+    events = await stream_events(store)
+    assert sorted(map(brief, events)) == sorted(
+        [
+            ("session.started", "a", "first", None, "r1"),
+            ("session.started", "b", "expired", "a", "r2"),
+            ("session.ended", "a", "idle", None, "r1"),
+            ("session.ended", "b", "client", None, "r2"),
+            ("session.started", "c", "first", None, "r1"),
+            ("session.renamed", "d", "rename", "c", "r1"),
+            ("session.ended", "d", "idle", None, "r1"),
+        ]
+    )
+    ends = {e["session"]: e for e in events if e["type"] == "session.ended"}
+    assert (ends["a"]["duration"], ends["a"]["requests"]) == (100.0, 1)
+    assert (ends["b"]["duration"], ends["d"]["requests"]) == (10.0, 2)
+    assert {e["gateway"] for e in events} == {"gw-test"}
+    assert len({e["id"] for e in events}) == len(events)
+
+
+async def test_an_eviction_at_the_cap_writes_the_victims_end(make_store: MakeStore) -> None:
+    store = make_store(max_sessions=1)
+    await store.create("old", 100.0, idle_timeout=IDLE, replica="r1")
+    await store.create("new", 101.0, idle_timeout=IDLE, replica="r1")
+    assert ("session.ended", "old", "evicted", None, "r1") in map(brief, await stream_events(store))
+
+
+async def test_without_ids_events_name_digests_and_records_keep_no_id(make_store: MakeStore) -> None:
+    store = make_store(events=StreamEvents(on=True, include_id=False, gateway="g"))
+    await store.create("secret-a", 100.0, idle_timeout=IDLE, replica="r1")
+    await store.create("secret-b", 100.0, idle_timeout=IDLE, replica="r1", previous="secret-a")
+    await store.expire_due(1000.0, limit=100)
+    events = await stream_events(store)
+    digests = {session_digest("secret-a"), session_digest("secret-b")}
+    assert {e["session"] for e in events} == digests and len(events) == 4
+    assert {e["previous"] for e in events} == {None, session_digest("secret-a")}
+    await store.create("secret-c", 2000.0, idle_timeout=IDLE, replica="r1")
+    assert await store.client.hget(store._keys("secret-c")[1][0], "e") is None
+
+
+async def test_with_events_off_nothing_is_written(make_store: MakeStore) -> None:
+    store = make_store(events=StreamEvents())
+    await store.create("a", 100.0, idle_timeout=IDLE, replica="r1")
+    await store.expire_due(1000.0, limit=100)
+    assert await store.client.exists(*store.event_streams) == 0
+    assert await store.client.hget(store._keys("a")[1][0], "e") is None
+
+
+def webhook(receiver: Receiver, **options: Any) -> EventsConfig:
+    settings = {"sink": "webhook", "url": receiver.url, "secret": SECRET, "flush_interval": 0.05}
+    return EventsConfig(**{**settings, **options})  # type: ignore[arg-type]
+
+
+async def test_three_replicas_racing_the_sweeper_over_1000_sessions_deliver_1000_ends(
+    redis: RedisServer, start_node: StartNode, clock: FakeClock, demo: Bot, receiver: Receiver
+) -> None:
+    config = gateway_config(demo.url, redis, idle_timeout=IDLE, sweep_interval=0.05)
+    config = dataclasses.replace(config, events=webhook(receiver, batch=200))
+    nodes = [await start_node(config, clock) for _ in range(3)]
+    ids: list[str] = []
+    for _ in range(20):  # 1,000 conversations, 50 at a time, spread over the replicas
+        replies = await asyncio.gather(*(nodes[n % 3].send() for n in range(50)))
+        ids += [reply.session_id for reply in replies if reply.session_id]
+    ids.sort()
+    assert len(set(ids)) == 1000
+    await eventually(lambda: len(receiver.of("session.started")) == 1000, timeout=20, what="1000 starts")
+    clock.advance(IDLE + 1)
+    await eventually(lambda: len(receiver.of("session.ended")) >= 1000, timeout=30, what="1000 ends")
+    await asyncio.sleep(0.3)  # a few more sweeps on each replica: a second end would show now
+    ended = receiver.of("session.ended")
+    assert sorted(e["session"] for e in ended) == ids  # each once, by session, not only by event id
+    assert total(nodes, "sessions_ended_total", reason="idle") == 1000
+    assert len(receiver.received) == 2000 and receiver.bad_signatures == 0  # nothing failed: no retries
+    # Each shard's stream goes through one replica at a time: a session's end never overtakes its start.
+    arrival = {e["id"]: n for n, e in enumerate(receiver.received)}
+    starts = {e["session"]: arrival[e["id"]] for e in receiver.of("session.started")}
+    assert all(arrival[e["id"]] > starts[e["session"]] for e in ended)
+
+
+async def test_a_failing_receiver_gets_everything_once_it_recovers(
+    redis: RedisServer, start_node: StartNode, clock: FakeClock, demo: Bot, receiver: Receiver
+) -> None:
+    config = gateway_config(demo.url, redis, idle_timeout=IDLE, sweep_interval=0.05)
+    node = await start_node(dataclasses.replace(config, events=webhook(receiver)), clock)
+    receiver.failures = [500, "reset", 429, 503]
+    sids = [(await node.send()).session_id for _ in range(5)]
+    await eventually(lambda: len(receiver.of("session.started")) == 5, timeout=20, what="5 starts")
+    assert sorted(e["session"] for e in receiver.of("session.started")) == sorted(sids)
+    assert (node.metric("events_total", type="session.started", outcome="retried") or 0) >= 4
+    assert node.metric("events_total", type="session.started", outcome="delivered") == 5
+    # Delivered entries are acknowledged: nothing stays pending in the group.
+    client = aioredis.Redis.from_url(redis.url, decode_responses=True)
+    try:
+        pending = [await client.xpending(f"sg:{{{n}}}:ev", GROUP) for n in range(16)]
+        assert sum(p["pending"] for p in pending) == 0
+    finally:
+        await client.aclose()
+
+
+async def test_a_replica_killed_mid_delivery_loses_nothing(
+    redis: RedisServer, aiohttp_server: Any, receiver: Receiver, tmp_path: Path
+) -> None:
+    """Two `serve` processes: the first is SIGKILLed while its POST hangs; the second takes over its streams
+    once their leases lapse and delivers what the first had read and never acknowledged."""
+    bot = await aiohttp_server(demo_bot_app(time.monotonic, []))
+    env = {
+        "GATEWAY_UPSTREAM_URL": f"http://127.0.0.1:{bot.port}",
+        "GATEWAY_SESSION_STORE": "redis",
+        "GATEWAY_SESSION_REDIS_URL": redis.url,
+        "GATEWAY_SESSION_SECRET": "shared-by-every-replica",
+        "GATEWAY_EVENTS_SINK": "webhook",
+        "GATEWAY_EVENTS_URL": receiver.url,
+        "GATEWAY_EVENTS_SECRET": SECRET,
+        "GATEWAY_EVENTS_FLUSH_INTERVAL": "0.05",
+        "GATEWAY_EVENTS_CLAIM_IDLE": "1",
+    }
+    receiver.held = True
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    (first,) = await spawn_gateways(tmp_path / "a", 1, env)
+    try:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+            sids = []
+            for _ in range(20):
+                async with http.get(first.url + "/?userinput=hi") as response:
+                    assert response.status == 200
+                    sids.append(response.headers["X-Session-Id"])
+            await eventually(lambda: receiver.attempts >= 1, timeout=10, what="the first replica's POST")
+            os.kill(first.proc.pid, signal.SIGKILL)
+            first.proc.wait(timeout=5)
+        receiver.held = False
+        receiver.release.set()  # the dead replica's POST gets its 503 on a closed connection
+        (second,) = await spawn_gateways(tmp_path / "b", 1, env)
+        try:
+            await eventually(lambda: len(receiver.of("session.started")) == 20, timeout=20, what="20 starts")
+        finally:
+            stop_gateways([second])
+        assert sorted(e["session"] for e in receiver.of("session.started")) == sorted(sids)
+        assert Counter(e["id"] for e in receiver.received).most_common(1)[0][1] == 1
+        assert second.proc.returncode == 0 and "Traceback" not in second.stderr()
+    finally:
+        if first.proc.poll() is None:
+            first.proc.kill()
+
+
+async def test_on_a_cluster_every_shard_stream_is_delivered(
+    redis_cluster: RedisClusterNodes, receiver: Receiver
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from gateway.ops.event_delivery import WebhookSink
+    from gateway.ops.event_streams import StreamDelivery
+    from gateway.ops.metrics import Metrics
+
+    events = StreamEvents(on=True, gateway="gw-cluster")
+    store = RedisStore(
+        redis_cluster.url,
+        absolute_timeout=3600.0,
+        max_sessions=1000,
+        on_full="reject",
+        tombstone_ttl=7200.0,
+        cluster=True,
+        events=events,
+    )
+    config = webhook(receiver, claim_idle=1.0)
+    delivery = StreamDelivery(
+        store.client, store.event_streams, config, WebhookSink(config), Metrics(CollectorRegistry())
+    )
+    try:
+        ids = [f"c{i}" for i in range(100)]
+        await asyncio.gather(*(store.create(sid, 100.0, idle_timeout=IDLE, replica="r") for sid in ids))
+        ended = 0
+        while True:
+            swept = await store.expire_due(1000.0, limit=64)
+            ended += len(swept.ended)
+            if not swept.more:
+                break
+        assert ended == 100
+        delivery.start()
+        await eventually(lambda: len(receiver.of("session.ended")) == 100, timeout=20, what="100 ends")
+        assert sorted(e["session"] for e in receiver.of("session.started")) == sorted(ids)
+        assert len({e["id"].rsplit("-", 2)[0] for e in receiver.events}) == 16  # every shard's stream
+    finally:
+        await delivery.close(1.0)
+        await store.close()
+
+
+async def test_the_admin_feed_shows_every_replicas_events_from_the_streams(
+    redis: RedisServer,
+    start_node: StartNode,
+    clock: FakeClock,
+    demo: Bot,
+    receiver: Receiver,
+    aiohttp_server: Any,
+) -> None:
+    from gateway.app import admin_app_for
+
+    config = gateway_config(demo.url, redis, idle_timeout=IDLE, sweep_interval=0.05)
+    config = dataclasses.replace(config, events=webhook(receiver))
+    watched, other = await start_node(config, clock), await start_node(config, clock)
+    admin = await aiohttp_server(admin_app_for(watched.app))
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{admin.port}/events") as feed:
+        assert (await feed.content.readline()).startswith(b":")
+        await feed.content.readline()
+        await asyncio.sleep(0.6)  # the feed starts from the streams' ends once someone watches
+        sid = (await other.send()).session_id  # started on the other replica
+        assert sid is not None
+        lines = [await asyncio.wait_for(feed.content.readline(), 5) for _ in range(3)]
+        assert lines[1] == b"event: session.started\n"
+        event = json.loads(lines[2].removeprefix(b"data: "))
+        assert event["session"] == session_digest(sid) and event["reason"] == "first"  # digests for operators
+
+
+async def test_a_restart_through_the_gateway_names_its_reason_and_previous_session(
+    redis: RedisServer, start_node: StartNode, clock: FakeClock, demo: Bot, receiver: Receiver
+) -> None:
+    config = gateway_config(demo.url, redis, idle_timeout=IDLE, sweep_interval=60.0)
+    node = await start_node(dataclasses.replace(config, events=webhook(receiver)), clock)
+    first = (await node.send()).session_id
+    clock.advance(IDLE + 1)
+    second = (await node.send(header=first)).session_id
+    await eventually(lambda: len(receiver.of("session.started")) == 2, timeout=10, what="two starts")
+    started = {e["session"]: e for e in receiver.of("session.started")}
+    assert (started[first]["reason"], started[first]["previous"]) == ("first", None)
+    assert (started[second]["reason"], started[second]["previous"]) == ("expired", first)
+    await eventually(lambda: receiver.of("session.ended"), timeout=10, what="the touch's end")
+    assert [(e["session"], e["reason"]) for e in receiver.of("session.ended")] == [(first, "idle")]
