@@ -8,7 +8,6 @@ other than 429 means the receiver refuses it: dropped at once, one log line. Rec
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
@@ -21,7 +20,7 @@ from typing import Any, Final, Literal, Protocol
 import aiohttp
 
 from gateway.config import EventsConfig
-from gateway.ops.events import EventQueue, encode
+from gateway.ops.events import EventQueue, encode, stop
 from gateway.ops.metrics import Metrics
 
 log = logging.getLogger("gateway")
@@ -191,10 +190,7 @@ class Delivery:
     async def close(self, timeout: float) -> None:
         """Shutdown: flush what is queued within `timeout` (what is left then is lost, and counted)."""
         self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop(self._task)
         deadline = time.monotonic() + timeout
         while len(self._queue) and time.monotonic() < deadline:
             try:

@@ -26,7 +26,7 @@ from redis.exceptions import RedisError, ResponseError
 from gateway.config import EventsConfig
 from gateway.ops.event_delivery import Sink, Verdict, age
 from gateway.ops.event_feed import Feed
-from gateway.ops.events import instance_name, iso, session_digest
+from gateway.ops.events import instance_name, iso, session_digest, stop
 from gateway.ops.metrics import Metrics
 from gateway.sessions.store.scripts import lua
 
@@ -88,10 +88,7 @@ class StreamDelivery:
         """Deliver what this replica's streams hold within `timeout`, then hand the leases back at once, so
         another replica goes on without waiting for them to lapse."""
         self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop(self._task)
         deadline = time.monotonic() + timeout
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             async with asyncio.timeout(max(0.1, timeout - 0.5)):  # the last half second is the leases'
@@ -226,10 +223,7 @@ class StreamFeed:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="event-stream-feed")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop(self._task)
 
     async def _latest(self) -> dict[str, str]:
         """Each stream's last entry id: a watcher sees events from when it came, not the retained history."""

@@ -8,6 +8,7 @@ own, in the same atomic step as the change (store/redis.py), delivered by gatewa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import socket
@@ -42,6 +43,14 @@ def iso(at: float) -> str:
 def encode(events: list[dict[str, Any]]) -> bytes:
     """A batch as a webhook posts it."""
     return json.dumps({"events": events}, separators=(",", ":")).encode()
+
+
+async def stop(task: asyncio.Task[None] | None) -> None:
+    """Cancel a delivery or feed task and wait until it has stopped."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _digest_or_none(session_id: str | None) -> str | None:

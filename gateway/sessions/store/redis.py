@@ -158,11 +158,10 @@ class RedisStore:
         self._rename_undo = self.client.register_script(_RENAME_UNDO)
         if self._nodes is not None:
             self._nodes.script(self._end)  # the sweeper's, sent per node
-        self._listing = RedisListing(self.client, self._nodes, self._indexes, self._tag, timeout)
+        reading = (self.client, self._nodes, self._indexes, self._tag, timeout)
+        self._listing = RedisListing(*reading)
         end_args = (self._tomb_ms, repr(self._absolute), *self._ev)
-        self._sweep = RedisSweep(
-            self.client, self._nodes, self._indexes, self._tag, timeout, self._end, end_args
-        )
+        self._sweep = RedisSweep(reading, self._end, end_args)
 
     def _tag(self, shard: int) -> str:
         return f"{self._prefix}:{{{shard}}}"

@@ -16,9 +16,13 @@ replaces, which only its holder knows.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.sessions.store import SessionInfo
+from gateway.sessions.store.batch import bounded
+from gateway.sessions.store.cluster import NodePipelines
 
 
 def record_keys(tag: str, digest: str) -> tuple[str, str, str, str]:
@@ -67,3 +71,26 @@ class StreamEvents:
 def session_info(session_id: str, rec: list[str]) -> SessionInfo:
     created, last_seen, idle, requests, replica = rec[:5]
     return SessionInfo(session_id, float(created), float(last_seen), float(idle), int(requests), replica)
+
+
+class ShardReader:
+    """What works across every shard's expiry index (the sweep, the listing): the client, or on a Cluster its
+    per-node pipelines, the indexes in shard order, and each shard's tag."""
+
+    def __init__(
+        self,
+        client: Any,  # redis.asyncio Redis or RedisCluster
+        nodes: NodePipelines | None,
+        indexes: tuple[str, ...],
+        tag: Callable[[int], str],
+        timeout: float,
+    ) -> None:
+        self.client = client
+        self._nodes = nodes
+        self._indexes = indexes
+        self._shards = len(indexes)
+        self._tag = tag
+        self._timeout = timeout
+
+    async def _call(self, coro: Any) -> Any:
+        return await bounded(coro, self._timeout)

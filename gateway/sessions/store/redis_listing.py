@@ -4,38 +4,18 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
 from hiredis import pack_command
 
 from gateway.sessions.store import SessionInfo, SessionView
-from gateway.sessions.store.batch import bounded
-from gateway.sessions.store.cluster import NodePipelines, replies
-from gateway.sessions.store.redis_layout import id_digest, session_info
+from gateway.sessions.store.cluster import replies
+from gateway.sessions.store.redis_layout import ShardReader, id_digest, session_info
 
 
-class RedisListing:
+class RedisListing(ShardReader):
     """Reads the store's expiry indexes and records; writes nothing."""
-
-    def __init__(
-        self,
-        client: Any,  # redis.asyncio Redis or RedisCluster
-        nodes: NodePipelines | None,
-        indexes: tuple[str, ...],
-        tag: Callable[[int], str],
-        timeout: float,
-    ) -> None:
-        self.client = client
-        self._nodes = nodes
-        self._indexes = indexes
-        self._shards = len(indexes)
-        self._tag = tag
-        self._timeout = timeout
-
-    async def _call(self, coro: Any) -> Any:
-        return await bounded(coro, self._timeout)
 
     async def page(self, cursor: str | None, limit: int) -> tuple[list[SessionView], str | None]:
         """Live sessions by (shard, deadline, digest): each shard's expiry index read in order with ZRANGE

@@ -9,34 +9,22 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from gateway.sessions.store import Ended, Swept
-from gateway.sessions.store.batch import bounded
 from gateway.sessions.store.cluster import Command, NodePipelines, replies
-from gateway.sessions.store.redis_layout import record_keys, session_info
+from gateway.sessions.store.redis_layout import ShardReader, record_keys, session_info
 
 
-class RedisSweep:
+class RedisSweep(ShardReader):
     """Ends due sessions with the end script in its `due` mode, which re-checks each under its own keys."""
 
     def __init__(
         self,
-        client: Any,  # redis.asyncio Redis or RedisCluster
-        nodes: NodePipelines | None,
-        indexes: tuple[str, ...],
-        tag: Callable[[int], str],
-        timeout: float,
+        shards: tuple[Any, NodePipelines | None, tuple[str, ...], Callable[[int], str], float],
         end: AsyncScript,
         end_args: tuple[str, ...],  # the end script's ARGV after the mode: tombstone ms, absolute, events
     ) -> None:
-        self.client = client
-        self._nodes = nodes
-        self._indexes = indexes
-        self._tag = tag
-        self._timeout = timeout
+        super().__init__(*shards)
         self._end = end
         self._end_args = end_args
-
-    async def _call(self, coro: Any) -> Any:
-        return await bounded(coro, self._timeout)
 
     async def expire_due(self, now: float, limit: int) -> Swept:
         """Every shard's due entries in one pipelined read, then one pipelined claim per entry."""
