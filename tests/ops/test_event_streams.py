@@ -180,8 +180,9 @@ async def test_a_failing_receiver_gets_everything_once_it_recovers(
 async def test_a_replica_killed_mid_delivery_loses_nothing(
     redis: RedisServer, aiohttp_server: Any, receiver: Receiver, tmp_path: Path
 ) -> None:
-    """Two `serve` processes: the first is SIGKILLed while its POST hangs; the second takes over its streams
-    once their leases lapse and delivers what the first had read and never acknowledged."""
+    """Two `serve` processes sharing Redis: the first holds every shard stream's lease; the conversations go
+    through the second; the first is SIGKILLed while its POST hangs; the second, running all along, takes its
+    streams over once their leases lapse and delivers what the first had read and never acknowledged."""
     bot = await aiohttp_server(demo_bot_app(time.monotonic, []))
     env = {
         "GATEWAY_UPSTREAM_URL": f"http://127.0.0.1:{bot.port}",
@@ -197,30 +198,38 @@ async def test_a_replica_killed_mid_delivery_loses_nothing(
     receiver.held = True
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
+    client = aioredis.Redis.from_url(redis.url, decode_responses=True)
+    leases = [f"sg:{{{n}}}:ev:lease" for n in range(16)]
     (first,) = await spawn_gateways(tmp_path / "a", 1, env)
+    second = None
     try:
+        await eventually(lambda: client.exists(*leases), timeout=10, what="the first replica's leases")
+        assert await client.exists(*leases) == 16  # one holder per stream: the first, alone so far
+        (second,) = await spawn_gateways(tmp_path / "b", 1, env)
         async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
             sids = []
             for _ in range(20):
-                async with http.get(first.url + "/?userinput=hi") as response:
+                async with http.get(second.url + "/?userinput=hi") as response:
                     assert response.status == 200
                     sids.append(response.headers["X-Session-Id"])
-            await eventually(lambda: receiver.attempts >= 1, timeout=10, what="the first replica's POST")
-            os.kill(first.proc.pid, signal.SIGKILL)
-            first.proc.wait(timeout=5)
+        await eventually(lambda: receiver.attempts >= 1, timeout=10, what="the first replica's POST")
+        holders = {await client.get(lease) for lease in leases}
+        assert len(holders) == 1  # still the first's: the second delivered nothing yet
+        os.kill(first.proc.pid, signal.SIGKILL)
+        first.proc.wait(timeout=5)
         receiver.held = False
         receiver.release.set()  # the dead replica's POST gets its 503 on a closed connection
-        (second,) = await spawn_gateways(tmp_path / "b", 1, env)
-        try:
-            await eventually(lambda: len(receiver.of("session.started")) == 20, timeout=20, what="20 starts")
-        finally:
-            stop_gateways([second])
+        await eventually(lambda: len(receiver.of("session.started")) == 20, timeout=20, what="20 starts")
+        assert {await client.get(lease) for lease in leases} != holders  # taken over by the second
+        stop_gateways([second])
         assert sorted(e["session"] for e in receiver.of("session.started")) == sorted(sids)
         assert Counter(e["id"] for e in receiver.received).most_common(1)[0][1] == 1
         assert second.proc.returncode == 0 and "Traceback" not in second.stderr()
     finally:
-        if first.proc.poll() is None:
-            first.proc.kill()
+        await client.aclose()
+        for gw in (first, second):
+            if gw is not None and gw.proc.poll() is None:
+                gw.proc.kill()
 
 
 async def test_on_a_cluster_every_shard_stream_is_delivered(
