@@ -35,6 +35,7 @@ log = logging.getLogger("gateway")
 GROUP: Final = "session-gateway"
 _BACKOFF_FIRST: Final = 0.5
 _BACKOFF_MAX: Final = 60.0
+_BACKLOG_EVERY: Final = 5.0  # seconds between reads of the held streams' backlog (XINFO GROUPS)
 _FEED_POLL: Final = 0.25  # seconds between the live feed's reads while someone watches
 
 _LEASE: Final = lua("lease")
@@ -80,6 +81,7 @@ class StreamDelivery:
         self.held: tuple[str, ...] = ()  # the streams whose lease this replica holds
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._next_backlog = 0.0
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="event-stream-delivery")
@@ -115,6 +117,8 @@ class StreamDelivery:
                     await self._groups()
                     ready = True
                 await self._take_leases()
+                if time.monotonic() >= self._next_backlog:
+                    await self._report_backlog()
                 batch = await self._read("0") or await self._read(">")  # ours left unacknowledged first
                 if not batch:
                     failures = 0
@@ -158,6 +162,23 @@ class StreamDelivery:
             start = reply[0]
             if start == "0-0":
                 break
+        # The other consumers now hold nothing here, and none reads this stream while this replica holds its
+        # lease: they go, or the group would keep one per process start forever.
+        for consumer in await self._client.xinfo_consumers(stream, GROUP):
+            if consumer["name"] != self.consumer and not consumer["pending"]:
+                await self._client.xgroup_delconsumer(stream, GROUP, consumer["name"])
+
+    async def _report_backlog(self) -> None:
+        """events_queue: the entries of the streams this replica holds not yet acknowledged (read or not), so
+        the replicas' sum is the whole backlog. Read every _BACKLOG_EVERY seconds, not every round."""
+        self._next_backlog = time.monotonic() + _BACKLOG_EVERY
+        groups = await self._each([self._client.xinfo_groups(stream) for stream in self.held])
+        backlog = 0
+        for stream_groups in groups:
+            for group in stream_groups:
+                if group["name"] == GROUP:
+                    backlog += int(group["pending"]) + int(group.get("lag") or 0)
+        self._metrics.events_queue.set(backlog)
 
     async def _read(self, start: str) -> list[Entry]:
         if not self.held:

@@ -24,6 +24,7 @@ from replica_helpers import StartNode, gateway_config, spawn_gateways, stop_gate
 from session_helpers import Bot, FakeClock, demo_bot_app
 
 from gateway.config import EventsConfig
+from gateway.ops import event_streams
 from gateway.ops.event_streams import GROUP, to_event
 from gateway.ops.events import session_digest
 from gateway.sessions.store.redis import RedisStore, StreamEvents
@@ -221,6 +222,11 @@ async def test_a_replica_killed_mid_delivery_loses_nothing(
         receiver.release.set()  # the dead replica's POST gets its 503 on a closed connection
         await eventually(lambda: len(receiver.of("session.started")) == 20, timeout=20, what="20 starts")
         assert {await client.get(lease) for lease in leases} != holders  # taken over by the second
+        (dead,) = holders
+        consumers = [
+            c["name"] for n in range(16) for c in await client.xinfo_consumers(f"sg:{{{n}}}:ev", GROUP)
+        ]
+        assert consumers and dead not in consumers  # the dead replica's consumer is gone from the group
         stop_gateways([second])
         assert sorted(e["session"] for e in receiver.of("session.started")) == sorted(sids)
         assert Counter(e["id"] for e in receiver.received).most_common(1)[0][1] == 1
@@ -314,3 +320,24 @@ async def test_a_restart_through_the_gateway_names_its_reason_and_previous_sessi
     assert (started[second]["reason"], started[second]["previous"]) == ("expired", first)
     await eventually(lambda: receiver.of("session.ended"), timeout=10, what="the touch's end")
     assert [(e["session"], e["reason"]) for e in receiver.of("session.ended")] == [(first, "idle")]
+
+
+async def test_the_backlog_of_held_streams_is_exported_and_drains(
+    redis: RedisServer,
+    start_node: StartNode,
+    clock: FakeClock,
+    demo: Bot,
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(event_streams, "_BACKLOG_EVERY", 0.05)
+    config = gateway_config(demo.url, redis, idle_timeout=IDLE, sweep_interval=60.0)
+    node = await start_node(dataclasses.replace(config, events=webhook(receiver)), clock)
+    receiver.held = True
+    for _ in range(3):
+        await node.send()
+    await eventually(lambda: node.metric("events_queue") == 3, timeout=10, what="a backlog of 3")
+    receiver.held = False
+    receiver.release.set()
+    await eventually(lambda: len(receiver.of("session.started")) == 3, timeout=10, what="3 delivered")
+    await eventually(lambda: node.metric("events_queue") == 0, timeout=10, what="no backlog")
