@@ -240,12 +240,17 @@ def _stream_events(app: web.Application, config: Config, store: SessionStore) ->
 
     if config.events.sink == "none" or not isinstance(store, RedisStore):
         return
+    # The store's client has no socket timeout: every call of these is bounded, at least a second.
+    timeout = max(1.0, config.session.redis_timeout)
     if config.events.sink == "webhook":
         sink = WebhookSink(config.events)
+        streams = store.event_streams
         app[STREAM_DELIVERY] = StreamDelivery(
-            store.client, store.event_streams, config.events, sink, app[METRICS]
+            store.client, streams, config.events, sink, app[METRICS], timeout
         )
-    app[STREAM_FEED] = StreamFeed(store.client, store.event_streams, app[FEED], config.events.include_id)
+    app[STREAM_FEED] = StreamFeed(
+        store.client, store.event_streams, app[FEED], config.events.include_id, timeout
+    )
 
 
 async def _event_streams(app: web.Application) -> AsyncIterator[None]:

@@ -544,6 +544,22 @@ class Config:
 
     demo: DemoConfig = field(default_factory=DemoConfig)
 
+    def __post_init__(self) -> None:
+        if self.session.store == "redis" and self.events.sink == "webhook":
+            e = self.events
+            # A replica renews its leases between POSTs: one POST must not outlast them.
+            if e.timeout >= e.claim_idle:
+                raise ConfigError(
+                    "events.claim_idle",
+                    f"expected more seconds than events.timeout ({e.timeout}), got {e.claim_idle}",
+                )
+            # An entry trimmed before it is delivered is lost: the streams keep what is still being retried.
+            if e.retention < e.max_age:
+                raise ConfigError(
+                    "events.retention",
+                    f"expected at least events.max_age ({e.max_age}) seconds, got {e.retention}",
+                )
+
 
 SECRET_KEYS: frozenset[str] = frozenset({"admin.token", "events.secret", "session.secret"})
 

@@ -1,12 +1,14 @@
 """Lifecycle events of the Redis store: read from its per-shard streams and delivered by the replicas together.
 
-The store's scripts append each event to `<prefix>:{<n>}:ev` in the same step as the change (store/redis.py,
-_EMIT), so an event is written exactly when its change is. Delivery goes through one consumer group shared by
-the replicas. Each shard's stream is read by one replica at a time, the holder of its lease (`<stream>:lease`,
-renewed every round, lapsing after events.claim_idle), so a session's events reach the webhook in order. A
-replica reads what it left unacknowledged first (XREADGROUP "0", then ">"), acknowledges after a 2xx or a drop
-(XACK), and on taking a lease claims every entry the stream's last reader left pending (XAUTOCLAIM): a replica
-killed mid-delivery loses nothing, another delivers its entries once the lease lapses.
+The store's scripts append each event to `<prefix>:{<n>}:ev` in the same step as the change
+(sessions/store/lua/emit.lua), so an event is written exactly when its change is. Delivery goes through one
+consumer group shared by the replicas. Each shard's stream is read by one replica at a time, the holder of its
+lease (`<stream>:lease`, renewed every round and during waits, lapsing after events.claim_idle), so a
+session's events reach the webhook in order. A replica reads what it left unacknowledged first (XREADGROUP
+"0", then ">"), acknowledges after a 2xx or a drop (XACK), and on taking a lease claims every entry the
+stream's last reader left pending (XAUTOCLAIM), until that succeeds: a replica killed mid-delivery loses
+nothing, another delivers its entries once the lease lapses. Every Redis call has a deadline; a stream whose
+node fails is skipped, the others go on.
 """
 
 from __future__ import annotations
@@ -21,13 +23,15 @@ from collections.abc import Awaitable, Sequence
 from typing import Any, Final
 
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from gateway.config import EventsConfig
+from gateway.errors import StoreUnavailable
 from gateway.ops.event_delivery import Sink, Verdict, age
 from gateway.ops.event_feed import Feed
 from gateway.ops.events import instance_name, iso, session_digest, stop
-from gateway.ops.metrics import Metrics
+from gateway.ops.metrics import EVENT_TYPES, Metrics
+from gateway.sessions.store.batch import bounded
 from gateway.sessions.store.scripts import lua
 
 log = logging.getLogger("gateway")
@@ -46,7 +50,9 @@ Entry = tuple[str, str, dict[str, str]]  # (stream, entry id, fields)
 
 def to_event(stream: str, entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
     """A stream entry as the webhook's JSON event; its id is the stream's and the entry's, unique and stable."""
-    event: dict[str, Any] = {"id": f"{stream}-{entry_id}", "type": fields.get("type", "")}
+    if fields.get("type") not in EVENT_TYPES:
+        raise ValueError(f"not a lifecycle event: {fields.get('type')!r}")
+    event: dict[str, Any] = {"id": f"{stream}-{entry_id}", "type": fields["type"]}
     event["at"] = iso(int(entry_id.split("-", 1)[0]) / 1000)
     for key in ("session", "gateway", "previous", "reason", "replica"):
         event[key] = fields.get(key) or None
@@ -67,6 +73,7 @@ class StreamDelivery:
         config: EventsConfig,
         sink: Sink,
         metrics: Metrics,
+        timeout: float = 1.0,  # seconds per Redis call (the store's client has no socket timeout of its own)
     ) -> None:
         self._client = client
         self._cluster = isinstance(client, RedisCluster)
@@ -74,86 +81,115 @@ class StreamDelivery:
         self._config = config
         self._sink = sink
         self._metrics = metrics
+        self._timeout = timeout
         self.consumer = f"{instance_name(config)}-{secrets.token_hex(4)}"
-        self._lease_ms = str(int(config.claim_idle * 1000))
+        self._lease_ms = int(config.claim_idle * 1000)
         self._lease = client.register_script(_LEASE)
         self._unlease = client.register_script(_UNLEASE)
         self.held: tuple[str, ...] = ()  # the streams whose lease this replica holds
-        self._task: asyncio.Task[None] | None = None
+        self._grouped: set[str] = set()  # streams whose consumer group exists
+        self._claimed: set[str] = set()  # held streams whose last holder's pending entries are now ours
+        self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
-        self._next_backlog = 0.0
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="event-stream-delivery")
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._run(), name="event-stream-delivery"),
+            loop.create_task(self._watch_backlog(), name="event-stream-backlog"),
+        ]
 
     async def close(self, timeout: float) -> None:
         """Deliver what this replica's streams hold within `timeout`, then hand the leases back at once, so
         another replica goes on without waiting for them to lapse."""
         self._stopping = True
-        await stop(self._task)
+        for task in self._tasks:
+            await stop(task)
         deadline = time.monotonic() + timeout
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
+        with contextlib.suppress(StoreUnavailable, TimeoutError):
             async with asyncio.timeout(max(0.1, timeout - 0.5)):  # the last half second is the leases'
+                await self._take_leases(take=False)  # read only what is still this replica's
                 while batch := await self._read("0") or await self._read(">"):
                     if await self.deliver(batch) == "retry":
                         break
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
+        with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
                 await self._each(
                     [self._unlease(keys=[f"{s}:lease"], args=[self.consumer]) for s in self.held]
                 )
         await self._sink.close()
 
+    async def _call(self, call: Awaitable[Any]) -> Any:
+        return await bounded(call, self._timeout)
+
     async def _each(self, calls: Sequence[Awaitable[Any]]) -> list[Any]:
-        # The streams are on different slots: on a Cluster each call goes to its own node, all at once.
-        return list(await asyncio.gather(*calls))
+        """One bounded call per stream, all at once (on a Cluster each to its own node); a failed one is its
+        exception in the list, so one node down does not stop the others' streams."""
+        return list(await asyncio.gather(*(self._call(call) for call in calls), return_exceptions=True))
 
     async def _run(self) -> None:
         failures = 0
-        ready = False
         while not self._stopping:
             try:
-                if not ready:
-                    await self._groups()
-                    ready = True
+                await self._groups()
                 await self._take_leases()
-                if time.monotonic() >= self._next_backlog:
-                    await self._report_backlog()
                 batch = await self._read("0") or await self._read(">")  # ours left unacknowledged first
                 if not batch:
                     failures = 0
-                    await asyncio.sleep(self._config.flush_interval)
+                    await self._pause(self._config.flush_interval)
                     continue
                 verdict = await self.deliver(batch)
-            except (RedisError, OSError, TimeoutError) as exc:
-                log.info("event streams unavailable (%s); retrying", type(exc).__name__)
-                verdict, ready = "retry", False
+            except StoreUnavailable as exc:
+                log.info("event streams unavailable (%s); retrying", exc.message)
+                verdict = "retry"
             except Exception:  # a bug of ours must not end delivery: one line, then retry as for a failure
                 log.exception("event delivery failed")
                 verdict = "retry"
             failures = failures + 1 if verdict == "retry" else 0
             if failures:
                 ceiling = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** (failures - 1))
-                await asyncio.sleep(max(getattr(self._sink, "retry_after", 0.0), random.uniform(0, ceiling)))
+                await self._pause(max(getattr(self._sink, "retry_after", 0.0), random.uniform(0, ceiling)))
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, renewing the leases at least every claim_idle / 3: a backoff must not hand them over."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while (left := end - loop.time()) > 0:
+            await asyncio.sleep(min(left, self._config.claim_idle / 3))
+            if end - loop.time() > 0:
+                with contextlib.suppress(StoreUnavailable):
+                    await self._take_leases(take=False)
 
     async def _groups(self) -> None:
-        async def create(stream: str) -> None:
-            with contextlib.suppress(ResponseError):  # BUSYGROUP: another replica made it
+        async def create(stream: str) -> str:
+            try:
                 await self._client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):  # BUSYGROUP: another replica made it
+                    raise
+            return stream
 
-        await self._each([create(stream) for stream in self._streams])
+        missing = [stream for stream in self._streams if stream not in self._grouped]
+        if missing:
+            self._grouped |= {r for r in await self._each([create(s) for s in missing]) if isinstance(r, str)}
 
-    async def _take_leases(self) -> None:
-        keys = [f"{stream}:lease" for stream in self._streams]
-        answers = await self._each(
-            [self._lease(keys=[k], args=[self.consumer, self._lease_ms]) for k in keys]
-        )
-        taken = [s for s, answer in zip(self._streams, answers, strict=True) if answer == 2]
-        self.held = tuple(s for s, answer in zip(self._streams, answers, strict=True) if answer)
-        if taken:
-            await self._each([self._claim_all(stream) for stream in taken])
+    async def _take_leases(self, *, take: bool = True) -> None:
+        """Renew this replica's leases, and with `take` take the free ones; claim what each newly taken
+        stream's last holder left pending, until that succeeds."""
+        streams = self._streams if take else self.held
+        calls = [self._lease(keys=[f"{s}:lease"], args=[self.consumer, self._lease_ms]) for s in streams]
+        answers = await self._each(calls)
+        for stream, answer in zip(streams, answers, strict=True):
+            if answer in (0, 2):  # lost, or taken anew: its last holder may have left entries pending
+                self._claimed.discard(stream)
+        # A lease whose renewal failed is not read this round: it may have lapsed.
+        self.held = tuple(s for s, answer in zip(streams, answers, strict=True) if answer in (1, 2))
+        unclaimed = [stream for stream in self.held if stream not in self._claimed]
+        if unclaimed:
+            claimed = await self._each([self._claim_all(stream) for stream in unclaimed])
+            self._claimed |= {r for r in claimed if isinstance(r, str)}
 
-    async def _claim_all(self, stream: str) -> None:
+    async def _claim_all(self, stream: str) -> str:
         """Everything the stream's last reader left pending becomes this replica's, to deliver first."""
         start = "0-0"
         while True:
@@ -162,54 +198,76 @@ class StreamDelivery:
             start = reply[0]
             if start == "0-0":
                 break
-        # The other consumers now hold nothing here, and none reads this stream while this replica holds its
-        # lease: they go, or the group would keep one per process start forever.
+        # Other consumers that hold nothing here and have not read for as long as a lease lives are gone
+        # replicas': deleted, or the group would keep one per process start forever.
         for consumer in await self._client.xinfo_consumers(stream, GROUP):
-            if consumer["name"] != self.consumer and not consumer["pending"]:
-                await self._client.xgroup_delconsumer(stream, GROUP, consumer["name"])
+            name, idle = consumer["name"], int(consumer["idle"])
+            if name != self.consumer and not consumer["pending"] and idle >= self._lease_ms:
+                await self._client.xgroup_delconsumer(stream, GROUP, name)
+        return stream
 
-    async def _report_backlog(self) -> None:
-        """events_queue: the entries of the streams this replica holds not yet acknowledged (read or not), so
-        the replicas' sum is the whole backlog. Read every _BACKLOG_EVERY seconds, not every round."""
-        self._next_backlog = time.monotonic() + _BACKLOG_EVERY
-        groups = await self._each([self._client.xinfo_groups(stream) for stream in self.held])
-        backlog = 0
-        for stream_groups in groups:
-            for group in stream_groups:
-                if group["name"] == GROUP:
-                    backlog += int(group["pending"]) + int(group.get("lag") or 0)
-        self._metrics.events_queue.set(backlog)
+    async def _watch_backlog(self) -> None:
+        """events_queue, beside delivery (a send may wait for events.timeout): the entries of the streams this
+        replica holds not yet acknowledged, read or not, so the replicas' sum is the whole backlog."""
+        while True:
+            await asyncio.sleep(_BACKLOG_EVERY)
+            groups = await self._each([self._client.xinfo_groups(stream) for stream in self.held])
+            backlog = 0
+            for stream_groups in groups:
+                if isinstance(stream_groups, BaseException):
+                    continue
+                for group in stream_groups:
+                    if group["name"] == GROUP:
+                        backlog += int(group["pending"]) + int(group.get("lag") or 0)
+            self._metrics.events_queue.set(backlog)
 
     async def _read(self, start: str) -> list[Entry]:
-        if not self.held:
+        streams = [s for s in self.held if s in self._claimed and s in self._grouped]
+        if not streams:
             return []
         count = self._config.batch
         if self._cluster:
             replies = await self._each(
-                [self._client.xreadgroup(GROUP, self.consumer, {s: start}, count=count) for s in self.held]
+                [self._client.xreadgroup(GROUP, self.consumer, {s: start}, count=count) for s in streams]
             )
         else:
             replies = [
-                await self._client.xreadgroup(
-                    GROUP, self.consumer, dict.fromkeys(self.held, start), count=count
+                await self._call(
+                    self._client.xreadgroup(GROUP, self.consumer, dict.fromkeys(streams, start), count=count)
                 )
             ]
         batch: list[Entry] = []
+        trimmed: dict[str, list[str]] = {}
         for reply in replies:
+            if isinstance(reply, BaseException):
+                continue  # that stream's node: next round
             for stream, entries in reply or []:
                 for entry_id, fields in entries:
                     if fields:
                         batch.append((stream, entry_id, fields))
-                    else:  # trimmed by retention while pending: nothing left to deliver
-                        await self._client.xack(stream, GROUP, entry_id)
+                    else:  # trimmed by events.retention while pending: nothing left to deliver
+                        trimmed.setdefault(stream, []).append(entry_id)
+        if trimmed:
+            log.warning(
+                "dropped %d events trimmed by events.retention before they were delivered",
+                sum(map(len, trimmed.values())),
+            )
+            await self._each([self._client.xack(s, GROUP, *ids) for s, ids in trimmed.items()])
         return batch[:count]
 
     async def deliver(self, batch: list[Entry]) -> Verdict:
         """Send one batch; acknowledge what was delivered or dropped, count what happened."""
-        events = [to_event(stream, entry_id, fields) for stream, entry_id, fields in batch]
-        verdict = await self._sink.send(events)
+        events, done, bad = [], [], []
+        for entry in batch:
+            try:
+                events.append(to_event(*entry))
+            except (KeyError, ValueError, IndexError):  # not an entry this gateway wrote: never deliverable
+                bad.append(entry)
+        if bad:
+            log.warning("dropped %d stream entries that are not lifecycle events", len(bad))
+        batch = [entry for entry in batch if entry not in bad]
+        verdict: Verdict = await self._sink.send(events) if events else "delivered"
         now = time.time()
-        done = batch
         if verdict == "retry":
             expired = [age(event, now) >= self._config.max_age for event in events]
             done = [entry for entry, old in zip(batch, expired, strict=True) if old]
@@ -218,12 +276,13 @@ class StreamDelivery:
             if done:
                 log.warning("dropped %d events older than events.max_age after failed deliveries", len(done))
         else:
+            done = batch
             for event in events:
                 self._metrics.events.labels(type=event["type"], outcome=verdict).inc()
                 if verdict == "delivered":
                     self._metrics.events_lag.observe(max(0.0, age(event, now)))
         by_stream: dict[str, list[str]] = {}
-        for stream, entry_id, _ in done:
+        for stream, entry_id, _ in [*done, *bad]:
             by_stream.setdefault(stream, []).append(entry_id)
         await self._each([self._client.xack(s, GROUP, *ids) for s, ids in by_stream.items()])
         return verdict
@@ -232,8 +291,11 @@ class StreamDelivery:
 class StreamFeed:
     """GET /events with the Redis store: every replica's events, read from the streams while someone watches."""
 
-    def __init__(self, client: Any, streams: Sequence[str], feed: Feed, include_id: bool) -> None:
+    def __init__(
+        self, client: Any, streams: Sequence[str], feed: Feed, include_id: bool, timeout: float = 1.0
+    ) -> None:
         self._client = client
+        self._timeout = timeout
         self._cluster = isinstance(client, RedisCluster)
         self._streams = tuple(streams)
         self._feed = feed
@@ -248,7 +310,9 @@ class StreamFeed:
 
     async def _latest(self) -> dict[str, str]:
         """Each stream's last entry id: a watcher sees events from when it came, not the retained history."""
-        replies = await asyncio.gather(*(self._client.xrevrange(s, count=1) for s in self._streams))
+        replies = await asyncio.gather(
+            *(bounded(self._client.xrevrange(s, count=1), self._timeout) for s in self._streams)
+        )
         return {s: (r[0][0] if r else "0-0") for s, r in zip(self._streams, replies, strict=True)}
 
     async def _run(self) -> None:
@@ -266,18 +330,22 @@ class StreamFeed:
                     continue
                 if self._cluster:
                     replies = await asyncio.gather(
-                        *(self._client.xread({s: last[s]}, count=100) for s in self._streams)
+                        *(
+                            bounded(self._client.xread({s: last[s]}, count=100), self._timeout)
+                            for s in self._streams
+                        )
                     )
                 else:
-                    replies = [await self._client.xread(last, count=100)]
-            except (RedisError, OSError, TimeoutError):
+                    replies = [await bounded(self._client.xread(last, count=100), self._timeout)]
+            except StoreUnavailable:
                 await asyncio.sleep(1.0)
                 continue
             for reply in replies:
                 for stream, entries in reply or []:
                     for entry_id, fields in entries:
                         last[stream] = entry_id
-                        self._feed.publish(self._for_operators(to_event(stream, entry_id, fields)))
+                        with contextlib.suppress(KeyError, ValueError, IndexError):  # not one of ours
+                            self._feed.publish(self._for_operators(to_event(stream, entry_id, fields)))
 
     def _for_operators(self, event: dict[str, Any]) -> dict[str, Any]:
         # Operators watching see digests, as the admin listing shows no full ids either.

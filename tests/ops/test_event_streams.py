@@ -19,14 +19,19 @@ import pytest
 import redis.asyncio as aioredis
 from event_receiver import SECRET, Receiver
 from gateway_helpers import eventually
+from prometheus_client import CollectorRegistry
+from redis.exceptions import RedisError
 from redis_server import RedisClusterNodes, RedisServer
 from replica_helpers import StartNode, gateway_config, spawn_gateways, stop_gateways, total
 from session_helpers import Bot, FakeClock, demo_bot_app
 
-from gateway.config import EventsConfig
+from gateway.config import EventsConfig, load_config
+from gateway.errors import ConfigError
 from gateway.ops import event_streams
-from gateway.ops.event_streams import GROUP, to_event
+from gateway.ops.event_delivery import WebhookSink
+from gateway.ops.event_streams import GROUP, StreamDelivery, to_event
 from gateway.ops.events import session_digest
+from gateway.ops.metrics import Metrics
 from gateway.sessions.store.redis import RedisStore, StreamEvents
 
 IDLE = 60.0
@@ -195,6 +200,7 @@ async def test_a_replica_killed_mid_delivery_loses_nothing(
         "GATEWAY_EVENTS_SECRET": SECRET,
         "GATEWAY_EVENTS_FLUSH_INTERVAL": "0.05",
         "GATEWAY_EVENTS_CLAIM_IDLE": "1",
+        "GATEWAY_EVENTS_TIMEOUT": "0.5",  # a POST must not outlast a lease
     }
     receiver.held = True
     for name in ("a", "b"):
@@ -341,3 +347,66 @@ async def test_the_backlog_of_held_streams_is_exported_and_drains(
     receiver.release.set()
     await eventually(lambda: len(receiver.of("session.started")) == 3, timeout=10, what="3 delivered")
     await eventually(lambda: node.metric("events_queue") == 0, timeout=10, what="no backlog")
+
+
+def delivery_on(store: RedisStore, receiver: Receiver, **options: Any) -> StreamDelivery:
+    config = webhook(receiver, claim_idle=1.0, timeout=0.5, **options)
+    metrics = Metrics(CollectorRegistry())
+    return StreamDelivery(store.client, store.event_streams, config, WebhookSink(config), metrics)
+
+
+async def test_a_takeover_whose_claim_fails_claims_again_next_round(
+    make_store: MakeStore, receiver: Receiver
+) -> None:
+    store = make_store()
+    dead = delivery_on(store, receiver)
+    await store.create("a", 100.0, idle_timeout=IDLE, replica="r1")
+    await dead._groups()
+    await dead._take_leases()
+    assert len(await dead._read(">")) == 1  # read, never acknowledged: the replica "dies" here
+    await store.client.delete(*(f"{s}:lease" for s in store.event_streams))  # its leases lapse
+    heir = delivery_on(store, receiver)
+    claim = heir._claim_all
+    failures = iter([True])
+
+    async def flaky(stream: str) -> str:
+        if next(failures, False):
+            raise RedisError("a blip during the takeover")
+        return await claim(stream)
+
+    heir._claim_all = flaky  # type: ignore[method-assign]
+    heir.start()
+    try:
+        await eventually(lambda: receiver.of("session.started"), timeout=10, what="the dead replica's event")
+    finally:
+        await heir.close(1.0)
+    assert [e["session"] for e in receiver.of("session.started")] == ["a"]
+
+
+async def test_a_replica_without_the_lease_reads_nothing_new_when_it_stops(
+    make_store: MakeStore, receiver: Receiver
+) -> None:
+    store = make_store()
+    await store.create("a", 100.0, idle_timeout=IDLE, replica="r1")
+    late = delivery_on(store, receiver)
+    await late._groups()
+    await late._take_leases()
+    await store.client.delete(*(f"{s}:lease" for s in store.event_streams))  # it lost them (a long stall)
+    for stream in store.event_streams:
+        await store.client.set(f"{stream}:lease", "another-replica", px=60_000)
+    await late.close(1.0)
+    pending = [await store.client.xpending(s, GROUP) for s in store.event_streams]
+    assert sum(p["pending"] for p in pending) == 0 and receiver.attempts == 0
+
+
+def test_a_post_must_not_outlast_a_lease_nor_an_event_its_stream() -> None:
+    env = {
+        "GATEWAY_SESSION_STORE": "redis",
+        "GATEWAY_EVENTS_SINK": "webhook",
+        "GATEWAY_EVENTS_URL": "http://127.0.0.1:1/",
+    }
+    with pytest.raises(ConfigError, match=r"events\.claim_idle"):
+        load_config(None, environ={**env, "GATEWAY_EVENTS_TIMEOUT": "30", "GATEWAY_EVENTS_CLAIM_IDLE": "30"})
+    with pytest.raises(ConfigError, match=r"events\.retention"):
+        load_config(None, environ={**env, "GATEWAY_EVENTS_RETENTION": "60"})
+    assert load_config(None, environ=env).events.claim_idle == 30.0

@@ -303,7 +303,7 @@ class RedisStore:
             self._named(session_id),
             *self._ev,
         ]
-        result = await self._call(self._rename(keys=[*keys[:3], *new_keys[:3], new_keys[4]], args=args))
+        result = await self._call(self._rename(keys=[*keys[:3], *new_keys[:3], keys[4]], args=args))
         return session_info(new_id, result) if result else None
 
     async def _rename_across(

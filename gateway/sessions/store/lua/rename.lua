@@ -13,7 +13,8 @@ redis.call('ZADD', KEYS[6], deadline, ARGV[2])
 redis.call('PEXPIRE', KEYS[4], math.max(1, math.ceil((deadline - now + tonumber(ARGV[5])) * 1000)))
 redis.call('HSET', KEYS[2], 'r', 'renamed', 's', ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
--- The event names both ids as events do (ARGV[8], ARGV[9]: the ids, or '' for their digests).
+-- The event names both ids as events do (ARGV[8], ARGV[9]: the ids, or '' for their digests). It goes to the
+-- old id's stream (KEYS[7]), after its start, as on a Cluster's rename between shards (rename_from.lua).
 emit(KEYS[7], 'type', 'session.renamed', 'session', ARGV[8] ~= '' and ARGV[8] or ARGV[2],
   'previous', ARGV[9] ~= '' and ARGV[9] or ARGV[1], 'reason', 'rename', 'replica', rec[5])
 return rec
