@@ -40,6 +40,31 @@ def age(event: dict[str, Any], now: float) -> float:
     return now - datetime.fromisoformat(event["at"].replace("Z", "+00:00")).timestamp()
 
 
+def backoff(failures: int, sink: Sink) -> float:
+    """Seconds before the next try after `failures` in a row: exponential with full jitter (replicas do not
+    retry in step), or what the receiver's Retry-After asked for."""
+    ceiling = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** (failures - 1))
+    return max(getattr(sink, "retry_after", 0.0), random.uniform(0, ceiling))
+
+
+def settle(metrics: Metrics, events: list[dict[str, Any]], verdict: Verdict, max_age: float) -> list[bool]:
+    """Count what a send did to each event; whether each is done with (delivered, or dropped) or to be sent
+    again (a retry, until it is max_age old)."""
+    now = time.time()
+    if verdict != "retry":
+        for event in events:
+            metrics.events.labels(type=event["type"], outcome=verdict).inc()
+            if verdict == "delivered":
+                metrics.events_lag.observe(max(0.0, age(event, now)))
+        return [True] * len(events)
+    expired = [age(event, now) >= max_age for event in events]
+    for event, old in zip(events, expired, strict=True):
+        metrics.events.labels(type=event["type"], outcome="dropped" if old else "retried").inc()
+    if any(expired):
+        log.warning("dropped %d events older than events.max_age after failed deliveries", sum(expired))
+    return expired
+
+
 class Sink(Protocol):
     async def send(self, batch: list[dict[str, Any]]) -> Verdict: ...
 
@@ -152,34 +177,15 @@ class Delivery:
                 verdict = "retry"
             failures = failures + 1 if verdict == "retry" else 0
             if failures:
-                await asyncio.sleep(self._backoff(failures))
-
-    def _backoff(self, failures: int) -> float:
-        ceiling = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** (failures - 1))
-        asked = getattr(self._sink, "retry_after", 0.0)
-        return max(asked, random.uniform(0, ceiling))  # full jitter: replicas do not retry in step
+                await asyncio.sleep(backoff(failures, self._sink))
 
     async def flush_once(self) -> Verdict:
         """Send one batch; count what happened to its events."""
         batch = self._queue.take(self._config.batch)
         self._metrics.events_queue.set(len(self._queue))
         verdict = await self._sink.send(batch)
-        now = time.time()
-        if verdict == "retry":
-            expired = [e for e in batch if age(e, now) >= self._config.max_age]
-            kept = [e for e in batch if age(e, now) < self._config.max_age]
-            self._count(expired, "dropped")
-            self._count(kept, "retried")
-            if expired:
-                log.warning(
-                    "dropped %d events older than events.max_age after failed deliveries", len(expired)
-                )
-            self._queue.put_back(kept)
-        else:
-            self._count(batch, verdict)
-            if verdict == "delivered":
-                for event in batch:
-                    self._metrics.events_lag.observe(max(0.0, age(event, now)))
+        settled = settle(self._metrics, batch, verdict, self._config.max_age)
+        self._queue.put_back([event for event, done in zip(batch, settled, strict=True) if not done])
         self._metrics.events_queue.set(len(self._queue))
         return verdict
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import secrets
 import time
 from collections.abc import Awaitable, Sequence
@@ -27,18 +26,17 @@ from redis.exceptions import ResponseError
 
 from gateway.config import EventsConfig
 from gateway.errors import StoreUnavailable
-from gateway.ops.event_delivery import Sink, Verdict, age
+from gateway.ops.event_delivery import Sink, Verdict, backoff, settle
 from gateway.ops.event_feed import Feed
-from gateway.ops.events import instance_name, iso, session_digest, stop
+from gateway.ops.events import instance_name, iso, stop
 from gateway.ops.metrics import EVENT_TYPES, Metrics
+from gateway.sessions.store import id_digest
 from gateway.sessions.store.batch import bounded
 from gateway.sessions.store.scripts import lua
 
 log = logging.getLogger("gateway")
 
 GROUP: Final = "session-gateway"
-_BACKOFF_FIRST: Final = 0.5
-_BACKOFF_MAX: Final = 60.0
 _BACKLOG_EVERY: Final = 5.0  # seconds between reads of the held streams' backlog (XINFO GROUPS)
 _FEED_POLL: Final = 0.25  # seconds between the live feed's reads while someone watches
 
@@ -147,8 +145,7 @@ class StreamDelivery:
                 verdict = "retry"
             failures = failures + 1 if verdict == "retry" else 0
             if failures:
-                ceiling = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** (failures - 1))
-                await self._pause(max(getattr(self._sink, "retry_after", 0.0), random.uniform(0, ceiling)))
+                await self._pause(backoff(failures, self._sink))
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, renewing the leases at least every claim_idle / 3: a backoff must not hand them over."""
@@ -257,30 +254,20 @@ class StreamDelivery:
 
     async def deliver(self, batch: list[Entry]) -> Verdict:
         """Send one batch; acknowledge what was delivered or dropped, count what happened."""
-        events, done, bad = [], [], []
+        good: list[Entry] = []
+        events: list[dict[str, Any]] = []
+        bad: list[Entry] = []
         for entry in batch:
             try:
                 events.append(to_event(*entry))
+                good.append(entry)
             except (KeyError, ValueError, IndexError):  # not an entry this gateway wrote: never deliverable
                 bad.append(entry)
         if bad:
             log.warning("dropped %d stream entries that are not lifecycle events", len(bad))
-        batch = [entry for entry in batch if entry not in bad]
         verdict: Verdict = await self._sink.send(events) if events else "delivered"
-        now = time.time()
-        if verdict == "retry":
-            expired = [age(event, now) >= self._config.max_age for event in events]
-            done = [entry for entry, old in zip(batch, expired, strict=True) if old]
-            for event, old in zip(events, expired, strict=True):
-                self._metrics.events.labels(type=event["type"], outcome="dropped" if old else "retried").inc()
-            if done:
-                log.warning("dropped %d events older than events.max_age after failed deliveries", len(done))
-        else:
-            done = batch
-            for event in events:
-                self._metrics.events.labels(type=event["type"], outcome=verdict).inc()
-                if verdict == "delivered":
-                    self._metrics.events_lag.observe(max(0.0, age(event, now)))
+        settled = settle(self._metrics, events, verdict, self._config.max_age)
+        done = [entry for entry, finished in zip(good, settled, strict=True) if finished]
         by_stream: dict[str, list[str]] = {}
         for stream, entry_id, _ in [*done, *bad]:
             by_stream.setdefault(stream, []).append(entry_id)
@@ -352,5 +339,5 @@ class StreamFeed:
         if self._include_id:
             for key in ("session", "previous"):
                 if event[key]:
-                    event[key] = session_digest(event[key])
+                    event[key] = id_digest(event[key])
         return event

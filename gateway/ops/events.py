@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import socket
 import time
@@ -22,6 +21,7 @@ from typing import Any, Literal
 from gateway.config import EventsConfig
 from gateway.ops.event_feed import Feed
 from gateway.sessions.store import SessionInfo
+from gateway.sessions.store import id_digest as session_digest  # the store's keys use the same
 
 EventType = Literal["session.started", "session.ended", "session.renamed"]
 
@@ -29,11 +29,6 @@ EventType = Literal["session.started", "session.ended", "session.renamed"]
 def instance_name(config: EventsConfig) -> str:
     """The gateway instance named in events: events.instance, else the host name (the pod's, in Kubernetes)."""
     return config.instance or socket.gethostname()
-
-
-def session_digest(session_id: str) -> str:
-    """What events carry instead of the id when events.include_id is off (the Redis store's digest)."""
-    return hashlib.sha256(b"session-gateway/id\x00" + session_id.encode()).hexdigest()[:32]
 
 
 def iso(at: float) -> str:

@@ -34,9 +34,9 @@ from gateway.app import admin_app_for, create_app
 from gateway.config import AdminConfig, Config, effective
 from gateway.errors import ConfigError
 from gateway.sessions.store import SessionStore
+from gateway.sessions.store import id_digest as _digest
 from gateway.sessions.store.memory import MemoryStore
 from gateway.sessions.store.redis import RedisStore
-from gateway.sessions.store.redis_layout import id_digest as _digest
 
 IDLE = 600.0
 ABSOLUTE = 86400.0

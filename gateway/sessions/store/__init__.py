@@ -12,6 +12,7 @@ the successor (or `release(id)` gives up, or the claim times out).
 from __future__ import annotations
 
 import enum
+import hashlib
 from typing import Literal, NamedTuple, Protocol
 
 EndReason = Literal["idle", "lifetime", "client", "bot", "upstream", "evicted", "admin"]
@@ -21,6 +22,11 @@ TombReason = Literal[
     "idle", "lifetime", "client", "bot", "upstream", "evicted", "admin", "unknown", "renamed"
 ]
 END_REASONS: tuple[EndReason, ...] = ("idle", "lifetime", "client", "bot", "upstream", "evicted", "admin")
+
+
+def id_digest(session_id: str) -> str:
+    """A session id's digest: the Redis store's keys, and the id events carry with events.include_id off."""
+    return hashlib.sha256(b"session-gateway/id\x00" + session_id.encode()).hexdigest()[:32]
 
 
 class Outcome(enum.Enum):

@@ -37,6 +37,7 @@ from gateway.sessions.store import (
     Swept,
     TombReason,
     Touch,
+    id_digest,
 )
 from gateway.sessions.store.batch import ScriptBatcher, bounded
 from gateway.sessions.store.cluster import NodePipelines
@@ -44,7 +45,6 @@ from gateway.sessions.store.connect import connect, disconnect
 from gateway.sessions.store.redis_layout import (
     Keys,
     StreamEvents,
-    id_digest,
     open_successor,
     seal_successor,
     session_info,

@@ -30,10 +30,6 @@ def record_keys(tag: str, digest: str) -> tuple[str, str, str, str]:
     return f"{tag}:s:{digest}", f"{tag}:t:{digest}", f"{tag}:exp", f"{tag}:ev"
 
 
-def id_digest(session_id: str) -> str:
-    return hashlib.sha256(b"session-gateway/id\x00" + session_id.encode()).hexdigest()[:32]
-
-
 def _keystream(previous: str, length: int) -> bytes:
     return hashlib.shake_256(b"session-gateway/successor\x00" + previous.encode()).digest(length)
 

@@ -9,9 +9,9 @@ from typing import Any
 import redis.asyncio as aioredis
 from hiredis import pack_command
 
-from gateway.sessions.store import SessionInfo, SessionView
+from gateway.sessions.store import SessionInfo, SessionView, id_digest
 from gateway.sessions.store.cluster import replies
-from gateway.sessions.store.redis_layout import ShardReader, id_digest, session_info
+from gateway.sessions.store.redis_layout import ShardReader, session_info
 
 
 class RedisListing(ShardReader):
