@@ -283,7 +283,9 @@ async def test_a_conversation_continues_across_a_master_failover(
         assert cluster.command(master, "WAIT", "1", "2000").strip() == "1"  # the replica has the session
         assert cluster.command(replica, "CLUSTER", "FAILOVER").strip() == "OK"
         await eventually(
-            lambda: cluster.command(replica, "ROLE").startswith("master"), what="the replica promoted"
+            lambda: cluster.command(replica, "ROLE").startswith("master"),
+            timeout=20,  # a manual failover waits for the replica to catch up: seconds on a loaded machine
+            what="the replica promoted",
         )
         master.stop()  # gone for good: only the promoted replica can answer
         reply = await node.send(header=sid)
