@@ -184,7 +184,7 @@ class Tally:
     connections: int = 0
     closed_without_answer: int = 0  # the gateway closed without a byte of answer
     resets: int = 0
-    late_starts: int = 0  # closed without answer, but the case started late (a stalled event loop)
+    late_starts: int = 0  # closed without answer, but the case started late or the event loop stalled in it
     upgraded: int = 0
     anomalies: collections.Counter[str] = field(default_factory=collections.Counter)
     examples: list[str] = field(default_factory=list)
@@ -297,6 +297,9 @@ class Runner:
     max_idle: float = 0.2
     tally: Tally = field(default_factory=Tally)
     _opened: int = 0
+    # When the shared event loop (runner and gateway run in one process) last stalled past max_idle: the
+    # gateway's timers may then see a connection silent that was not, and close it quietly.
+    _stalled_at: float = 0.0
 
     async def run(self, cases: int, *, start: int = 0, concurrency: int = 32, seconds: float = 1e9) -> Tally:
         """Run cases start..start+cases on `concurrency` connections at once, for at most `seconds`."""
@@ -323,10 +326,22 @@ class Runner:
             if conn is not None:
                 conn.close()
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        watch = asyncio.get_running_loop().create_task(self._watch_stalls())
+        try:
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        finally:
+            watch.cancel()
         await self._settle()
         self.tally.seconds += time.monotonic() - began
         return self.tally
+
+    async def _watch_stalls(self, tick: float = 0.01) -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            if now - before - tick > self.max_idle:
+                self._stalled_at = now
 
     async def _open(self) -> _Conn:
         self._opened += 1
@@ -347,7 +362,8 @@ class Runner:
         tally.case_connection[case.number] = conn.number
         if case.refused:
             tally.refused_cases.add(case.number)
-        late = time.monotonic() - conn.idle_since > self.max_idle
+        began = time.monotonic()
+        late = began - conn.idle_since > self.max_idle
         try:
             answers = await asyncio.wait_for(self._exchange(conn, case), self.case_timeout)
         except TimeoutError:
@@ -360,7 +376,7 @@ class Runner:
             tally.resets += 1
         if not answers and conn.eof and not conn.buf:
             tally.closed_without_answer += 1
-            if late:
+            if late or self._stalled_at >= began:  # the loop stalled during the case: as good as late
                 tally.late_starts += 1  # the gateway may rightly have closed the silent connection
             else:
                 tally.anomaly("closed without answer", case)
