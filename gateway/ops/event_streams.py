@@ -18,7 +18,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Coroutine, Sequence
 from typing import Any, Final
 
 from redis.asyncio.cluster import RedisCluster
@@ -31,7 +31,7 @@ from gateway.ops.event_feed import Feed
 from gateway.ops.events import instance_name, iso, stop
 from gateway.ops.metrics import EVENT_TYPES, Metrics
 from gateway.sessions.store import id_digest
-from gateway.sessions.store.batch import bounded
+from gateway.sessions.store.batch import bounded, bounded_each
 from gateway.sessions.store.scripts import lua
 
 log = logging.getLogger("gateway")
@@ -120,10 +120,8 @@ class StreamDelivery:
     async def _call(self, call: Awaitable[Any]) -> Any:
         return await bounded(call, self._timeout)
 
-    async def _each(self, calls: Sequence[Awaitable[Any]]) -> list[Any]:
-        """One bounded call per stream, all at once (on a Cluster each to its own node); a failed one is its
-        exception in the list, so one node down does not stop the others' streams."""
-        return list(await asyncio.gather(*(self._call(call) for call in calls), return_exceptions=True))
+    async def _each(self, calls: Sequence[Coroutine[Any, Any, Any]]) -> list[Any]:
+        return await bounded_each(calls, self._timeout)
 
     async def _run(self) -> None:
         failures = 0
@@ -297,9 +295,11 @@ class StreamFeed:
 
     async def _latest(self) -> dict[str, str]:
         """Each stream's last entry id: a watcher sees events from when it came, not the retained history."""
-        replies = await asyncio.gather(
-            *(bounded(self._client.xrevrange(s, count=1), self._timeout) for s in self._streams)
+        replies = await bounded_each(
+            [self._client.xrevrange(s, count=1) for s in self._streams], self._timeout
         )
+        if failed := next((r for r in replies if isinstance(r, BaseException)), None):
+            raise failed
         return {s: (r[0][0] if r else "0-0") for s, r in zip(self._streams, replies, strict=True)}
 
     async def _run(self) -> None:
@@ -316,11 +316,8 @@ class StreamFeed:
                     last = await self._latest()
                     continue
                 if self._cluster:
-                    replies = await asyncio.gather(
-                        *(
-                            bounded(self._client.xread({s: last[s]}, count=100), self._timeout)
-                            for s in self._streams
-                        )
+                    replies = await bounded_each(
+                        [self._client.xread({s: last[s]}, count=100) for s in self._streams], self._timeout
                     )
                 else:
                     replies = [await bounded(self._client.xread(last, count=100), self._timeout)]
@@ -328,6 +325,8 @@ class StreamFeed:
                 await asyncio.sleep(1.0)
                 continue
             for reply in replies:
+                if isinstance(reply, BaseException):
+                    continue  # that stream's node: the next poll reads on from where it was
                 for stream, entries in reply or []:
                     for entry_id, fields in entries:
                         last[stream] = entry_id

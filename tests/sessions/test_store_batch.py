@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,7 +12,7 @@ import redis.asyncio as aioredis
 from redis_server import RedisServer
 
 from gateway.errors import StoreUnavailable
-from gateway.sessions.store.batch import ScriptBatcher
+from gateway.sessions.store.batch import ScriptBatcher, bounded_each
 
 ECHO = "return {KEYS[1], ARGV[1], redis.call('INCR', KEYS[1])}"
 
@@ -216,3 +217,24 @@ async def test_a_caller_cancelled_in_the_turn_its_reply_arrived_is_reported_lost
         assert lost == [(["b"], ["2"], ["b", "2", 1])]
     finally:
         await batcher.close()
+
+
+async def test_bounded_each_cancelled_before_its_calls_ran_leaves_none_unawaited(
+    client: aioredis.Redis,
+) -> None:
+    """A delivery task stopped in the turn it gathered its calls: each call still waiting to start is closed,
+    so none warns "never awaited" when collected (a CI run failed on that warning)."""
+    calls = [client.ping(), client.ping()]
+    gathering = asyncio.ensure_future(bounded_each(calls, 2.0))
+    await asyncio.sleep(0)  # gather has made its tasks; they have not run
+    gathering.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gathering
+    assert [inspect.getcoroutinestate(call) for call in calls] == [inspect.CORO_CLOSED] * 2
+
+    replies = await bounded_each([client.ping(), client.get("k")], 2.0)
+    assert replies == [True, None]
+    down = aioredis.Redis(port=1, socket_connect_timeout=0.5)
+    [failed] = await bounded_each([down.ping()], 2.0)
+    assert isinstance(failed, StoreUnavailable)
+    await down.aclose()

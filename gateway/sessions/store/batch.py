@@ -11,7 +11,8 @@ Redis Cluster the batch goes out as one pipeline per node that owns some of its 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+import inspect
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from hiredis import pack_command
@@ -36,6 +37,18 @@ async def bounded(call: Awaitable[Any], timeout: float) -> Any:
             return await call
     except (TimeoutError, RedisError, RedisClusterException, OSError) as exc:
         raise StoreUnavailable(f"The session store is unavailable ({type(exc).__name__}).") from exc
+
+
+async def bounded_each(calls: Sequence[Coroutine[Any, Any, Any]], timeout: float) -> list[Any]:
+    """Each call bounded, all at once (on a Cluster each to its own node); a failed one is its exception in the
+    list, so one node down does not stop the others. Cancelled before gather's tasks first ran, a call was
+    never awaited and would warn when collected: such calls are closed here."""
+    try:
+        return list(await asyncio.gather(*(bounded(call, timeout) for call in calls), return_exceptions=True))
+    finally:
+        for call in calls:
+            if inspect.getcoroutinestate(call) == inspect.CORO_CREATED:
+                call.close()
 
 
 class ScriptBatcher:
