@@ -121,6 +121,10 @@ class FrontEnd:
         while True:
             await asyncio.sleep(self.tick)
             now = self.now = self.loop.time()
+            # What clients sent while the loop stood still (a paused process, a long callback) is read first,
+            # stamped with the fresh clock: uvloop runs timers before it polls, so without this turn a request
+            # waiting in its socket was judged silent and its connection closed unanswered.
+            await asyncio.sleep(0)
             for conn in list(self.connections):
                 try:
                     conn.check(now)

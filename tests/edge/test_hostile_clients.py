@@ -4,11 +4,14 @@ non-readers, idle and surplus connections; raw sockets, a recording raw bot, sma
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 
 import pytest
 from frontend_helpers import Connect, MiB, front_connections, front_end, get, only_connection, post
 from gateway_helpers import (
+    SpawnGateway,
     StartGateway,
     assert_no_errors,
     eventually,
@@ -443,3 +446,41 @@ async def test_connections_past_max_connections_get_503_and_existing_ones_keep_w
     assert (await read_answer(fourth)).body == b"GET /room-again "
     assert bot.targets == ["/in", "/in", "/still", "/still", "/room-again"]
     assert_no_errors(caplog)
+
+
+# --- 7. a gateway that was not running ----------------------------------------------------------------------
+
+
+async def test_requests_that_came_while_the_gateway_was_stopped_are_answered_not_timed_out(
+    start_raw_bot: StartRawBot, spawn_gateway: SpawnGateway, connect: Connect
+) -> None:
+    """A process paused longer than its timeouts (SIGSTOP here; a CPU-starved container, a long GC pause)
+    must read what its clients sent meanwhile before it judges them silent. uvloop runs timers before it
+    polls, so the watcher woke first and closed, unanswered, a new connection whose request was waiting in
+    the socket, and an idle one whose next request was (the fuzz runner saw it as "closed without answer")."""
+    bot = await start_raw_bot()
+    gw = await spawn_gateway(
+        upstream_url=bot.url,
+        GATEWAY_LISTEN_EVENT_LOOP="uvloop",
+        GATEWAY_LISTEN_HEADER_TIMEOUT="0.4",
+        GATEWAY_LISTEN_KEEPALIVE_TIMEOUT="0.4",
+    )
+    idle = await connect(gw.port)
+    await idle.send(get("/first"))
+    assert (await read_answer(idle)).status == 200
+    new = await connect(gw.port)
+    await asyncio.sleep(0.1)  # accepted: the gateway holds it, fresh, in its header phase
+
+    os.kill(gw.proc.pid, signal.SIGSTOP)
+    try:
+        for conn, target in ((new, "/new"), (idle, "/again")):
+            await conn.send(get(target))
+        await asyncio.sleep(1.2)  # three times both timeouts
+    finally:
+        os.kill(gw.proc.pid, signal.SIGCONT)
+
+    for conn, target in ((new, "/new"), (idle, "/again")):
+        answer = await read_answer(conn)
+        assert (answer.status, answer.body) == (200, f"GET {target} ".encode())
+    silent_one = await connect(gw.port)
+    assert await silent_one.closed_by_server()  # a client that says nothing is still closed, once it was
