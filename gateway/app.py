@@ -246,7 +246,7 @@ def _stream_events(app: web.Application, config: Config, store: SessionStore) ->
         sink = WebhookSink(config.events)
         streams = store.event_streams
         app[STREAM_DELIVERY] = StreamDelivery(
-            store.client, streams, config.events, sink, app[METRICS], timeout
+            store.client, streams, store.event_members, config.events, sink, app[METRICS], timeout
         )
     app[STREAM_FEED] = StreamFeed(
         store.client, store.event_streams, app[FEED], config.events.include_id, timeout

@@ -4,7 +4,8 @@ The store's scripts append each event to `<prefix>:{<n>}:ev` in the same step as
 (sessions/store/lua/emit.lua), so an event is written exactly when its change is. Delivery goes through one
 consumer group shared by the replicas. Each shard's stream is read by one replica at a time, the holder of its
 lease (`<stream>:lease`, renewed every round and during waits, lapsing after events.claim_idle), so a
-session's events reach the webhook in order. A replica reads what it left unacknowledged first (XREADGROUP
+session's events reach the webhook in order; each replica holds at most its share of the streams, so all of
+them deliver at once. A replica reads what it left unacknowledged first (XREADGROUP
 "0", then ">"), acknowledges after a 2xx or a drop (XACK), and on taking a lease claims every entry the
 stream's last reader left pending (XAUTOCLAIM), until that succeeds: a replica killed mid-delivery loses
 nothing, another delivers its entries once the lease lapses. Every Redis call has a deadline; a stream whose
@@ -42,6 +43,7 @@ _FEED_POLL: Final = 0.25  # seconds between the live feed's reads while someone 
 
 _LEASE: Final = lua("lease")
 _UNLEASE: Final = lua("unlease")
+_MEMBERS: Final = lua("members")
 
 Entry = tuple[str, str, dict[str, str]]  # (stream, entry id, fields)
 
@@ -68,6 +70,7 @@ class StreamDelivery:
         self,
         client: Any,  # the store's redis.asyncio Redis or RedisCluster (decode_responses=True)
         streams: Sequence[str],
+        members: str,  # the set of the replicas delivering (sessions/store/lua/members.lua)
         config: EventsConfig,
         sink: Sink,
         metrics: Metrics,
@@ -84,6 +87,11 @@ class StreamDelivery:
         self._lease_ms = int(config.claim_idle * 1000)
         self._lease = client.register_script(_LEASE)
         self._unlease = client.register_script(_UNLEASE)
+        self._members = client.register_script(_MEMBERS)
+        self._members_key = members
+        self._replicas = (
+            1  # delivering replicas, as last counted: each holds at most its share of the streams
+        )
         self.held: tuple[str, ...] = ()  # the streams whose lease this replica holds
         self._grouped: set[str] = set()  # streams whose consumer group exists
         self._claimed: set[str] = set()  # held streams whose last holder's pending entries are now ours
@@ -113,7 +121,10 @@ class StreamDelivery:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
                 await self._each(
-                    [self._unlease(keys=[f"{s}:lease"], args=[self.consumer]) for s in self.held]
+                    [
+                        *(self._unlease(keys=[f"{s}:lease"], args=[self.consumer]) for s in self.held),
+                        self._client.zrem(self._members_key, self.consumer),  # the others' shares grow now
+                    ]
                 )
         await self._sink.close()
 
@@ -169,16 +180,31 @@ class StreamDelivery:
             self._grouped |= {r for r in await self._each([create(s) for s in missing]) if isinstance(r, str)}
 
     async def _take_leases(self, *, take: bool = True) -> None:
-        """Renew this replica's leases, and with `take` take the free ones; claim what each newly taken
-        stream's last holder left pending, until that succeeds."""
+        """Renew this replica's leases, and with `take` take free ones up to its share of the streams (handing
+        back what is over it); claim what each newly taken stream's last holder left pending, until that
+        succeeds. The share is the streams over the replicas delivering, rounded up: a replica alone holds
+        them all, a joining one gets its part as the others hand theirs back, a dead one's leases lapse and
+        its entry in the set with them, so the others' shares grow to cover its streams."""
         streams = self._streams if take else self.held
         calls = [self._lease(keys=[f"{s}:lease"], args=[self.consumer, self._lease_ms]) for s in streams]
-        answers = await self._each(calls)
+        member = self._members(keys=[self._members_key], args=[self.consumer, self._lease_ms])
+        *answers, replicas = await self._each([*calls, member])
+        if isinstance(replicas, int) and replicas > 0:
+            self._replicas = replicas
         for stream, answer in zip(streams, answers, strict=True):
             if answer in (0, 2):  # lost, or taken anew: its last holder may have left entries pending
                 self._claimed.discard(stream)
         # A lease whose renewal failed is not read this round: it may have lapsed.
-        self.held = tuple(s for s, answer in zip(streams, answers, strict=True) if answer in (1, 2))
+        held = [s for s, answer in zip(streams, answers, strict=True) if answer in (1, 2)]
+        share = -(-len(self._streams) // self._replicas)
+        if take and len(held) > share:
+            before = set(self.held)  # kept first: a rebalance moves as few streams as it can
+            keep = sorted(held, key=lambda s: s not in before)[:share]
+            surplus = [s for s in held if s not in keep]
+            await self._each([self._unlease(keys=[f"{s}:lease"], args=[self.consumer]) for s in surplus])
+            self._claimed.difference_update(surplus)  # what this replica left pending there, the next claims
+            held = keep
+        self.held = tuple(held)
         unclaimed = [stream for stream in self.held if stream not in self._claimed]
         if unclaimed:
             claimed = await self._each([self._claim_all(stream) for stream in unclaimed])
@@ -193,20 +219,27 @@ class StreamDelivery:
             start = reply[0]
             if start == "0-0":
                 break
-        # Other consumers that hold nothing here and have not read for as long as a lease lives are gone
-        # replicas': deleted, or the group would keep one per process start forever.
+        return stream
+
+    async def _forget_gone(self, stream: str) -> None:
+        """Delete the group's other consumers of a held stream that hold nothing there and have not read for
+        as long as a lease lives: gone replicas', or ones that handed the stream over (only the lease holder
+        reads a stream; one that takes it again is a consumer again at its first read). Without this the group
+        would keep one per process start forever."""
         for consumer in await self._client.xinfo_consumers(stream, GROUP):
             name, idle = consumer["name"], int(consumer["idle"])
             if name != self.consumer and not consumer["pending"] and idle >= self._lease_ms:
                 await self._client.xgroup_delconsumer(stream, GROUP, name)
-        return stream
 
     async def _watch_backlog(self) -> None:
         """events_queue, beside delivery (a send may wait for events.timeout): the entries of the streams this
-        replica holds not yet acknowledged, read or not, so the replicas' sum is the whole backlog."""
+        replica holds not yet acknowledged, read or not, so the replicas' sum is the whole backlog. And the
+        held streams' gone consumers, forgotten."""
         while True:
             await asyncio.sleep(_BACKLOG_EVERY)
-            groups = await self._each([self._client.xinfo_groups(stream) for stream in self.held])
+            held = self.held
+            await self._each([self._forget_gone(stream) for stream in held])
+            groups = await self._each([self._client.xinfo_groups(stream) for stream in held])
             backlog = 0
             for stream_groups in groups:
                 if isinstance(stream_groups, BaseException):

@@ -186,9 +186,10 @@ async def test_a_failing_receiver_gets_everything_once_it_recovers(
 async def test_a_replica_killed_mid_delivery_loses_nothing(
     redis: RedisServer, aiohttp_server: Any, receiver: Receiver, tmp_path: Path
 ) -> None:
-    """Two `serve` processes sharing Redis: the first holds every shard stream's lease; the conversations go
-    through the second; the first is SIGKILLed while its POST hangs; the second, running all along, takes its
-    streams over once their leases lapse and delivers what the first had read and never acknowledged."""
+    """Two `serve` processes sharing Redis: the first holds every shard stream's lease until the second
+    joins, then hands half back; the conversations go through the second; the first is SIGKILLed while its
+    POSTs hang; the second, running all along, takes its streams over once their leases lapse and delivers
+    what the first had read and never acknowledged."""
     bot = await aiohttp_server(demo_bot_app(time.monotonic, []))
     env = {
         "GATEWAY_UPSTREAM_URL": f"http://127.0.0.1:{bot.port}",
@@ -207,32 +208,49 @@ async def test_a_replica_killed_mid_delivery_loses_nothing(
         (tmp_path / name).mkdir()
     client = aioredis.Redis.from_url(redis.url, decode_responses=True)
     leases = [f"sg:{{{n}}}:ev:lease" for n in range(16)]
+
+    async def holders() -> Counter[str | None]:
+        return Counter([await client.get(lease) for lease in leases])
+
+    async def split() -> bool:  # each of the two replicas holds its share: half the streams
+        return sorted((await holders()).values()) == [8, 8]
+
+    async def pending_of(consumer: str) -> int:
+        summaries = [await client.xpending(f"sg:{{{n}}}:ev", GROUP) for n in range(16)]
+        return sum(
+            int(c["pending"]) for s in summaries for c in s["consumers"] or [] if c["name"] == consumer
+        )
+
     (first,) = await spawn_gateways(tmp_path / "a", 1, env)
     second = None
     try:
         await eventually(lambda: client.exists(*leases), timeout=10, what="the first replica's leases")
-        assert await client.exists(*leases) == 16  # one holder per stream: the first, alone so far
+        [(dead, held)] = (await holders()).items()
+        assert dead is not None and held == 16  # one holder for every stream: the first, alone so far
         (second,) = await spawn_gateways(tmp_path / "b", 1, env)
+        await eventually(split, timeout=10, what="the streams shared out between the two replicas")
         async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
             sids = []
             for _ in range(20):
                 async with http.get(second.url + "/?userinput=hi") as response:
                     assert response.status == 200
                     sids.append(response.headers["X-Session-Id"])
-        await eventually(lambda: receiver.attempts >= 1, timeout=10, what="the first replica's POST")
-        holders = {await client.get(lease) for lease in leases}
-        assert len(holders) == 1  # still the first's: the second delivered nothing yet
+        await eventually(lambda: pending_of(dead), timeout=10, what="the first replica's read, held POST")
         os.kill(first.proc.pid, signal.SIGKILL)
         first.proc.wait(timeout=5)
         receiver.held = False
-        receiver.release.set()  # the dead replica's POST gets its 503 on a closed connection
+        receiver.release.set()  # the held POSTs get their 503 (the dead replica's on a closed connection)
         await eventually(lambda: len(receiver.of("session.started")) == 20, timeout=20, what="20 starts")
-        assert {await client.get(lease) for lease in leases} != holders  # taken over by the second
-        (dead,) = holders
-        consumers = [
-            c["name"] for n in range(16) for c in await client.xinfo_consumers(f"sg:{{{n}}}:ev", GROUP)
-        ]
-        assert consumers and dead not in consumers  # the dead replica's consumer is gone from the group
+        [(heir, held)] = (await holders()).items()
+        assert heir not in (dead, None) and held == 16  # all taken over by the second
+        assert await pending_of(dead) == 0
+
+        async def only_the_heir_consumes() -> bool:
+            streams = [f"sg:{{{n}}}:ev" for n in range(16)]
+            return {c["name"] for s in streams for c in await client.xinfo_consumers(s, GROUP)} == {heir}
+
+        # The dead replica's consumer is gone from the group, from the streams it had handed over too.
+        await eventually(only_the_heir_consumes, timeout=15, what="the dead replica's consumer gone")
         stop_gateways([second])
         assert sorted(e["session"] for e in receiver.of("session.started")) == sorted(sids)
         assert Counter(e["id"] for e in receiver.received).most_common(1)[0][1] == 1
@@ -242,6 +260,7 @@ async def test_a_replica_killed_mid_delivery_loses_nothing(
         for gw in (first, second):
             if gw is not None and gw.proc.poll() is None:
                 gw.proc.kill()
+                gw.proc.wait(timeout=5)
 
 
 async def test_on_a_cluster_every_shard_stream_is_delivered(
@@ -265,7 +284,12 @@ async def test_on_a_cluster_every_shard_stream_is_delivered(
     )
     config = webhook(receiver, claim_idle=1.0)
     delivery = StreamDelivery(
-        store.client, store.event_streams, config, WebhookSink(config), Metrics(CollectorRegistry())
+        store.client,
+        store.event_streams,
+        store.event_members,
+        config,
+        WebhookSink(config),
+        Metrics(CollectorRegistry()),
     )
     try:
         ids = [f"c{i}" for i in range(100)]
@@ -352,7 +376,40 @@ async def test_the_backlog_of_held_streams_is_exported_and_drains(
 def delivery_on(store: RedisStore, receiver: Receiver, **options: Any) -> StreamDelivery:
     config = webhook(receiver, claim_idle=1.0, timeout=0.5, **options)
     metrics = Metrics(CollectorRegistry())
-    return StreamDelivery(store.client, store.event_streams, config, WebhookSink(config), metrics)
+    return StreamDelivery(
+        store.client, store.event_streams, store.event_members, config, WebhookSink(config), metrics
+    )
+
+
+async def test_the_replicas_share_the_streams_and_take_up_a_leaving_ones_share(
+    make_store: MakeStore, receiver: Receiver
+) -> None:
+    """Each replica holds at most its share of the 16 streams (rounded up), so delivery runs on all of them
+    at once; one that stops hands its streams back and the others' shares grow to take them."""
+    store = make_store()
+    replicas = [delivery_on(store, receiver) for _ in range(3)]
+
+    def shared_out(among: list[StreamDelivery], share: int) -> bool:
+        held = [s for r in among for s in r.held]
+        return len(held) == len(set(held)) == 16 and max(len(r.held) for r in among) <= share
+
+    for replica in replicas:
+        replica.start()
+    try:
+        await eventually(lambda: shared_out(replicas, 6), timeout=10, what="16 streams shared by three")
+        assert min(len(r.held) for r in replicas) >= 4
+        ids = [f"s{i}" for i in range(60)]
+        await asyncio.gather(*(store.create(sid, 100.0, idle_timeout=IDLE, replica="r") for sid in ids))
+        await eventually(lambda: len(receiver.of("session.started")) == 60, timeout=10, what="60 starts")
+        await replicas.pop().close(1.0)
+        await eventually(lambda: shared_out(replicas, 8), timeout=10, what="16 streams shared by two")
+        await asyncio.gather(*(store.end(sid, 101.0, "client") for sid in ids))
+        await eventually(lambda: len(receiver.of("session.ended")) == 60, timeout=10, what="60 ends")
+    finally:
+        for replica in replicas:
+            await replica.close(1.0)
+    assert sorted(e["session"] for e in receiver.of("session.started")) == sorted(ids)
+    assert Counter(e["id"] for e in receiver.received).most_common(1)[0][1] == 1
 
 
 async def test_a_takeover_whose_claim_fails_claims_again_next_round(

@@ -105,6 +105,7 @@ class RedisStore:
         self._shards = shards
         self._indexes = tuple(f"{self._tag(shard)}:exp" for shard in range(shards))
         self.event_streams = tuple(f"{self._tag(shard)}:ev" for shard in range(shards))
+        self.event_members = f"{prefix}:ev:replicas"  # the replicas delivering those (ops/event_streams.py)
         self._timeout = timeout
         self.client, self._sentinel = connect(
             url,
