@@ -182,6 +182,8 @@ class Delivery:
     async def flush_once(self) -> Verdict:
         """Send one batch; count what happened to its events."""
         batch = self._queue.take(self._config.batch)
+        if not batch:
+            return "delivered"  # nothing to send: a POST of no events would be a receiver's puzzle
         self._metrics.events_queue.set(len(self._queue))
         verdict = await self._sink.send(batch)
         settled = settle(self._metrics, batch, verdict, self._config.max_age)

@@ -76,8 +76,9 @@ class EventQueue:
 
     def put_back(self, batch: list[dict[str, Any]]) -> None:
         """A batch that failed goes back to the front, in order (a retry keeps the order per session)."""
-        self._items.extendleft(reversed(batch))
-        self.ready.set()
+        if batch:  # a batch all delivered puts nothing back: no wake-up for an empty send
+            self._items.extendleft(reversed(batch))
+            self.ready.set()
 
     def __len__(self) -> int:
         return len(self._items)

@@ -79,6 +79,20 @@ async def test_failures_are_retried_until_delivered_and_4xx_is_dropped(
     assert len(receiver.of("session.started")) == 1
 
 
+async def test_a_delivered_batch_is_not_followed_by_an_empty_one(
+    demo: Bot, receiver: Receiver, aiohttp_client: Any, clock: FakeClock
+) -> None:
+    """Putting back the nothing a delivered batch left woke the delivery, which POSTed an empty batch after
+    every delivery (a CI run saw it take the 400 meant for the next event)."""
+    rig = await events_rig(aiohttp_client, clock, demo.url, receiver)
+    for sent in (1, 2):
+        await rig.send()
+        await eventually(lambda n=sent: len(receiver.of("session.started")) == n, what="delivered")
+        await asyncio.sleep(0.3)  # six flush intervals
+        assert receiver.attempts == sent
+    assert [len(batch) for batch in receiver.batches] == [1, 1]
+
+
 async def test_events_older_than_max_age_are_dropped(
     demo: Bot, receiver: Receiver, aiohttp_client: Any, clock: FakeClock
 ) -> None:
