@@ -332,6 +332,12 @@ class HttpConnection(RequestReader):
             elif waited > front.linger:
                 self.abort()
 
+    def excuse(self, seconds: float) -> None:
+        """The event loop stood still for `seconds`: no phase of this connection waited during them."""
+        self.since += seconds
+        if self.send_since:
+            self.send_since += seconds
+
     def close_when_idle(self) -> None:
         """Shutdown: close now if no request has started; else after the requests already read are answered
         (front.closing makes the last of them say Connection: close)."""

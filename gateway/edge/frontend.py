@@ -9,6 +9,7 @@ server owns every limit, timeout and write path (issue 16), where two shared the
 Timeouts cost nothing per request: no timer is armed per request or phase. One watcher task wakes every
 `tick` (a quarter of the shortest timeout, at most a second: nginx scans its timers the same coarse way),
 refreshes the coarse clock `now` that connections stamp their phases with, and ends what waited too long.
+Time the whole process stood still (it woke more than a tick late) counts against no client.
 """
 
 from __future__ import annotations
@@ -118,13 +119,19 @@ class FrontEnd:
             log.info("client %s timed out waiting for its request %s", peer, phase)
 
     async def _watch(self) -> None:
+        loop = self.loop
         while True:
+            due = loop.time() + self.tick
             await asyncio.sleep(self.tick)
-            now = self.now = self.loop.time()
-            # What clients sent while the loop stood still (a paused process, a long callback) is read first,
-            # stamped with the fresh clock: uvloop runs timers before it polls, so without this turn a request
-            # waiting in its socket was judged silent and its connection closed unanswered.
-            await asyncio.sleep(0)
+            now = self.now = loop.time()
+            if (stood := now - due) > self.tick:
+                # The loop stood still (a paused or CPU-starved process, a long callback): that time counts
+                # against no client. What was read since it went on was stamped with the stale clock, and
+                # this may run before the loop polls again (a poll whose deadline passed is skipped), so
+                # every stamp moves by the pause and the loop reads once, with the fresh clock, before judging.
+                for conn in self.connections:
+                    conn.excuse(stood)
+                await asyncio.sleep(0)
             for conn in list(self.connections):
                 try:
                     conn.check(now)

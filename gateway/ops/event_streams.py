@@ -44,6 +44,7 @@ _FEED_POLL: Final = 0.25  # seconds between the live feed's reads while someone 
 _LEASE: Final = lua("lease")
 _UNLEASE: Final = lua("unlease")
 _MEMBERS: Final = lua("members")
+_FORGET: Final = lua("forget")
 
 Entry = tuple[str, str, dict[str, str]]  # (stream, entry id, fields)
 
@@ -88,6 +89,7 @@ class StreamDelivery:
         self._lease = client.register_script(_LEASE)
         self._unlease = client.register_script(_UNLEASE)
         self._members = client.register_script(_MEMBERS)
+        self._forget = client.register_script(_FORGET)
         self._members_key = members
         self._replicas = (
             1  # delivering replicas, as last counted: each holds at most its share of the streams
@@ -96,6 +98,7 @@ class StreamDelivery:
         self._grouped: set[str] = set()  # streams whose consumer group exists
         self._claimed: set[str] = set()  # held streams whose last holder's pending entries are now ours
         self._tasks: list[asyncio.Task[None]] = []
+        self._posting: asyncio.Future[Verdict] | None = None  # the batch being delivered
         self._stopping = False
 
     def start(self) -> None:
@@ -114,6 +117,9 @@ class StreamDelivery:
         deadline = time.monotonic() + timeout
         with contextlib.suppress(StoreUnavailable, TimeoutError):
             async with asyncio.timeout(max(0.1, timeout - 0.5)):  # the last half second is the leases'
+                if self._posting is not None:  # its answer and acknowledgement, or it would be posted again
+                    with contextlib.suppress(Exception):
+                        await self._posting
                 await self._take_leases(take=False)  # read only what is still this replica's
                 while batch := await self._read("0") or await self._read(">"):
                     if await self.deliver(batch) == "retry":
@@ -145,7 +151,9 @@ class StreamDelivery:
                     failures = 0
                     await self._pause(self._config.flush_interval)
                     continue
-                verdict = await self.deliver(batch)
+                # Shielded: stopping lets a batch being posted get its answer (close() waits for it).
+                posting = self._posting = asyncio.ensure_future(self.deliver(batch))
+                verdict = await asyncio.shield(posting)
             except StoreUnavailable as exc:
                 log.info("event streams unavailable (%s); retrying", exc.message)
                 verdict = "retry"
@@ -189,7 +197,8 @@ class StreamDelivery:
         calls = [self._lease(keys=[f"{s}:lease"], args=[self.consumer, self._lease_ms]) for s in streams]
         member = self._members(keys=[self._members_key], args=[self.consumer, self._lease_ms])
         *answers, replicas = await self._each([*calls, member])
-        if isinstance(replicas, int) and replicas > 0:
+        counted = isinstance(replicas, int) and replicas > 0
+        if counted:
             self._replicas = replicas
         for stream, answer in zip(streams, answers, strict=True):
             if answer in (0, 2):  # lost, or taken anew: its last holder may have left entries pending
@@ -197,7 +206,9 @@ class StreamDelivery:
         # A lease whose renewal failed is not read this round: it may have lapsed.
         held = [s for s, answer in zip(streams, answers, strict=True) if answer in (1, 2)]
         share = -(-len(self._streams) // self._replicas)
-        if take and len(held) > share:
+        # Uncounted (the set's node failing), a replica hands nothing back: a stream taken and handed back
+        # every round would be read by no one while the set is out.
+        if take and counted and len(held) > share:
             before = set(self.held)  # kept first: a rebalance moves as few streams as it can
             keep = sorted(held, key=lambda s: s not in before)[:share]
             surplus = [s for s in held if s not in keep]
@@ -221,15 +232,13 @@ class StreamDelivery:
                 break
         return stream
 
-    async def _forget_gone(self, stream: str) -> None:
+    def _forget_gone(self, stream: str) -> Coroutine[Any, Any, Any]:
         """Delete the group's other consumers of a held stream that hold nothing there and have not read for
-        as long as a lease lives: gone replicas', or ones that handed the stream over (only the lease holder
-        reads a stream; one that takes it again is a consumer again at its first read). Without this the group
-        would keep one per process start forever."""
-        for consumer in await self._client.xinfo_consumers(stream, GROUP):
-            name, idle = consumer["name"], int(consumer["idle"])
-            if name != self.consumer and not consumer["pending"] and idle >= self._lease_ms:
-                await self._client.xgroup_delconsumer(stream, GROUP, name)
+        as long as a lease lives (lua/forget.lua): gone replicas', or ones that handed the stream over (one
+        that takes it again is a consumer again at its first read). Without this the group would keep one per
+        process start forever."""
+        keys = [stream, f"{stream}:lease"]
+        return self._forget(keys=keys, args=[self.consumer, GROUP, self._lease_ms])  # type: ignore[no-any-return]
 
     async def _watch_backlog(self) -> None:
         """events_queue, beside delivery (a send may wait for events.timeout): the entries of the streams this
