@@ -8,6 +8,7 @@ other than 429 means the receiver refuses it: dropped at once, one log line. Rec
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -156,6 +157,7 @@ class Delivery:
         self._sink = sink
         self._metrics = metrics
         self._task: asyncio.Task[None] | None = None
+        self._flushing: asyncio.Future[Verdict] | None = None  # the batch being sent
         self._stopping = False
 
     def start(self) -> None:
@@ -171,7 +173,9 @@ class Delivery:
             while len(self._queue) < self._config.batch and (left := deadline - loop.time()) > 0:
                 await asyncio.sleep(min(left, 0.05))
             try:
-                verdict = await self.flush_once()
+                # Shielded: stopping lets a batch being sent get its answer (close() waits for it).
+                flushing = self._flushing = asyncio.ensure_future(self.flush_once())
+                verdict = await asyncio.shield(flushing)
             except Exception:  # a bug of ours must not end delivery: one line, then retry as for a failure
                 log.exception("event delivery failed")
                 verdict = "retry"
@@ -185,7 +189,11 @@ class Delivery:
         if not batch:
             return "delivered"  # nothing to send: a POST of no events would be a receiver's puzzle
         self._metrics.events_queue.set(len(self._queue))
-        verdict = await self._sink.send(batch)
+        try:
+            verdict = await self._sink.send(batch)
+        except asyncio.CancelledError:  # cut short by shutdown's deadline: back in the queue, counted there
+            self._queue.put_back(batch)
+            raise
         settled = settle(self._metrics, batch, verdict, self._config.max_age)
         self._queue.put_back([event for event, done in zip(batch, settled, strict=True) if not done])
         self._metrics.events_queue.set(len(self._queue))
@@ -200,6 +208,9 @@ class Delivery:
         self._stopping = True
         await stop(self._task)
         deadline = time.monotonic() + timeout
+        if self._flushing is not None and not self._flushing.done():
+            with contextlib.suppress(Exception):  # a timeout cancels it: its batch goes back to the queue
+                await asyncio.wait_for(self._flushing, max(0.01, deadline - time.monotonic()))
         while len(self._queue) and time.monotonic() < deadline:
             try:
                 verdict = await asyncio.wait_for(self.flush_once(), max(0.01, deadline - time.monotonic()))

@@ -137,6 +137,23 @@ async def test_shutdown_flushes_the_queue(
     assert len(receiver.of("session.started")) == 3
 
 
+async def test_shutdown_lets_a_batch_being_sent_get_its_answer_and_retries_it(
+    demo: Bot, receiver: Receiver, aiohttp_client: Any, clock: FakeClock
+) -> None:
+    """Stopping cancelled the POST in flight and its batch, taken from the queue, was lost uncounted."""
+    rig = await events_rig(aiohttp_client, clock, demo.url, receiver)
+    receiver.held = True
+    await rig.send()
+    await eventually(lambda: receiver.attempts == 1, what="the POST in flight")
+    closing = asyncio.ensure_future(rig.client.close())  # the app's cleanup, within shutdown_timeout (1 s)
+    await asyncio.sleep(0.2)
+    receiver.held = False
+    receiver.release.set()  # the held POST gets its 503, then the batch is sent again
+    await closing
+    assert len(receiver.of("session.started")) == 1 and receiver.attempts == 2
+    assert rig.metric("events_total", type="session.started", outcome="dropped") == 0
+
+
 async def test_the_admin_feed_streams_events_and_cuts_a_slow_reader(
     demo: Bot, aiohttp_client: Any, aiohttp_server: Any, clock: FakeClock
 ) -> None:
