@@ -113,6 +113,12 @@ class MethodNotAllowed(ClientFault):
     code = "method_not_allowed"
 
 
+class TooManyPipelined(ClientFault):
+    status = 429
+    code = "too_many_pipelined_requests"
+    retry_after = 1
+
+
 class RequestTimeout(ClientFault):
     status = 408
     code = "request_timeout"

@@ -135,7 +135,7 @@ class HttpConnection(RequestReader):
             if (declared is None or declared <= front.buffer_body) and body.received <= front.buffer_body:
                 self.phase = BODY
                 return  # read whole before it is served: a slow uploader holds no bot connection
-            body.streaming = True
+            body.stream()
         elif request.body_exists:
             request.content_length = body.received
             self.phase = BUSY

@@ -15,6 +15,8 @@ from multidict import CIMultiDictProxy
 from gateway.edge.chunks import HIGH_WATER, Chunks
 from gateway.errors import GatewayError
 
+_JOIN_BELOW: Final = 4096  # bytes: pieces of a buffered body smaller than this are joined as they come
+
 if TYPE_CHECKING:
     from gateway.edge.front_connection import HttpConnection
 
@@ -22,22 +24,49 @@ if TYPE_CHECKING:
 class RequestBody(Chunks):
     """The body's bytes in arrival order; readexactly() and iter_any() as aiohttp's StreamReader."""
 
-    __slots__ = ("_conn", "received", "streaming")
+    __slots__ = ("_conn", "_tail", "received", "streaming")
 
     def __init__(self, conn: HttpConnection | None) -> None:
         super().__init__(conn.loop if conn is not None else None)
         self._conn = conn
+        self._tail: bytearray | None = None  # small pieces joined while the body is buffered whole
         self.received = 0  # bytes received in all
         self.streaming = False  # served before it was complete: back-pressure applies
 
     def feed(self, data: bytes) -> None:
-        self._chunks.append(data)
         self._size += len(data)
         self.received += len(data)
         if self.streaming:
+            self._chunks.append(data)
             if self._size > HIGH_WATER and self._conn is not None:
                 self._conn.pause_for_body()
             self._wake()
+        elif self._tail is not None:
+            self._tail += data
+            if len(self._tail) >= _JOIN_BELOW:
+                self._chunks.append(bytes(self._tail))
+                self._tail = None
+        elif self._chunks and len(data) < _JOIN_BELOW:
+            # Buffered whole, a body in tiny chunks (2-byte chunked framing) would be one ~50-byte object per
+            # piece, 28 times its size: small pieces after the first are joined. A body in one piece (the
+            # usual) is not copied.
+            self._tail = bytearray(data)
+        else:
+            self._chunks.append(data)
+
+    def stream(self) -> None:
+        """Serve the body as it comes (back-pressure applies from now)."""
+        self._join()
+        self.streaming = True
+
+    def feed_eof(self) -> None:
+        self._join()
+        super().feed_eof()
+
+    def _join(self) -> None:
+        if self._tail is not None:
+            self._chunks.append(bytes(self._tail))
+            self._tail = None
 
     def fail(self, exc: BaseException) -> None:
         """The body cannot be had: its reader gets `exc` (a timeout, a limit, a malformed chunk)."""

@@ -55,9 +55,13 @@ def whole_bytes(request: Request | None, response: Whole | web.Response, close: 
         body = b""
     else:
         body = body or b""
-        headers["Content-Length"] = str(len(body))
         if request is not None and request.method == "HEAD":
-            body = b""  # RFC 9110 §9.3.2: the head says how long the body would be
+            # RFC 9110 §9.3.2: the head says how long the body would be: the bot's length when it answered
+            # the HEAD (what it kept is empty), else the length of the body the gateway leaves out.
+            headers.setdefault("Content-Length", str(len(body)))
+            body = b""
+        else:
+            headers["Content-Length"] = str(len(body))
     return encode_response_head(status, response.reason, headers, close) + body
 
 

@@ -284,6 +284,8 @@ class Proxy:
         if kept is not None:
             if has_body:
                 headers[hdrs.CONTENT_LENGTH] = str(len(kept))
+            elif upstream.content_length is not None and upstream.status not in (204, 304):
+                headers[hdrs.CONTENT_LENGTH] = str(upstream.content_length)  # a HEAD's: as parsed, see below
             exchange.bytes_out = len(kept)
             self.metrics.overhead.observe(overhead + time.perf_counter() - received)
             return Whole(upstream.status, upstream.reason or "", headers, kept)

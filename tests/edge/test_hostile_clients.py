@@ -43,6 +43,8 @@ from hostile_helpers import (
     trickle,
 )
 
+from gateway.edge.front_reader import MAX_AHEAD
+
 # --- 1. slowloris -------------------------------------------------------------------------------------------
 
 
@@ -448,7 +450,57 @@ async def test_connections_past_max_connections_get_503_and_existing_ones_keep_w
     assert_no_errors(caplog)
 
 
-# --- 7. a gateway that was not running ----------------------------------------------------------------------
+# --- 7. what a connection may make the gateway hold ------------------------------------------------------
+
+
+async def test_a_pipeline_deeper_than_max_ahead_is_answered_in_order_then_refused_with_429(
+    start_edge: StartEdge, connect: Connect
+) -> None:
+    """A parsed request costs ~600 bytes where its bytes may be 26, and one read is parsed whole: 2,000
+    pipelined requests in one write made a connection hold megabytes. Past MAX_AHEAD waiting requests the
+    next is refused, in its turn, and the connection ends."""
+    release = asyncio.Event()
+    bot, gw = await start_edge(hold(release))
+    conn = await connect(gw.port)
+    await conn.send(b"".join(get(f"/p{i}") for i in range(2000)))  # ~90 KB in one write
+    await eventually(lambda: bot.targets == ["/p0"], what="the first request at the bot")
+    reader = only_connection(gw)
+    assert len(reader._queue) <= MAX_AHEAD  # parsed ahead, at most; the rest refused or never read
+    release.set()
+    answers = [await read_answer(conn)]
+    while answers[-1].status == 200:
+        answers.append(await read_answer(conn))
+    *served, refused = answers
+    assert [a.body for a in served] == [f"GET /p{i} ".encode() for i in range(len(served))]
+    assert len(served) >= MAX_AHEAD  # as many as were waiting, in order
+    assert (refused.status, error_code(refused)) == (429, "too_many_pipelined_requests")
+    assert refused.headers["Connection"] == "close" and refused.headers["Retry-After"] == "1"
+    assert await conn.closed_by_server()
+    assert bot.targets == [f"/p{i}" for i in range(len(served))]
+
+
+async def test_a_body_in_tiny_chunks_is_held_in_few_pieces_and_arrives_whole(
+    start_edge: StartEdge, connect: Connect
+) -> None:
+    """Buffered whole before serving, a body of 2-byte chunks was one ~50-byte object per piece (28 times
+    its size): pieces are joined as they come."""
+    bot, gw = await start_edge()
+    conn = await connect(gw.port)
+    body = bytes(range(256)) * 256  # 64 KiB
+    pieces = b"".join(b"2\r\n" + body[i : i + 2] + b"\r\n" for i in range(0, len(body), 2))
+    await conn.send(b"POST /tiny HTTP/1.1\r\nHost: gw.example\r\nTransfer-Encoding: chunked\r\n\r\n" + pieces)
+    await eventually(lambda: only_connection(gw)._parsing is not None, what="the body being read")
+    buffered = only_connection(gw)._parsing
+    assert buffered is not None
+    await eventually(lambda: buffered.content.received == len(body), what="the whole body read")
+    assert len(buffered.content._chunks) <= len(body) // 4096 + 1  # not 32,768 pieces
+    await conn.send(b"0\r\n\r\n")
+    answer = await read_answer(conn)
+    assert (answer.status, answer.body) == (200, b"POST /tiny " + body)
+    assert bot.requests[0].headers.getall("Content-Length") == [str(len(body))]
+
+
+# --- 8. a gateway that was not running ----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])

@@ -233,6 +233,18 @@ async def test_max_response_size_for_every_request(
         assert len(reply.body) == 999
 
 
+async def test_a_head_answer_under_max_response_size_keeps_the_bots_content_length(
+    bot: GatedBot, aiohttp_client: Any, clock: FakeClock
+) -> None:
+    """The kept (empty) body of a HEAD's answer once set its Content-Length to 0 (RFC 9110 §9.3.2: the
+    length the GET's body would have)."""
+    bot.gate.set()
+    env = {"GATEWAY_UPSTREAM_MAX_RESPONSE_SIZE": "1000"}
+    rig = await start_rig(aiohttp_client, make_session_config(bot.url, environ=env), clock)
+    reply = await rig.send("/?big=999", method="HEAD")
+    assert (reply.status, reply.headers["Content-Length"], reply.body) == (200, "999", b"")
+
+
 async def test_shutdown_gives_deferred_exchanges_the_grace_then_cancels_them(
     bot: GatedBot, aiohttp_client: Any, clock: FakeClock
 ) -> None:
