@@ -33,7 +33,8 @@ from gateway.upstream.upstream_clients import build_client, build_pool
 from gateway.upstream.upstreams import Upstreams
 
 if TYPE_CHECKING:
-    from gateway.ops.event_streams import StreamDelivery, StreamFeed
+    from gateway.ops.event_streams import StreamDelivery
+    from gateway.ops.stream_feed import StreamFeed
 
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
@@ -235,7 +236,8 @@ async def _events(app: web.Application) -> AsyncIterator[None]:
 def _stream_events(app: web.Application, config: Config, store: SessionStore) -> None:
     """The Redis store's events: its scripts write them, the replicas' consumer group delivers the webhook's,
     and the admin feed reads them while someone watches."""
-    from gateway.ops.event_streams import StreamDelivery, StreamFeed
+    from gateway.ops.event_streams import StreamDelivery
+    from gateway.ops.stream_feed import StreamFeed
     from gateway.sessions.store.redis import RedisStore
 
     if config.events.sink == "none" or not isinstance(store, RedisStore):

@@ -28,10 +28,8 @@ from redis.exceptions import ResponseError
 from gateway.config import EventsConfig
 from gateway.errors import StoreUnavailable
 from gateway.ops.event_delivery import Sink, Verdict, backoff, settle
-from gateway.ops.event_feed import Feed
 from gateway.ops.events import instance_name, iso, stop
 from gateway.ops.metrics import EVENT_TYPES, Metrics
-from gateway.sessions.store import id_digest
 from gateway.sessions.store.batch import bounded, bounded_each
 from gateway.sessions.store.scripts import lua
 
@@ -39,7 +37,6 @@ log = logging.getLogger("gateway")
 
 GROUP: Final = "session-gateway"
 _BACKLOG_EVERY: Final = 5.0  # seconds between reads of the held streams' backlog (XINFO GROUPS)
-_FEED_POLL: Final = 0.25  # seconds between the live feed's reads while someone watches
 
 _LEASE: Final = lua("lease")
 _UNLEASE: Final = lua("unlease")
@@ -62,6 +59,12 @@ def to_event(stream: str, entry_id: str, fields: dict[str, str]) -> dict[str, An
     if "requests" in fields:
         event["requests"] = int(fields["requests"])
     return event
+
+
+def _lost_group(result: object) -> bool:
+    """Whether a call failed because its stream has no consumer group any more (Redis restarted without its
+    data, the key was deleted or evicted; the scripts' XADD makes the stream again, without the group)."""
+    return isinstance(result, StoreUnavailable) and "NOGROUP" in str(result.__cause__)
 
 
 class StreamDelivery:
@@ -220,6 +223,19 @@ class StreamDelivery:
         if unclaimed:
             claimed = await self._each([self._claim_all(stream) for stream in unclaimed])
             self._claimed |= {r for r in claimed if isinstance(r, str)}
+            self._regroup([s for s, r in zip(unclaimed, claimed, strict=True) if _lost_group(r)])
+
+    def _regroup(self, streams: Sequence[str]) -> None:
+        """Streams found without their group: made again next round, from their first entry (none lost; what
+        was delivered before and retained may come again, with its id)."""
+        if streams:
+            log.warning(
+                "%d event stream(s) lost their consumer group (a Redis restart without its data, a deleted "
+                "key); making it again",
+                len(streams),
+            )
+            self._grouped.difference_update(streams)
+            self._claimed.difference_update(streams)
 
     async def _claim_all(self, stream: str) -> str:
         """Everything the stream's last reader left pending becomes this replica's, to deliver first."""
@@ -267,12 +283,23 @@ class StreamDelivery:
             replies = await self._each(
                 [self._client.xreadgroup(GROUP, self.consumer, {s: start}, count=count) for s in streams]
             )
+            self._regroup([s for s, r in zip(streams, replies, strict=True) if _lost_group(r)])
         else:
-            replies = [
-                await self._call(
-                    self._client.xreadgroup(GROUP, self.consumer, dict.fromkeys(streams, start), count=count)
-                )
-            ]
+            try:
+                replies = [
+                    await self._call(
+                        self._client.xreadgroup(
+                            GROUP, self.consumer, dict.fromkeys(streams, start), count=count
+                        )
+                    )
+                ]
+            except StoreUnavailable as exc:
+                if not _lost_group(exc):
+                    raise
+                self._regroup(
+                    streams
+                )  # which one is not said: every one read is made again (BUSYGROUP if kept)
+                return []
         batch: list[Entry] = []
         trimmed: dict[str, list[str]] = {}
         for reply in replies:
@@ -313,72 +340,3 @@ class StreamDelivery:
             by_stream.setdefault(stream, []).append(entry_id)
         await self._each([self._client.xack(s, GROUP, *ids) for s, ids in by_stream.items()])
         return verdict
-
-
-class StreamFeed:
-    """GET /events with the Redis store: every replica's events, read from the streams while someone watches."""
-
-    def __init__(
-        self, client: Any, streams: Sequence[str], feed: Feed, include_id: bool, timeout: float = 1.0
-    ) -> None:
-        self._client = client
-        self._timeout = timeout
-        self._cluster = isinstance(client, RedisCluster)
-        self._streams = tuple(streams)
-        self._feed = feed
-        self._include_id = include_id
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="event-stream-feed")
-
-    async def close(self) -> None:
-        await stop(self._task)
-
-    async def _latest(self) -> dict[str, str]:
-        """Each stream's last entry id: a watcher sees events from when it came, not the retained history."""
-        replies = await bounded_each(
-            [self._client.xrevrange(s, count=1) for s in self._streams], self._timeout
-        )
-        if failed := next((r for r in replies if isinstance(r, BaseException)), None):
-            raise failed
-        return {s: (r[0][0] if r else "0-0") for s, r in zip(self._streams, replies, strict=True)}
-
-    async def _run(self) -> None:
-        last: dict[str, str] | None = None
-        while True:
-            await asyncio.sleep(
-                _FEED_POLL
-            )  # polled, not blocking: a blocked read would hold a store connection
-            if not self._feed.active:
-                last = None
-                continue
-            try:
-                if last is None:
-                    last = await self._latest()
-                    continue
-                if self._cluster:
-                    replies = await bounded_each(
-                        [self._client.xread({s: last[s]}, count=100) for s in self._streams], self._timeout
-                    )
-                else:
-                    replies = [await bounded(self._client.xread(last, count=100), self._timeout)]
-            except StoreUnavailable:
-                await asyncio.sleep(1.0)
-                continue
-            for reply in replies:
-                if isinstance(reply, BaseException):
-                    continue  # that stream's node: the next poll reads on from where it was
-                for stream, entries in reply or []:
-                    for entry_id, fields in entries:
-                        last[stream] = entry_id
-                        with contextlib.suppress(KeyError, ValueError, IndexError):  # not one of ours
-                            self._feed.publish(self._for_operators(to_event(stream, entry_id, fields)))
-
-    def _for_operators(self, event: dict[str, Any]) -> dict[str, Any]:
-        # Operators watching see digests, as the admin listing shows no full ids either.
-        if self._include_id:
-            for key in ("session", "previous"):
-                if event[key]:
-                    event[key] = id_digest(event[key])
-        return event

@@ -470,6 +470,33 @@ async def test_a_replica_that_cannot_count_the_others_hands_nothing_back(
     assert await store.client.exists(*(f"{s}:lease" for s in store.event_streams)) == 6
 
 
+async def test_streams_that_lost_their_group_get_it_again_and_nothing_is_missed(
+    make_store: MakeStore, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis restarted without its data, or a stream key deleted: the scripts' XADD makes the stream again
+    without the group. Found by a failure-injection test: delivery stopped for good, silently, on every
+    replica (and on one Redis, one stream without its group failed the reads of all 16)."""
+    store = make_store()
+    replica = delivery_on(store, receiver)
+    replica.start()
+    try:
+        await store.create("before", 100.0, idle_timeout=IDLE, replica="r")
+        await eventually(lambda: len(receiver.events) == 1, timeout=10, what="the first start")
+        [first] = [s for s in store.event_streams if await store.client.xlen(s)]
+        await store.client.delete(first)  # one stream and its group gone
+        ids = [f"one-{i}" for i in range(40)]
+        await asyncio.gather(*(store.create(sid, 100.0, idle_timeout=IDLE, replica="r") for sid in ids))
+        await eventually(lambda: len(receiver.events) == 41, timeout=10, what="every start, every shard")
+        await store.client.delete(*store.event_streams)  # all of them (a Redis restarted empty)
+        more = [f"all-{i}" for i in range(40)]
+        await asyncio.gather(*(store.create(sid, 100.0, idle_timeout=IDLE, replica="r") for sid in more))
+        await eventually(lambda: len(receiver.events) == 81, timeout=10, what="every start again")
+    finally:
+        await replica.close(1.0)
+    assert sorted(e["session"] for e in receiver.events) == sorted(["before", *ids, *more])
+    assert any("lost their consumer group" in r.getMessage() for r in caplog.records)
+
+
 async def test_a_takeover_whose_claim_fails_claims_again_next_round(
     make_store: MakeStore, receiver: Receiver
 ) -> None:
