@@ -29,7 +29,7 @@ from gateway.sessions.store.memory import MemoryStore
 from gateway.upstream.deferral import PICKUP_PREFIX, Deferrals
 from gateway.upstream.deferred import DeferredStore, MemoryDeferred
 from gateway.upstream.proxy import Proxy
-from gateway.upstream.upstream_clients import build_client, build_pool
+from gateway.upstream.upstream_clients import build_client, build_pool, build_probe_client
 from gateway.upstream.upstreams import Upstreams
 
 if TYPE_CHECKING:
@@ -207,7 +207,8 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
     app[PROXY] = Proxy(
         app[CONFIG], client, pool, app[METRICS], app[STREAMS], app[SESSIONS], app[CORS], app[DEFERRALS]
     )
-    checker = asyncio.create_task(check_upstream_forever(app[CONFIG], client, app[READINESS]))
+    probe_client = build_probe_client(app[CONFIG])
+    checker = asyncio.create_task(check_upstream_forever(app[CONFIG], probe_client, app[READINESS]))
     yield
     # Deferred exchanges ran beside the drain; what is left of listen.shutdown_timeout is theirs to finish.
     deferrals = app[DEFERRALS]
@@ -218,6 +219,7 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
         await checker
     await pool.close()
     await client.close()
+    await probe_client.close()
 
 
 async def _events(app: web.Application) -> AsyncIterator[None]:

@@ -9,7 +9,15 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
-from gateway_helpers import StartGateway, StartUpstream, closed_url, eventually, make_config, wait
+from gateway_helpers import (
+    SpawnGateway,
+    StartGateway,
+    StartUpstream,
+    closed_url,
+    eventually,
+    make_config,
+    wait,
+)
 
 
 class WebSocketEchoBot:
@@ -147,3 +155,41 @@ async def test_websocket_to_a_down_upstream_is_502_json(start_gateway: StartGate
     assert body["error"]["code"] == "upstream_unavailable"
     assert set(body["error"]) == {"code", "message"}
     assert gw.metric("session_gateway_upstream_errors_total", reason="connect") == 1
+
+
+async def test_open_websockets_past_pool_size_starve_neither_handshakes_nor_the_readiness_probe(
+    start_upstream: StartUpstream, spawn_gateway: SpawnGateway
+) -> None:
+    """Each open WebSocket holds its bot connection: bounded by upstream.pool_size, two open ones made the
+    third handshake wait for a slot forever, and the readiness probe, on the same connector, too (found by
+    an attacker-minded test). WebSockets are bounded by listen.max_connections, the probe has its own."""
+    bot = WebSocketEchoBot()
+    app = bot.app()
+
+    async def health(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app.router.add_get("/health", health)
+    gw = await spawn_gateway(
+        upstream_url=await start_upstream(app),
+        GATEWAY_UPSTREAM_POOL_SIZE="2",
+        GATEWAY_UPSTREAM_READY_PATH="/health",
+        GATEWAY_UPSTREAM_QUEUE_TIMEOUT="1",
+        GATEWAY_ADMIN_READY_CHECK_INTERVAL="0.2",
+    )
+    async with aiohttp.ClientSession() as http:
+        sockets = [await wait(http.ws_connect(gw.url + "/ws"), 5.0) for _ in range(4)]  # twice pool_size
+        for n, ws in enumerate(sockets):
+            await ws.send_str(f"hello {n}")
+            assert (await wait(ws.receive(), 5.0)).data == f"hello {n}"
+
+        async def ready() -> bool:
+            async with http.get(gw.admin_url + "/readyz") as response:
+                return response.status == 200
+
+        await asyncio.sleep(0.5)  # a few probes since all four opened
+        assert await ready()
+        async with http.get(gw.url + "/health") as response:
+            assert (response.status, await response.text()) == (200, "ok")
+        for ws in sockets:
+            await ws.close()
