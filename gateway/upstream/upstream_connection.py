@@ -177,9 +177,13 @@ class Connection(asyncio.Protocol):
         self.keep_alive = self._parser.should_keep_alive()
         headers = CIMultiDict(self._headers)
         self._head_ok = True
-        self._framed = (
-            "Content-Length" in headers or "chunked" in headers.get("Transfer-Encoding", "").lower()
-        )
+        # RFC 9112 §6.3: with a Transfer-Encoding the body is chunked only if its last coding is, and else ends
+        # with the connection (as llhttp reads it), whatever a Content-Length says.
+        codings = headers.getall("Transfer-Encoding", ())
+        if codings:
+            self._framed = codings[-1].rsplit(",", 1)[-1].strip().lower() == "chunked"
+        else:
+            self._framed = "Content-Length" in headers
         if not self.head.done():
             self.head.set_result((status, self._reason, headers))
         if self._head_only:

@@ -18,7 +18,16 @@ from hostile_checks import (
     error_code,
     upstream_errors,
 )
-from hostile_helpers import echo, length_of, read_answer, response, send, then_eof, then_stray
+from hostile_helpers import (
+    echo,
+    length_of,
+    read_answer,
+    response,
+    send,
+    send_and_close,
+    then_eof,
+    then_stray,
+)
 
 # --- 8. pool poisoning ----------------------------------------------------------------------------------------
 
@@ -202,6 +211,22 @@ async def test_bad_bot_framing_never_reuses_the_connection(
     assert (answer.status, answer.body) == (200, b"POST /second payload")
     assert bot.requests[1].conn is not distrusted
     assert b"evil" not in answer.head
+    assert_no_errors(caplog)
+
+
+async def test_a_body_whose_last_transfer_coding_is_not_chunked_ends_with_the_connection(
+    start_edge: StartEdge, connect: Connect, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`Transfer-Encoding: chunked, gzip`: the body is not chunked (its last coding is not) and ends when the
+    bot closes (RFC 9112 §6.3), as llhttp reads it; taken as chunked, the close was a failure and the client
+    got a chunked body without its last chunk."""
+    raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n5\r\nhello\r\n"
+    _, gw = await start_edge(send_and_close(raw))
+    conn = await connect(gw.port)
+    await conn.send(get("/coded"))
+    answer = await read_answer(conn)
+    assert (answer.status, answer.body) == (200, b"5\r\nhello\r\n")  # the bytes as they came, whole
+    assert upstream_errors(gw) == NO_UPSTREAM_ERRORS
     assert_no_errors(caplog)
 
 
