@@ -224,7 +224,11 @@ async def test_a_replica_killed_mid_delivery_loses_nothing(
     (first,) = await spawn_gateways(tmp_path / "a", 1, env)
     second = None
     try:
-        await eventually(lambda: client.exists(*leases), timeout=10, what="the first replica's leases")
+
+        async def all_held() -> bool:
+            return await client.exists(*leases) == 16
+
+        await eventually(all_held, timeout=10, what="the first replica's leases")
         [(dead, held)] = (await holders()).items()
         assert dead is not None and held == 16  # one holder for every stream: the first, alone so far
         (second,) = await spawn_gateways(tmp_path / "b", 1, env)
